@@ -1,0 +1,1 @@
+"""podgate: a REST-controlled port-forwarding service for Kubernetes."""

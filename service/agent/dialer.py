@@ -1,0 +1,128 @@
+"""Dialling a pod's port, inside its network namespace when it has one.
+
+Like containerd's port-forward, we connect to `localhost:PORT` over tcp4 and then tcp6
+inside the pod's namespace. The socket is created by a worker thread that has entered
+the namespace with setns(2) (which only affects that thread), then handed back to the
+event loop: a socket stays in the namespace it was created in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import socket
+from dataclasses import dataclass
+
+from service.agent.registry import PodEntry
+
+CLONE_NEWNET = 0x40000000
+DIAL_TIMEOUT = 10.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class DialError(Exception):
+    """The pod's port could not be reached; the message is what goes on the error stream."""
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python >= 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def socket_in_netns(path: str, family: socket.AddressFamily) -> socket.socket:
+    """Create a TCP socket inside the network namespace at `path` (runs in a thread)."""
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+            try:
+                return socket.socket(family, socket.SOCK_STREAM)
+            finally:
+                _setns(own)
+        finally:
+            os.close(own)
+    finally:
+        os.close(target)
+
+
+def _go_style(exc: BaseException) -> str:
+    """Render an OSError like Go's syscall errors (lowercase strerror)."""
+    if isinstance(exc, TimeoutError):
+        return "i/o timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class PodDialer:
+    timeout: float = DIAL_TIMEOUT
+
+    async def dial(self, pod: PodEntry, port: int) -> socket.socket:
+        """A connected, non-blocking socket to `port` of `pod`, or DialError."""
+        if pod.target.kind == "netns":
+            return await self._dial_netns(pod.target.location, port)
+        return await self._dial_host(pod.target.location, port)
+
+    async def _connect(self, sock: socket.socket, address: tuple[str, int]) -> socket.socket:
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.get_running_loop().sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    async def _dial_netns(self, path: str, port: int) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        failures: list[str] = []
+        for family, addr, net in (
+            (socket.AF_INET, "127.0.0.1", "tcp4"),
+            (socket.AF_INET6, "::1", "tcp6"),
+        ):
+            try:
+                sock = await loop.run_in_executor(None, socket_in_netns, path, family)
+            except OSError as exc:
+                raise DialError(
+                    f'failed to execute portforward in network namespace "{path}": '
+                    f"cannot enter namespace: {_go_style(exc)}"
+                ) from None
+            shown = f"[{addr}]" if ":" in addr else addr
+            try:
+                return await self._connect(sock, (addr, port))
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"dial {net} {shown}:{port}: connect: {_go_style(exc)}")
+        # Same shape as containerd's message, so clients see familiar text.
+        raise DialError(
+            f'failed to execute portforward in network namespace "{path}": '
+            f'failed to connect to localhost:{port} inside namespace "{os.path.basename(path)}", '
+            f"IPv4: {failures[0]} IPv6 {failures[1]} "
+        )
+
+    async def _dial_host(self, host: str, port: int) -> socket.socket:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise DialError(f"dial tcp {host}:{port}: lookup {host}: {_go_style(exc)}") from None
+        last: BaseException = OSError(errno.ECONNREFUSED, "connection refused")
+        for family, type_, proto, _, address in infos:
+            sock = socket.socket(family, type_, proto)
+            try:
+                return await self._connect(sock, (address[0], address[1]))
+            except (OSError, TimeoutError) as exc:
+                last = exc
+        net = "tcp6" if ":" in host else "tcp4"
+        shown = f"[{host}]" if ":" in host else host
+        raise DialError(f"dial {net} {shown}:{port}: connect: {_go_style(last)}")

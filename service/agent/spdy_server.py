@@ -1,0 +1,440 @@
+"""The node side of SPDY/3.1 port-forward: pair streams, dial the pod, copy bytes.
+
+This follows the kubelet/CRI server sequence (protocols.md §1.5): SYN_REPLY at once for
+valid streams, pairing by `requestid`, a pair timeout, the pod dial once both halves
+exist, and error text on the error stream (§1.6) when the dial fails. Unlike containerd,
+a client half-close becomes shutdown(SHUT_WR) on the pod socket.
+
+Back-pressure: each pod socket has a bounded write buffer; while any pod socket (or a
+pair still dialling) is over its bound, we stop reading the client connection, which is
+the only back-pressure a Go peer understands (§1.8). When the client connection cannot
+take more, every pod socket stops being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from service.agent.dialer import DialError, PodDialer
+from service.agent.registry import PodEntry
+from service.protocols.spdy import (
+    ConnectionTerminated,
+    DataReceived,
+    ProtocolError,
+    RstStatus,
+    SpdyConnection,
+    StreamEnded,
+    StreamOpened,
+    StreamRejected,
+    StreamReset,
+)
+
+log = logging.getLogger("podgate.agent")
+
+POD_WRITE_HIGH_WATER = 1024 * 1024
+POD_READ_SIZE = 256 * 1024
+PENDING_LIMIT = 1024 * 1024
+
+
+@dataclass(eq=False, slots=True)
+class StreamPair:
+    """One forwarded connection: an error stream and a data stream sharing a requestid."""
+
+    request_id: str
+    error_sid: int | None = None
+    data_sid: int | None = None
+    port: int = 0
+    timer: asyncio.TimerHandle | None = None
+    pod: PodSide | None = None
+    pending: list[bytes] = field(default_factory=list)
+    pending_size: int = 0
+    client_fin: bool = False
+    pod_eof: bool = False
+    dialing: bool = False
+    done: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.error_sid is not None and self.data_sid is not None
+
+
+class PodSide(asyncio.Protocol):
+    """The pod end of one pair: bytes from the pod become DATA on the pair's data stream."""
+
+    def __init__(self, session: SpdyPortForwardSession, pair: StreamPair) -> None:
+        self.session = session
+        self.pair = pair
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
+        self.transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=POD_WRITE_HIGH_WATER)
+        if self.session.client_write_paused:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.pod_data(self.pair, data)
+
+    def eof_received(self) -> bool:
+        self.session.pod_eof(self.pair)
+        return True  # keep our write side open: a real half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.pod_lost(self.pair, exc)
+
+    def pause_writing(self) -> None:
+        self.session.block_client_reads(self)
+
+    def resume_writing(self) -> None:
+        self.session.unblock_client_reads(self)
+
+
+class SpdyPortForwardSession:
+    """Everything that happens on one upgraded client connection."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        pod: PodEntry,
+        dialer: PodDialer,
+        *,
+        stream_creation_timeout: float = 30.0,
+        on_closed: Callable[[SpdyPortForwardSession], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.pod = pod
+        self.dialer = dialer
+        self.stream_creation_timeout = stream_creation_timeout
+        self.conn = SpdyConnection(client_side=False)
+        self.pairs: dict[str, StreamPair] = {}
+        self.by_stream: dict[int, StreamPair] = {}
+        self.client_write_paused = False
+        self._read_blockers: set[object] = set()
+        self._closed = False
+        self._on_closed = on_closed
+        self._drained: asyncio.Event = asyncio.Event()
+        self._drained.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- client side
+
+    def receive(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            log.warning("pod %s/%s: closing connection: %s", self.pod.namespace, self.pod.name, exc)
+            self.flush()
+            self.close()
+            return
+        for event in events:
+            if isinstance(event, StreamOpened):
+                self._stream_opened(event)
+            elif isinstance(event, DataReceived):
+                self._data_received(event)
+            elif isinstance(event, StreamEnded):
+                self._stream_ended(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self._stream_reset(event.stream_id)
+            elif isinstance(event, StreamRejected):
+                log.info("stream %d rejected: %s", event.stream_id, event.error)
+            elif isinstance(event, ConnectionTerminated):
+                self.flush()
+                self.close()
+                return
+        self.flush()
+
+    def client_eof(self) -> None:
+        self.close()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.client_write_paused = True
+        for pair in self.pairs.values():
+            if pair.pod is not None and pair.pod.transport is not None:
+                pair.pod.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client_write_paused = False
+        for pair in self.pairs.values():
+            if pair.pod is not None and pair.pod.transport is not None and not pair.pod_eof:
+                pair.pod.transport.resume_reading()
+
+    def block_client_reads(self, reason: object) -> None:
+        if not self._read_blockers and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._read_blockers.add(reason)
+
+    def unblock_client_reads(self, reason: object) -> None:
+        self._read_blockers.discard(reason)
+        if not self._read_blockers and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _stream_opened(self, event: StreamOpened) -> None:
+        sid, headers = event.stream_id, event.headers
+        stream_type = headers.get("streamtype", "")
+        port_text = headers.get("port", "")
+        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+        if stream_type not in ("error", "data") or not 0 < port < 65536:
+            # The kubelet refuses such a stream with a bare RST; the reason is only logged.
+            log.info("stream %d refused: streamtype=%r port=%r", sid, stream_type, port_text)
+            self.conn.reset_stream(sid, RstStatus.CANCEL)
+            return
+        self.conn.send_reply(sid)
+        request_id = headers.get("requestid")
+        if request_id is None:  # pre-2016 clients: derive it as the kubelet does
+            request_id = str(sid if stream_type == "error" else sid - 2)
+        pair = self.pairs.get(request_id)
+        if pair is None:
+            pair = StreamPair(request_id)
+            self.pairs[request_id] = pair
+            self._drained.clear()
+            pair.timer = asyncio.get_running_loop().call_later(
+                self.stream_creation_timeout, self._pair_timed_out, pair
+            )
+        if stream_type == "error":
+            if pair.error_sid is not None:
+                self._duplicate(pair, sid, "error")
+                return
+            pair.error_sid = sid
+        else:
+            if pair.data_sid is not None:
+                self._duplicate(pair, sid, "data")
+                return
+            pair.data_sid = sid
+            pair.port = port
+        self.by_stream[sid] = pair
+        if pair.complete and not pair.dialing:
+            if pair.timer is not None:
+                pair.timer.cancel()
+                pair.timer = None
+            pair.dialing = True
+            task = asyncio.get_running_loop().create_task(
+                self._dial(pair), name=f"dial {self.pod.name}:{pair.port} req={request_id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _duplicate(self, pair: StreamPair, sid: int, kind: str) -> None:
+        message = (
+            f"error processing stream for request {pair.request_id}: {kind} stream already assigned"
+        )
+        log.info(message)
+        self.conn.reset_stream(sid, RstStatus.CANCEL)
+        if pair.error_sid is not None:
+            self.conn.send_data(pair.error_sid, message.encode())
+
+    def _pair_timed_out(self, pair: StreamPair) -> None:
+        pair.timer = None
+        if pair.complete or pair.done:
+            return
+        message = f"(conn={id(self):#x}, request={pair.request_id}) timed out waiting for streams"
+        log.info(message)
+        if pair.error_sid is not None:
+            self.conn.send_data(pair.error_sid, message.encode())
+        self._abort(pair)
+        self.flush()
+
+    def _data_received(self, event: DataReceived) -> None:
+        pair = self.by_stream.get(event.stream_id)
+        if pair is None or pair.done or event.stream_id != pair.data_sid or not event.data:
+            return  # the error stream carries nothing from the client
+        pod = pair.pod
+        if pod is not None and pod.transport is not None:
+            pod.transport.write(event.data)
+            return
+        pair.pending.append(event.data)
+        pair.pending_size += len(event.data)
+        if pair.pending_size > PENDING_LIMIT:
+            self.block_client_reads(pair)
+
+    def _stream_ended(self, sid: int) -> None:
+        pair = self.by_stream.get(sid)
+        if pair is None or pair.done or sid != pair.data_sid:
+            return
+        pair.client_fin = True
+        pod = pair.pod
+        if pod is not None and pod.transport is not None and pod.transport.can_write_eof():
+            pod.transport.write_eof()
+        self._maybe_finish(pair)
+
+    def _stream_reset(self, sid: int) -> None:
+        pair = self.by_stream.get(sid)
+        if pair is None or pair.done:
+            return
+        # client-go resets the data stream once it has what it wants: a normal end.
+        self.by_stream.pop(sid, None)
+        if sid == pair.data_sid:
+            pair.data_sid = None
+            self._finish(pair, end_error_stream=True)
+        else:
+            pair.error_sid = None
+            self._abort(pair)
+
+    # -------------------------------------------------------------------- pod side
+
+    async def _dial(self, pair: StreamPair) -> None:
+        try:
+            sock = await self.dialer.dial(self.pod, pair.port)
+        except DialError as exc:
+            self._dial_failed(pair, str(exc))
+            return
+        if pair.done or self._closed:
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            _, pod = await loop.create_connection(lambda: PodSide(self, pair), sock=sock)
+        except OSError as exc:
+            sock.close()
+            self._dial_failed(pair, str(exc))
+            return
+        pair.pod = pod
+        assert pod.transport is not None
+        if pair.done:
+            pod.transport.abort()
+            return
+        if pair.pending:
+            pod.transport.writelines(pair.pending)
+            pair.pending.clear()
+            pair.pending_size = 0
+            self.unblock_client_reads(pair)
+        if pair.client_fin and pod.transport.can_write_eof():
+            pod.transport.write_eof()
+
+    def _dial_failed(self, pair: StreamPair, cause: str) -> None:
+        if pair.done:
+            return
+        message = (
+            f"error forwarding port {pair.port} to pod {self.pod.name}, uid {self.pod.uid}: {cause}"
+        )
+        log.info(message)
+        if pair.error_sid is not None:
+            self.conn.send_data(pair.error_sid, message.encode())
+        self._abort(pair)
+        self.flush()
+
+    def _error_text(self, pair: StreamPair, cause: str) -> str:
+        """The kubelet's wording (protocols.md §1.6), which clients show to users."""
+        return (
+            f"error forwarding port {pair.port} to pod {self.pod.name}, uid {self.pod.uid}: {cause}"
+        )
+
+    def pod_data(self, pair: StreamPair, data: bytes) -> None:
+        if pair.done or pair.data_sid is None:
+            return
+        self.conn.send_data(pair.data_sid, data)
+        self.flush()
+
+    def pod_eof(self, pair: StreamPair) -> None:
+        if pair.done or pair.pod_eof:
+            return
+        pair.pod_eof = True
+        if pair.data_sid is not None:
+            self.conn.end_stream(pair.data_sid)
+        self._maybe_finish(pair)
+        self.flush()
+
+    def pod_lost(self, pair: StreamPair, exc: Exception | None) -> None:
+        self.unblock_client_reads(pair.pod)
+        if pair.done:
+            return
+        if exc is not None:
+            message = self._error_text(pair, f"read from pod: {exc}")
+            if pair.error_sid is not None:
+                self.conn.send_data(pair.error_sid, message.encode())
+            self._abort(pair)
+        else:
+            if not pair.pod_eof:
+                self.pod_eof(pair)
+            self._finish(pair, end_error_stream=True)
+        self.flush()
+
+    # ------------------------------------------------------------------- endings
+
+    def _maybe_finish(self, pair: StreamPair) -> None:
+        if pair.client_fin and pair.pod_eof:
+            self._finish(pair, end_error_stream=True)
+
+    def _finish(self, pair: StreamPair, *, end_error_stream: bool) -> None:
+        if pair.done:
+            return
+        if pair.data_sid is not None and not pair.pod_eof:
+            # The client is gone from this pair before the pod finished: stop the pod.
+            self.conn.reset_stream(pair.data_sid, RstStatus.CANCEL)
+        if end_error_stream and pair.error_sid is not None:
+            self.conn.end_stream(pair.error_sid)
+        self._forget(pair)
+        if pair.pod is not None and pair.pod.transport is not None:
+            pair.pod.transport.close()
+
+    def _abort(self, pair: StreamPair) -> None:
+        if pair.done:
+            return
+        for sid in (pair.data_sid, pair.error_sid):
+            if sid is not None:
+                self.conn.reset_stream(sid, RstStatus.CANCEL)
+        self._forget(pair)
+        if pair.pod is not None and pair.pod.transport is not None:
+            pair.pod.transport.abort()
+
+    def _forget(self, pair: StreamPair) -> None:
+        pair.done = True
+        if pair.timer is not None:
+            pair.timer.cancel()
+            pair.timer = None
+        self.unblock_client_reads(pair)
+        pair.pending.clear()
+        self.pairs.pop(pair.request_id, None)
+        for sid in (pair.error_sid, pair.data_sid):
+            if sid is not None:
+                self.by_stream.pop(sid, None)
+        if not self.pairs:
+            self._drained.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def goaway(self) -> None:
+        """Tell the client no new streams will be accepted (graceful shutdown)."""
+        if not self._closed:
+            with contextlib.suppress(ProtocolError):
+                self.conn.goaway()
+            self.flush()
+
+    async def wait_drained(self) -> None:
+        await self._drained.wait()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for pair in list(self.pairs.values()):
+            self._forget(pair)
+            if pair.pod is not None and pair.pod.transport is not None:
+                pair.pod.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        self._read_blockers.clear()
+        if not self.transport.is_closing():
+            self.transport.close()
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

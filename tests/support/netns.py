@@ -1,0 +1,59 @@
+"""Real network namespaces for tests: a pod is a netns with loopback up and a server in it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ECHO_SERVER = Path(__file__).with_name("echo_server.py")
+
+
+@dataclass(frozen=True)
+class NetNamespace:
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    @property
+    def target(self) -> str:
+        """The agent's pod target for this namespace."""
+        return f"netns:{self.path}"
+
+
+@contextmanager
+def network_namespace(prefix: str = "podgate-test") -> Iterator[NetNamespace]:
+    """`ip netns add` a fresh namespace with `lo` up; deleted afterwards."""
+    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield NetNamespace(name)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@contextmanager
+def echo_server_in(ns: NetNamespace, port: int) -> Iterator[subprocess.Popen[str]]:
+    """Run tests/support/echo_server.py inside `ns` on 127.0.0.1 and ::1, port `port`."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, sys.executable, str(ECHO_SERVER), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until READY or until the process dies
+        if not line.startswith("READY"):
+            raise RuntimeError(f"echo server in {ns.name} failed to start (rc={proc.poll()})")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
