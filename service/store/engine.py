@@ -1,0 +1,74 @@
+"""Engines and schema upgrades.
+
+SQLite gets WAL (readers never block the writer), enforced foreign keys and a busy timeout
+on every connection; any other SQLAlchemy URL (PostgreSQL) is used as is.
+
+The Alembic scripts are read from ``migrations/`` at the root of the source tree, so
+podgate runs from a source checkout or an editable install (``pip install -e .``).
+"""
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+
+__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS_DIR", "alembic_config", "make_engine", "upgrade_schema"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+BUSY_TIMEOUT_MS = 5000
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL, or None for an in-memory database."""
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    if database.startswith("file:"):  # a URI filename (?uri=true)
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
+    """Create the engine for ``url``; for SQLite also create the file's parent directory.
+
+    ``foreign_keys=False`` is for migrations only: SQLite batch migrations rebuild a table
+    by dropping it, and with enforcement on that would cascade into its children.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed)
+
+    path = _sqlite_file(parsed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config for ``url`` built in code (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolates "%": escape it (URL-encoded passwords contain it).
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (``alembic upgrade head``)."""
+    command.upgrade(alembic_config(url), revision)

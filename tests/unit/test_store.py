@@ -1,0 +1,413 @@
+"""The store on a real SQLite file, migrated by Alembic exactly as ``podgate serve`` does.
+
+Set ``PODGATE_TEST_POSTGRES_URL`` (an empty database; its tables are dropped) to run the same
+tests against PostgreSQL as well.
+"""
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, event
+from sqlmodel import Session, SQLModel
+
+from service.ports import parse_port_specs
+from service.store import (
+    MIGRATIONS_DIR,
+    NameConflict,
+    PortMappingRecord,
+    SessionRecord,
+    SessionRepository,
+    SessionStatus,
+    alembic_config,
+    make_engine,
+    upgrade_schema,
+)
+
+POSTGRES_URL = os.environ.get("PODGATE_TEST_POSTGRES_URL")
+
+
+def drop_all_tables(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        existing = sa.MetaData()
+        existing.reflect(engine)
+        existing.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        # A directory that does not exist yet: make_engine / upgrade_schema create it.
+        yield f"sqlite:///{tmp_path / 'data' / 'podgate.db'}"
+        return
+    assert POSTGRES_URL is not None
+    drop_all_tables(POSTGRES_URL)
+    yield POSTGRES_URL
+    drop_all_tables(POSTGRES_URL)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    upgrade_schema(db_url)
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def repo(engine: Engine) -> SessionRepository:
+    return SessionRepository(engine)
+
+
+def schema_diff(engine: Engine, metadata: sa.MetaData = SQLModel.metadata) -> list[Any]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def new_session(name: str = "web", **fields: Any) -> SessionRecord:
+    return SessionRecord(name=name, namespace="default", target="pod/mypod", **fields)
+
+
+def count_rows(engine: Engine, table: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def test_migrations_from_empty_match_the_models(engine: Engine) -> None:
+    assert table_names(engine) == {"alembic_version", "sessions", "port_mappings"}
+    assert schema_diff(engine) == []
+
+
+def test_a_model_change_without_a_migration_is_detected(engine: Engine) -> None:
+    # The guard above must bite: a column the migrations do not create shows up as a diff.
+    changed = sa.MetaData(naming_convention=SQLModel.metadata.naming_convention)
+    for table in SQLModel.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["sessions"].append_column(sa.Column("ttl_seconds", sa.Integer))
+    diff = schema_diff(engine, changed)
+    assert [(op[0], op[3].name) for op in diff] == [("add_column", "ttl_seconds")]
+
+
+def test_migration_constraints(engine: Engine) -> None:
+    inspector = sa.inspect(engine)
+    (fk,) = inspector.get_foreign_keys("port_mappings")
+    assert fk["referred_table"] == "sessions"
+    assert fk["constrained_columns"] == ["session_id"]
+    assert fk["options"].get("ondelete") == "CASCADE"
+    uniques = inspector.get_unique_constraints("port_mappings")
+    assert [u["column_names"] for u in uniques] == [["session_id", "position"]]
+    indexes = {ix["name"]: ix for ix in inspector.get_indexes("sessions")}
+    assert indexes["ix_sessions_name"]["unique"]
+    assert indexes["ix_sessions_name"]["column_names"] == ["name"]
+
+
+def test_downgrade_to_base_and_up_again(db_url: str, engine: Engine) -> None:
+    command.downgrade(alembic_config(db_url), "base")
+    assert table_names(engine) == {"alembic_version"}
+    upgrade_schema(db_url)
+    assert table_names(engine) == {"alembic_version", "sessions", "port_mappings"}
+    assert schema_diff(engine) == []
+
+
+def test_upgrade_is_idempotent(db_url: str, repo: SessionRepository) -> None:
+    repo.create(new_session(), parse_port_specs(["5000"]))
+    upgrade_schema(db_url)
+    assert [s.name for s in repo.list()] == ["web"]
+
+
+def test_url_from_environment_when_config_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("PODGATE_DATABASE_URL", url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    command.upgrade(config, "head")
+    engine = make_engine(url)
+    try:
+        assert schema_diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_percent_sign_in_url_survives_alembic_config(tmp_path: Path) -> None:
+    # URLs are percent-encoded; Alembic's ConfigParser would read "%" as interpolation.
+    password_url = "postgresql://podgate:p%40ss%25@db.example/podgate"
+    assert alembic_config(password_url).get_main_option("sqlalchemy.url") == password_url
+    upgrade_schema(f"sqlite:///{tmp_path}/100%25data/podgate.db")
+    assert (tmp_path / "100%data" / "podgate.db").is_file()
+
+
+# --- engine -------------------------------------------------------------------------------
+
+
+def test_sqlite_pragmas(engine: Engine, db_url: str) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    with engine.connect() as connection:
+        pragma = connection.exec_driver_sql
+        assert pragma("PRAGMA journal_mode").scalar() == "wal"
+        assert pragma("PRAGMA foreign_keys").scalar() == 1
+        assert pragma("PRAGMA busy_timeout").scalar() == 5000
+    # WAL is a property of the file: any other client sees it too.
+    raw = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        raw.close()
+
+
+def test_engine_usable_from_another_thread(repo: SessionRepository) -> None:
+    repo.create(new_session(), parse_port_specs(["5000"]))
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(len(repo.list())))
+    thread.start()
+    thread.join()
+    assert seen == [1]
+
+
+def test_in_memory_sqlite_needs_no_directory() -> None:
+    engine = make_engine("sqlite://")
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+# --- repository ---------------------------------------------------------------------------
+
+
+def test_create_and_read_back(repo: SessionRepository) -> None:
+    before = datetime.now(UTC)
+    created = repo.create(
+        new_session(addresses=["localhost", "10.0.0.1"], context="kind-kind"),
+        parse_port_specs(["5000", "8888:5000", ":6000", "0:7000"]),
+    )
+    assert len(created.id) == 32
+    assert created.status == "pending"
+    assert created.transport_requested == "auto"
+    assert [(m.position, m.spec, m.local_port, m.remote_port) for m in created.mappings] == [
+        (0, "5000", 5000, 5000),
+        (1, "8888:5000", 8888, 5000),
+        (2, ":6000", 0, 6000),
+        (3, "0:7000", 0, 7000),
+    ]
+
+    for loaded in (repo.get(created.id), repo.get_by_name("web")):
+        assert loaded is not None
+        assert loaded.id == created.id
+        assert loaded.namespace == "default"
+        assert loaded.target == "pod/mypod"
+        assert loaded.context == "kind-kind"
+        assert loaded.pod is None
+        assert loaded.transport is None
+        assert loaded.last_error is None
+        assert loaded.addresses == ["localhost", "10.0.0.1"]
+        assert loaded.options == {}
+        assert [m.spec for m in loaded.mappings] == ["5000", "8888:5000", ":6000", "0:7000"]
+        assert all(m.session_id == created.id and m.remote_name is None for m in loaded.mappings)
+        assert loaded.created_at.tzinfo is not None
+        assert loaded.created_at.utcoffset() == timedelta(0)
+        assert before <= loaded.created_at <= datetime.now(UTC)
+        assert loaded.created_at == created.created_at
+
+    assert repo.get("0" * 32) is None
+    assert repo.get_by_name("nope") is None
+
+
+def test_json_columns_round_trip(repo: SessionRepository) -> None:
+    options = {"reconnect": {"max_delay": 30.5, "enabled": True}, "ttl": None, "tags": ["a"]}
+    created = repo.create(new_session(options=options), parse_port_specs([":80"]))
+    loaded = repo.get(created.id)
+    assert loaded is not None
+    assert loaded.options == options
+    assert loaded.addresses == ["localhost"]
+
+
+def test_naive_datetimes_are_refused(repo: SessionRepository) -> None:
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+        repo.create(new_session(created_at=datetime(2024, 1, 1)), parse_port_specs(["80"]))
+
+
+def test_datetimes_in_other_zones_are_stored_as_utc(repo: SessionRepository) -> None:
+    plus_two = datetime(2024, 1, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    created = repo.create(new_session(created_at=plus_two), parse_port_specs(["80"]))
+    loaded = repo.get(created.id)
+    assert loaded is not None
+    assert loaded.created_at == datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    assert loaded.created_at.tzinfo == UTC
+
+
+def test_name_is_unique(repo: SessionRepository, engine: Engine) -> None:
+    first = repo.create(new_session("db"), parse_port_specs(["5432"]))
+    with pytest.raises(NameConflict) as caught:
+        repo.create(new_session("db"), parse_port_specs(["15432:5432", "9187"]))
+    assert caught.value.name == "db"
+    assert "'db'" in str(caught.value)
+    # The failed create left nothing behind.
+    assert count_rows(engine, "sessions") == 1
+    assert count_rows(engine, "port_mappings") == 1
+    assert [s.id for s in repo.list()] == [first.id]
+
+
+def test_other_integrity_errors_are_not_name_conflicts(repo: SessionRepository) -> None:
+    first = repo.create(new_session("a"), parse_port_specs(["80"]))
+    with pytest.raises(sa.exc.IntegrityError):
+        repo.create(new_session("b", id=first.id), parse_port_specs(["80"]))
+
+
+def test_delete_cascades_to_mappings(repo: SessionRepository, engine: Engine) -> None:
+    kept = repo.create(new_session("kept"), parse_port_specs(["80", "81"]))
+    gone = repo.create(new_session("gone"), parse_port_specs(["90", "91", "92"]))
+    assert count_rows(engine, "port_mappings") == 5
+    assert repo.delete(gone.id) is True
+    assert repo.get(gone.id) is None
+    assert count_rows(engine, "port_mappings") == 2
+    assert repo.delete(gone.id) is False
+    assert [m.spec for m in repo.get(kept.id).mappings] == ["80", "81"]  # type: ignore[union-attr]
+
+
+def test_database_cascade_without_the_orm(repo: SessionRepository, engine: Engine) -> None:
+    # Another process (or psql) deleting a row must not leave orphan mappings either.
+    created = repo.create(new_session(), parse_port_specs(["80", "81"]))
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM sessions WHERE id = :id"), {"id": created.id})
+    assert count_rows(engine, "port_mappings") == 0
+
+
+def test_mapping_needs_an_existing_session(engine: Engine) -> None:
+    with Session(engine) as session, pytest.raises(sa.exc.IntegrityError):
+        session.add(PortMappingRecord(session_id="missing", position=0, spec="80", remote_port=80))
+        session.commit()
+
+
+def test_update_status(repo: SessionRepository) -> None:
+    created = repo.create(new_session(), parse_port_specs(["80"]))
+    failed = repo.update_status(
+        created.id, SessionStatus.FAILED, last_error="pod mypod is not running: Pending"
+    )
+    assert failed is not None
+    assert failed.status == "failed"
+    assert failed.last_error == "pod mypod is not running: Pending"
+    assert failed.updated_at >= created.updated_at
+
+    ready = repo.update_status(created.id, "ready", last_error=None, transport="spdy", pod="mypod")
+    assert ready is not None
+    assert (ready.status, ready.last_error, ready.transport, ready.pod) == (
+        "ready",
+        None,
+        "spdy",
+        "mypod",
+    )
+    assert [m.spec for m in ready.mappings] == ["80"]
+
+    # Fields not passed keep their value.
+    reconnecting = repo.update_status(created.id, SessionStatus.RECONNECTING)
+    assert reconnecting is not None
+    assert (reconnecting.transport, reconnecting.pod) == ("spdy", "mypod")
+    loaded = repo.get(created.id)
+    assert loaded is not None
+    assert (loaded.status, loaded.transport, loaded.pod) == ("reconnecting", "spdy", "mypod")
+
+    with pytest.raises(ValueError):
+        repo.update_status(created.id, "sleeping")
+    assert repo.update_status("0" * 32, "ready") is None
+
+
+def test_set_local_ports_survives_a_restart(repo: SessionRepository, db_url: str) -> None:
+    created = repo.create(new_session(), parse_port_specs([":6000", "8888:5000", "0:7000"]))
+    updated = repo.set_local_ports(created.id, {0: 42390, 2: 42391})
+    assert updated is not None
+    assert [m.local_port for m in updated.mappings] == [42390, 8888, 42391]
+
+    # A new process: new engine, same file.
+    restarted = make_engine(db_url)
+    try:
+        loaded = SessionRepository(restarted).get(created.id)
+    finally:
+        restarted.dispose()
+    assert loaded is not None
+    assert [(m.spec, m.local_port) for m in loaded.mappings] == [
+        (":6000", 42390),
+        ("8888:5000", 8888),
+        ("0:7000", 42391),
+    ]
+
+    with pytest.raises(KeyError):
+        repo.set_local_ports(created.id, {3: 1234})
+    with pytest.raises(ValueError):
+        repo.set_local_ports(created.id, {0: 70000})
+    assert repo.set_local_ports("0" * 32, {0: 1}) is None
+
+
+def test_records_are_detached_and_complete(repo: SessionRepository) -> None:
+    created = repo.create(new_session(), parse_port_specs(["80", "81"]))
+    for record in (created, repo.get(created.id), repo.list()[0]):
+        assert record is not None
+        assert sa.inspect(record).detached
+        assert [m.spec for m in record.mappings] == ["80", "81"]
+
+
+def seed(engine: Engine, sessions: int) -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    with Session(engine) as session:
+        for i in range(sessions):
+            record = new_session(f"s{i:04d}", created_at=start + timedelta(seconds=sessions - i))
+            record.mappings = [
+                PortMappingRecord(
+                    session_id=record.id, position=p, spec=f":{8000 + p}", remote_port=8000 + p
+                )
+                for p in range(2)
+            ]
+            session.add(record)
+        session.commit()
+
+
+def test_list_1000_sessions_in_one_query(repo: SessionRepository, engine: Engine) -> None:
+    seed(engine, 1000)
+    statements: list[str] = []
+
+    def record_statement(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", record_statement)
+    try:
+        sessions = repo.list()
+        # Reading the mappings afterwards must not query either (no lazy loads, no N+1).
+        mapping_count = sum(len(s.mappings) for s in sessions)
+    finally:
+        event.remove(engine, "before_cursor_execute", record_statement)
+
+    assert len(statements) == 1, statements
+    assert len(sessions) == 1000
+    assert mapping_count == 2000
+    # Oldest first: seed() made later names older.
+    assert sessions[0].name == "s0999"
+    assert sessions[-1].name == "s0000"
+    assert all([m.position for m in s.mappings] == [0, 1] for s in sessions)
+
+
+def test_empty_list(repo: SessionRepository) -> None:
+    assert repo.list() == []
