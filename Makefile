@@ -30,7 +30,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 openapi: $(STAMP)
-	$(BIN)/python -m service.api.openapi > openapi/openapi.json
+	$(BIN)/python -m service.api.openapi > openapi/openapi.json.tmp && mv openapi/openapi.json.tmp openapi/openapi.json
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,1 +1,3 @@
 """podgate: a REST-controlled port-forwarding service for Kubernetes."""
+
+__version__ = "0.1.0"

@@ -64,6 +64,136 @@ async def _run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.config import Settings
+
+    overrides: dict[str, object] = {"host": args.host, "port": args.port, "demo": args.demo}
+    for key, value in (
+        ("database_url", args.db),
+        ("kubeconfig", args.kubeconfig),
+        ("context", args.context),
+        ("data_dir", args.data_dir),
+    ):
+        if value:
+            overrides[key] = value
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"Listening on http://{shown}:{port}", flush=True)
+
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=args.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = Server(config)
+    await server.serve(sockets=[sock])
+    return 0 if server.started else 1
+
+
+async def _run_forward(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from service.ports import (
+        ListenAddressError,
+        PortSpecError,
+        format_forwarding_lines,
+        parse_listen_addresses,
+        parse_port_specs,
+    )
+    from service.runner.clusters import ClusterPool
+    from service.runner.listeners import ListenError
+    from service.runner.session import FAILED, READY, ForwardSession, SessionSpec
+    from service.upstream.targets import TargetError, parse_target
+
+    addresses = [a for value in args.address for a in value.split(",") if a]
+    try:
+        target = parse_target(args.target)
+        mappings = parse_port_specs(args.ports)
+        listen = parse_listen_addresses(addresses or ["localhost"])
+    except (TargetError, PortSpecError, ListenAddressError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    spec = SessionSpec(
+        id="cli",
+        name=target.name,
+        namespace=args.namespace,
+        target=args.target,
+        pod_name=target.name,
+        mappings=tuple(mappings),
+        addresses=tuple(a.host for a in listen),
+        optional_addresses=tuple(a.host for a in listen if not a.required),
+        context=args.context,
+        transport="auto",
+        created_at=datetime.now(UTC),
+    )
+    changed = asyncio.Event()
+
+    def on_change(session: ForwardSession) -> None:
+        changed.set()
+
+    def on_accept(local: object) -> None:
+        print(f"Handling connection for {getattr(local, 'local_port', '?')}", flush=True)
+
+    clusters = ClusterPool(args.kubeconfig, args.context)
+    session = ForwardSession(spec, clusters, on_change=on_change, on_accept=on_accept)
+    try:
+        session.bind()
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    await session.start()
+    try:
+        # Like kubectl, a first dial that fails ends the command; later drops are re-dialled.
+        while session.status != READY:
+            await changed.wait()
+            changed.clear()
+            if session.status == FAILED or session.last_error:
+                print(f"error: {session.last_error}", file=sys.stderr)
+                return 1
+        for bound in session.bound:
+            for address in bound.addresses:
+                line = format_forwarding_lines(address, bound.local_port, bound.mapping.remote_port)
+                print(line, flush=True)
+        reported = session.last_error
+        stop = asyncio.create_task(_wait_for_signal())
+        while not stop.done():
+            waiter = asyncio.create_task(changed.wait())
+            await asyncio.wait({stop, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            changed.clear()
+            if session.last_error and session.last_error != reported:
+                reported = session.last_error
+                print(f"error: {reported}", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        await session.stop()
+        await clusters.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podgate", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -102,6 +232,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long open connections may take to finish (default 10)",
     )
     agent.set_defaults(func=_run_agent)
+
+    serve = sub.add_parser("serve", help="run the REST API and the session runner")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
+    serve.add_argument("--db", help="SQLAlchemy URL (default: SQLite under --data-dir)")
+    serve.add_argument("--data-dir", help="where the SQLite file lives")
+    serve.add_argument("--kubeconfig", help="kubeconfig path (default $KUBECONFIG, ~/.kube/config)")
+    serve.add_argument("--context", help="default kubeconfig context")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run an in-process agent with a demo pod default/hello and use it as cluster",
+    )
+    serve.set_defaults(func=_run_serve)
+
+    forward = sub.add_parser(
+        "forward",
+        help="forward local ports to a pod, like `oc port-forward` (Ctrl-C ends it)",
+        description="Same arguments and output as `oc port-forward`: 5000, 8888:5000, "
+        ":5000 and 0:5000 (a free local port).",
+    )
+    forward.add_argument("-n", "--namespace", default="default", help="namespace (default)")
+    forward.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
+    )
+    forward.add_argument("--kubeconfig", help="kubeconfig path (default $KUBECONFIG)")
+    forward.add_argument("--context", help="kubeconfig context")
+    forward.add_argument("target", metavar="TARGET", help="NAME or pod/NAME")
+    forward.add_argument("ports", metavar="[LOCAL:]REMOTE", nargs="+", help="port specs")
+    forward.set_defaults(func=_run_forward)
     return parser
 
 

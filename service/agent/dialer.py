@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from service.agent.registry import PodEntry
 
@@ -70,9 +71,15 @@ class PodDialer:
         """A connected, non-blocking socket to `port` of `pod`, or DialError."""
         if pod.target.kind == "netns":
             return await self._dial_netns(pod.target.location, port)
+        if pod.target.kind == "demo":
+            from service.agent.demo import DEMO_PORT, serve_demo_connection
+
+            if port != DEMO_PORT:
+                raise DialError(f"dial tcp4 127.0.0.1:{port}: connect: connection refused")
+            return await serve_demo_connection()
         return await self._dial_host(pod.target.location, port)
 
-    async def _connect(self, sock: socket.socket, address: tuple[str, int]) -> socket.socket:
+    async def _connect(self, sock: socket.socket, address: tuple[Any, ...]) -> socket.socket:
         sock.setblocking(False)
         try:
             async with asyncio.timeout(self.timeout):
@@ -120,7 +127,7 @@ class PodDialer:
         for family, type_, proto, _, address in infos:
             sock = socket.socket(family, type_, proto)
             try:
-                return await self._connect(sock, (address[0], address[1]))
+                return await self._connect(sock, address)
             except (OSError, TimeoutError) as exc:
                 last = exc
         net = "tcp6" if ":" in host else "tcp4"

@@ -41,8 +41,10 @@ class PodTarget:
             return cls("netns", location)
         if kind == "host":
             return cls("host", location)
+        if kind == "demo":
+            return cls("demo", location)
         raise RegistryError(
-            f"invalid pod target {text!r}: unknown kind {kind!r} (use netns: or host:)"
+            f"invalid pod target {text!r}: unknown kind {kind!r} (use netns:, host: or demo:)"
         )
 
     def __str__(self) -> str:

@@ -75,9 +75,9 @@ class PodSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=POD_WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=POD_WRITE_HIGH_WATER)
         if self.session.client_write_paused:
-            transport.pause_reading()
+            self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.session.pod_data(self.pair, data)

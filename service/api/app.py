@@ -1,0 +1,72 @@
+"""`create_app(settings)`: the FastAPI application with its supervisor in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.api.problems import install_problem_handlers
+from service.api.routes import router
+from service.config import Settings
+from service.runner.clusters import ClusterPool
+from service.runner.supervisor import Supervisor
+from service.store import SessionRepository, make_engine, upgrade_schema
+
+log = logging.getLogger("podgate.api")
+
+DESCRIPTION = """REST-controlled port forwarding for Kubernetes: create, list and delete
+forward sessions (`oc port-forward`, as a restart-safe service)."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        demo = None
+        kubeconfig = settings.kubeconfig
+        if settings.demo:
+            from service.agent.demo import start_demo_agent
+
+            demo, kubeconfig = await start_demo_agent(settings.data_dir)
+        await asyncio.to_thread(upgrade_schema, settings.db_url)
+        engine = make_engine(settings.db_url)
+        clusters = ClusterPool(kubeconfig, settings.context)
+        supervisor = Supervisor(
+            SessionRepository(engine),
+            clusters,
+            connect_wait=settings.connect_wait_seconds,
+            ping_interval=settings.ping_interval_seconds,
+            max_backoff=settings.max_backoff_seconds,
+        )
+        app.state.supervisor = supervisor
+        await supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            await clusters.close()
+            engine.dispose()
+            if demo is not None:
+                await demo.shutdown(drain_timeout=1.0)
+
+    app = FastAPI(
+        title="podgate",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    # Browsers (web frontends) are first-class clients.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["*"],
+    )
+    install_problem_handlers(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,111 @@
+"""The API's request and response shapes (the contract other software codes against)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Transport = Literal["auto", "spdy", "websocket", "ws-channel", "h2"]
+Status = Literal["pending", "ready", "reconnecting", "failed", "stopped"]
+
+
+class SessionCreate(BaseModel):
+    """A forward session to create; `ports` use `oc port-forward` syntax."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"namespace": "default", "target": "pod/hello", "ports": ["0:8080"]},
+            ]
+        },
+    )
+
+    namespace: str = Field(
+        default="default",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Kubernetes namespace of the target.",
+    )
+    target: str = Field(
+        min_length=1, max_length=300, description="`NAME` or `pod/NAME`.", examples=["pod/hello"]
+    )
+    ports: list[str] = Field(
+        min_length=1,
+        max_length=64,
+        description="`5000`, `8888:5000`, `:5000` or `0:5000` (local port chosen by the OS).",
+        examples=[["5000", "8888:5000", ":6000", "0:7000"]],
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
+        description="Client-chosen unique name; POSTing the same name and spec again is a no-op.",
+    )
+    addresses: list[str] = Field(
+        default_factory=lambda: ["localhost"],
+        min_length=1,
+        max_length=16,
+        description="Local addresses to listen on; `localhost` means 127.0.0.1 and ::1.",
+    )
+    context: str | None = Field(
+        default=None, min_length=1, max_length=253, description="kubeconfig context."
+    )
+    transport: Transport = Field(
+        default="auto", description="Upstream transport; `auto` currently means SPDY/3.1."
+    )
+
+
+class PortPublic(BaseModel):
+    spec: str = Field(examples=["0:7000"])
+    local_port: int = Field(examples=[42390])
+    remote_port: int = Field(examples=[7000])
+    addresses: list[str] = Field(examples=[["127.0.0.1", "::1"]])
+
+
+class SessionPublic(BaseModel):
+    id: str
+    name: str
+    namespace: str
+    target: str
+    pod: str | None = Field(description="The pod the target resolved to, once known.")
+    status: Status
+    transport: str | None = Field(description="The negotiated transport, once connected.")
+    last_error: str | None
+    created_at: datetime
+    ready_since: datetime | None
+    ports: list[PortPublic]
+    forwarding: list[str] = Field(
+        description="The lines `oc port-forward` prints for these listeners.",
+        examples=[
+            ["Forwarding from 127.0.0.1:42390 -> 7000", "Forwarding from [::1]:42390 -> 7000"]
+        ],
+    )
+    connections_active: int
+    connections_total: int
+    connection_errors: int
+    bytes_in: int = Field(description="Bytes from the pod to local clients.")
+    bytes_out: int = Field(description="Bytes from local clients to the pod.")
+
+
+class SessionsPublic(BaseModel):
+    data: list[SessionPublic]
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    sessions: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str

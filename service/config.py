@@ -1,0 +1,41 @@
+"""Settings for `podgate serve`: one object, built once from flags and PODGATE_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "podgate"
+
+
+class Settings(BaseSettings):
+    """Everything the service needs; passed down explicitly, never read at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="PODGATE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = default_data_dir()
+    #: Any SQLAlchemy URL; empty means a SQLite file `podgate.db` under `data_dir`.
+    database_url: str = ""
+    #: kubeconfig path; empty means $KUBECONFIG, then ~/.kube/config, then in-cluster.
+    kubeconfig: str = ""
+    #: Default kubeconfig context for sessions that do not name one.
+    context: str = ""
+    #: Start an in-process agent with a demo pod `default/hello` and use it as the cluster.
+    demo: bool = False
+    #: How long a local connection may wait for the upstream connection before it is closed.
+    connect_wait_seconds: float = 30.0
+    #: Seconds between keepalive pings on each upstream connection.
+    ping_interval_seconds: float = 5.0
+    #: Upper bound of the redial backoff.
+    max_backoff_seconds: float = 30.0
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'podgate.db'}"

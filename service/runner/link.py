@@ -1,0 +1,439 @@
+"""The client side of one upgraded SPDY connection and the local TCP connections it carries.
+
+Every accepted local connection becomes a `StreamPair` (protocols.md §1.5): SYN_STREAM
+for the error stream and, without waiting for its reply, for the data stream. Local
+bytes are read only once the data stream's SYN_REPLY has arrived (spdystream drops DATA
+that comes earlier). Text on the error stream closes that one local connection and is
+counted; the link and every other pair stay up (unlike client-go, which ends the session).
+
+Back-pressure is per direction and bounded: when the upstream socket cannot take more,
+every local socket stops being read; when a local socket's write buffer is full, the
+upstream socket stops being read (the only back-pressure SPDY gives us, §1.8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from service.protocols.spdy import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAcknowledged,
+    ProtocolError,
+    RstStatus,
+    SpdyConnection,
+    StreamEnded,
+    StreamRejected,
+    StreamReplied,
+    StreamReset,
+)
+
+log = logging.getLogger("podgate.runner")
+
+LOCAL_WRITE_HIGH_WATER = 1024 * 1024
+UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
+MAX_ERROR_TEXT = 64 * 1024
+DATA_FRAME_SIZE = 256 * 1024
+
+
+@dataclass(slots=True)
+class TrafficCounters:
+    """Per-session numbers that the API reports; plain ints, cheap on the data path."""
+
+    connections_total: int = 0
+    connections_active: int = 0
+    connection_errors: int = 0
+    bytes_in: int = 0  # from the pod to local clients
+    bytes_out: int = 0  # from local clients to the pod
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class LocalConnection(asyncio.Protocol):
+    """One accepted local TCP connection; it is read only once its pair is open."""
+
+    def __init__(
+        self, local_port: int, remote_port: int, on_accept: Callable[[LocalConnection], None]
+    ) -> None:
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self._on_accept = on_accept
+        self.transport: asyncio.Transport | None = None
+        self.pair: StreamPair | None = None
+        self.link: SpdyLink | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(transport)
+        self.transport.set_write_buffer_limits(high=LOCAL_WRITE_HIGH_WATER)
+        self.transport.pause_reading()
+        self._on_accept(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.link is not None and self.pair is not None:
+            self.link.local_data(self.pair, data)
+
+    def eof_received(self) -> bool:
+        if self.link is not None and self.pair is not None:
+            self.link.local_eof(self.pair)
+            return True  # half-close: keep writing what the pod sends
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.link is not None and self.pair is not None:
+            self.link.local_lost(self.pair)
+
+    def pause_writing(self) -> None:
+        if self.link is not None:
+            self.link.block_upstream_reads(self)
+
+    def resume_writing(self) -> None:
+        if self.link is not None:
+            self.link.unblock_upstream_reads(self)
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+@dataclass(eq=False, slots=True)
+class StreamPair:
+    request_id: int
+    error_sid: int
+    data_sid: int
+    local: LocalConnection
+    data_replied: bool = False
+    local_fin: bool = False  # we sent FIN on the data stream
+    remote_fin: bool = False  # the pod side sent FIN on the data stream
+    error_text: bytearray = field(default_factory=bytearray)
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False
+
+
+class SpdyLink(asyncio.Protocol):
+    """One upgraded connection toward the cluster, multiplexing many `StreamPair`s."""
+
+    def __init__(
+        self,
+        counters: TrafficCounters,
+        *,
+        on_lost: Callable[[SpdyLink, str], None],
+        on_connection_error: Callable[[LocalConnection, str], None],
+        ping_interval: float = 5.0,
+        reply_timeout: float = 30.0,
+    ) -> None:
+        self.counters = counters
+        self._on_lost = on_lost
+        self._on_connection_error = on_connection_error
+        self.ping_interval = ping_interval
+        self.reply_timeout = reply_timeout
+        self.conn = SpdyConnection(client_side=True, max_data_frame=DATA_FRAME_SIZE)
+        self.transport: asyncio.Transport | None = None
+        self.pairs: dict[int, StreamPair] = {}  # by error and by data stream id
+        self._next_request_id = 0
+        self._write_paused = False
+        self._read_blockers: set[object] = set()
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._unanswered_pings = 0
+        self.closed = False
+        self.lost_reason = ""
+
+    # ------------------------------------------------------------------ setup
+
+    def attach(self, transport: asyncio.Transport, leftover: bytes) -> None:
+        """Take over an upgraded transport (its bytes past the 101 are in `leftover`)."""
+        self.transport = transport
+        transport.set_protocol(self)
+        transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
+        set_nodelay(transport)
+        if leftover:
+            self.data_received(leftover)
+        transport.resume_reading()
+        self._schedule_ping()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.conn.terminated and not self.conn.goaway_sent
+
+    # -------------------------------------------------------------- keepalive
+
+    def _schedule_ping(self) -> None:
+        if self.ping_interval > 0 and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._ping_handle = loop.call_later(self.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.closed:
+            return
+        if self._unanswered_pings >= 3:
+            self._lose("upstream stopped answering pings")
+            return
+        self._unanswered_pings += 1
+        self.conn.ping()
+        self._flush()
+        self._schedule_ping()
+
+    # ------------------------------------------------------------ local side
+
+    def open_pair(self, local: LocalConnection) -> None:
+        """Open the error and data streams for a new local connection."""
+        assert self.transport is not None
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        base = [("port", str(local.remote_port)), ("requestid", str(request_id))]
+        try:
+            error_sid = self.conn.open_stream([("streamtype", "error"), *base])
+            data_sid = self.conn.open_stream([("streamtype", "data"), *base])
+        except ProtocolError as exc:
+            log.info("cannot open streams: %s", exc)
+            local.abort()
+            return
+        pair = StreamPair(request_id, error_sid, data_sid, local)
+        self.pairs[error_sid] = pair
+        self.pairs[data_sid] = pair
+        local.pair = pair
+        local.link = self
+        self.counters.connections_total += 1
+        self.counters.connections_active += 1
+        pair.timer = asyncio.get_running_loop().call_later(
+            self.reply_timeout, self._reply_timed_out, pair
+        )
+        self._flush()
+
+    def local_data(self, pair: StreamPair, data: bytes) -> None:
+        if pair.done or pair.local_fin:
+            return
+        self.counters.bytes_out += len(data)
+        self.conn.send_data(pair.data_sid, data)
+        self._flush()
+
+    def local_eof(self, pair: StreamPair) -> None:
+        if pair.done or pair.local_fin:
+            return
+        pair.local_fin = True
+        self.conn.end_stream(pair.data_sid)
+        self._flush()
+        self._maybe_finish(pair)
+
+    def local_lost(self, pair: StreamPair) -> None:
+        self.unblock_upstream_reads(pair.local)
+        if not pair.done:
+            self._finish(pair)
+            self._flush()
+
+    def block_upstream_reads(self, reason: object) -> None:
+        if not self._read_blockers and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._read_blockers.add(reason)
+
+    def unblock_upstream_reads(self, reason: object) -> None:
+        if reason not in self._read_blockers:
+            return
+        self._read_blockers.discard(reason)
+        if not self._read_blockers and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # --------------------------------------------------------- upstream side
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            self._flush()
+            self._lose(f"protocol error from upstream: {exc}")
+            return
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._data(event)
+            elif isinstance(event, StreamReplied):
+                self._replied(event.stream_id)
+            elif isinstance(event, StreamEnded):
+                self._ended(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self._reset(event.stream_id)
+            elif isinstance(event, PingAcknowledged):
+                self._unanswered_pings = 0
+            elif isinstance(event, StreamRejected):
+                log.info("upstream stream %d rejected: %s", event.stream_id, event.error)
+                self._reset(event.stream_id)
+            elif isinstance(event, ConnectionTerminated):
+                self._lose("upstream sent GOAWAY")
+                return
+        self._flush()
+
+    def eof_received(self) -> bool:
+        self._lose("upstream closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(f"upstream connection lost: {exc}" if exc else "upstream closed the connection")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        for pair in set(self.pairs.values()):
+            if pair.data_replied and pair.local.transport is not None:
+                pair.local.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for pair in set(self.pairs.values()):
+            if pair.data_replied and not pair.local_fin and pair.local.transport is not None:
+                pair.local.transport.resume_reading()
+
+    def _replied(self, sid: int) -> None:
+        pair = self.pairs.get(sid)
+        if pair is None or pair.done:
+            return
+        if sid == pair.error_sid:
+            # kubectl's order: the error stream is half-closed once it is accepted.
+            if self.conn.can_send(sid):
+                self.conn.end_stream(sid)
+            return
+        pair.data_replied = True
+        if pair.timer is not None:
+            pair.timer.cancel()
+            pair.timer = None
+        local = pair.local
+        if local.transport is not None and not local.closed and not self._write_paused:
+            local.transport.resume_reading()
+
+    def _data(self, event: DataReceived) -> None:
+        pair = self.pairs.get(event.stream_id)
+        if pair is None or pair.done:
+            return
+        if event.stream_id == pair.error_sid:
+            room = MAX_ERROR_TEXT - len(pair.error_text)
+            if room > 0:
+                pair.error_text += event.data[:room]
+            return
+        local = pair.local
+        if local.transport is not None and not local.closed:
+            self.counters.bytes_in += len(event.data)
+            local.transport.write(event.data)
+
+    def _ended(self, sid: int) -> None:
+        pair = self.pairs.get(sid)
+        if pair is None or pair.done:
+            return
+        if sid == pair.error_sid:
+            self._error_stream_done(pair)
+            return
+        pair.remote_fin = True
+        local = pair.local
+        if local.transport is not None and not local.closed and local.transport.can_write_eof():
+            local.transport.write_eof()
+        self._maybe_finish(pair)
+
+    def _reset(self, sid: int) -> None:
+        pair = self.pairs.get(sid)
+        if pair is None or pair.done:
+            return
+        if sid == pair.error_sid:
+            self._error_stream_done(pair)  # the text (if any) arrived before the RST
+            return
+        # The pod side aborted the data stream; any error text came before the RST.
+        if pair.error_text:
+            self._error_stream_done(pair)
+        else:
+            self._finish(pair, abort_local=True)
+
+    def _error_stream_done(self, pair: StreamPair) -> None:
+        if pair.error_text:
+            text = pair.error_text.decode("utf-8", "replace")
+            self.counters.connection_errors += 1
+            self._on_connection_error(pair.local, text)
+            self._finish(pair, abort_local=True)
+        elif pair.remote_fin and (pair.local_fin or pair.local.closed):
+            self._finish(pair)
+
+    def _reply_timed_out(self, pair: StreamPair) -> None:
+        pair.timer = None
+        if pair.done or pair.data_replied:
+            return
+        self.counters.connection_errors += 1
+        self._on_connection_error(
+            pair.local, "timed out waiting for the upstream to accept the stream pair"
+        )
+        self._finish(pair, abort_local=True)
+        self._flush()
+
+    # ---------------------------------------------------------------- endings
+
+    def _maybe_finish(self, pair: StreamPair) -> None:
+        if pair.local_fin and pair.remote_fin:
+            local = pair.local
+            if local.transport is not None and not local.closed:
+                local.transport.close()
+
+    def _finish(self, pair: StreamPair, *, abort_local: bool = False) -> None:
+        if pair.done:
+            return
+        pair.done = True
+        if pair.timer is not None:
+            pair.timer.cancel()
+            pair.timer = None
+        # client-go resets the data stream unless it already sent FIN or got an RST.
+        for sid in (pair.data_sid, pair.error_sid):
+            if self.conn.can_send(sid) and not (sid == pair.data_sid and pair.local_fin):
+                with contextlib.suppress(ProtocolError):
+                    self.conn.reset_stream(sid, RstStatus.CANCEL)
+            self.pairs.pop(sid, None)
+        self.counters.connections_active -= 1
+        self.unblock_upstream_reads(pair.local)
+        local = pair.local
+        if not local.closed and local.transport is not None:
+            if abort_local:
+                local.transport.abort()
+            else:
+                local.transport.close()
+
+    def _flush(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        chunks = self.conn.chunks_to_send()
+        if chunks:
+            self.transport.writelines(chunks)
+
+    def _lose(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.lost_reason = reason
+        if self._ping_handle is not None:
+            self._ping_handle.cancel()
+        for pair in list(set(self.pairs.values())):
+            self._finish(pair, abort_local=True)
+        if self.transport is not None:
+            self.transport.abort()
+        self._on_lost(self, reason)
+
+    def close(self) -> None:
+        """Graceful end (client-go's Close): RST every open stream, GOAWAY, close TCP."""
+        if self.closed:
+            return
+        for pair in list(set(self.pairs.values())):
+            self._finish(pair, abort_local=True)
+        with contextlib.suppress(ProtocolError):
+            self.conn.goaway()
+        self._flush()
+        self.closed = True
+        if self._ping_handle is not None:
+            self._ping_handle.cancel()
+        if self.transport is not None:
+            self.transport.close()

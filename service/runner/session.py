@@ -1,0 +1,246 @@
+"""`ForwardSession`: the listeners of one stored session and its link to the cluster.
+
+The listeners are bound before anything else and stay bound for the session's life,
+whatever happens upstream: local clients keep their port while the link is re-dialled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+from service.ports import PortMapping
+from service.runner.link import LocalConnection, SpdyLink, TrafficCounters
+from service.runner.listeners import BoundMapping, bind_mappings
+from service.upstream import Cluster, UpstreamError
+
+log = logging.getLogger("podgate.runner")
+
+PENDING = "pending"
+READY = "ready"
+RECONNECTING = "reconnecting"
+FAILED = "failed"
+STOPPED = "stopped"
+
+#: Gives the cluster for a kubeconfig context (None: the default one).
+ClusterSource = Callable[[str | None], Awaitable[Cluster]]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSpec:
+    """What a client asked for; immutable for the session's life."""
+
+    id: str
+    name: str
+    namespace: str
+    target: str
+    pod_name: str
+    mappings: tuple[PortMapping, ...]
+    addresses: tuple[str, ...]  # resolved IPs (localhost → 127.0.0.1, ::1)
+    optional_addresses: tuple[str, ...]  # may fail to bind alone (kubectl's localhost rule)
+    context: str | None
+    transport: str
+    created_at: datetime
+
+
+def backoff_delays(base: float = 0.5, cap: float = 30.0) -> Iterator[float]:
+    """Capped exponential backoff with full jitter (never zero, never above `cap`)."""
+    attempt = 0
+    while True:
+        ceiling = min(cap, base * (2**attempt))
+        yield random.uniform(ceiling / 2, ceiling)
+        attempt = min(attempt + 1, 30)
+
+
+class ForwardSession:
+    """Listeners + one multiplexed upstream link, re-dialled when it drops."""
+
+    def __init__(
+        self,
+        spec: SessionSpec,
+        cluster: ClusterSource,
+        *,
+        on_change: Callable[[ForwardSession], None],
+        on_accept: Callable[[LocalConnection], None] | None = None,
+        connect_wait: float = 30.0,
+        ping_interval: float = 5.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self._cluster = cluster
+        self._on_change = on_change
+        self._on_accept = on_accept
+        self.connect_wait = connect_wait
+        self.ping_interval = ping_interval
+        self.max_backoff = max_backoff
+        self.status = PENDING
+        self.last_error: str | None = None
+        self.transport_name: str | None = None
+        self.pod: str | None = None
+        self.ready_since: datetime | None = None
+        self.counters = TrafficCounters()
+        self.bound: list[BoundMapping] = []
+        self._servers: list[asyncio.Server] = []
+        self._link: SpdyLink | None = None
+        self._link_lost = asyncio.Event()
+        self._waiting: dict[LocalConnection, asyncio.TimerHandle] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------- listeners
+
+    def bind(self, local_ports: Sequence[int] | None = None) -> None:
+        """Bind every mapping (on `local_ports` when restoring); all-or-nothing."""
+        mappings = list(self.spec.mappings)
+        if local_ports is not None:
+            mappings = [
+                PortMapping(m.spec, port or m.local_port, m.remote_port)
+                for m, port in zip(mappings, local_ports, strict=True)
+            ]
+        self.bound = bind_mappings(mappings, self.spec.addresses, self.spec.optional_addresses)
+
+    @property
+    def local_ports(self) -> list[int]:
+        return [b.local_port for b in self.bound]
+
+    async def start(self) -> None:
+        """Serve the bound sockets and start dialling the cluster in the background."""
+        loop = asyncio.get_running_loop()
+        for bound in self.bound:
+            for sock in bound.sockets:
+                server = await loop.create_server(
+                    partial(
+                        LocalConnection, bound.local_port, bound.mapping.remote_port, self._accepted
+                    ),
+                    sock=sock,
+                    backlog=1024,
+                )
+                self._servers.append(server)
+        self._task = loop.create_task(self._run(), name=f"session {self.spec.name}")
+
+    def close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for bound in self.bound:
+            bound.close()
+
+    # ------------------------------------------------------------- lifecycle
+
+    def _set(self, status: str, error: str | None = None, *, keep_error: bool = False) -> None:
+        changed = status != self.status or (not keep_error and error != self.last_error)
+        self.status = status
+        if not keep_error:
+            self.last_error = error
+        if status == READY:
+            self.ready_since = datetime.now().astimezone()
+        elif status != READY:
+            self.ready_since = None
+        if changed:
+            self._on_change(self)
+
+    async def _run(self) -> None:
+        delays = backoff_delays(cap=self.max_backoff)
+        while not self._stopping:
+            try:
+                await self._dial()
+            except (UpstreamError, Exception) as exc:
+                if isinstance(exc, UpstreamError) and not exc.retryable:
+                    self._set(FAILED, str(exc))
+                    self._drop_waiting()
+                    return
+                if not isinstance(exc, UpstreamError):
+                    log.exception("session %s: unexpected error while dialling", self.spec.name)
+                next_status = RECONNECTING if self.status in (READY, RECONNECTING) else PENDING
+                self._set(next_status, str(exc) or type(exc).__name__)
+                await asyncio.sleep(next(delays))
+                continue
+            delays = backoff_delays(cap=self.max_backoff)
+            await self._link_lost.wait()
+            if self._stopping:
+                return
+            assert self._link is not None
+            self._set(RECONNECTING, self._link.lost_reason)
+
+    async def _dial(self) -> None:
+        cluster = await self._cluster(self.spec.context)
+        pod = await cluster.require_running(self.spec.namespace, self.spec.pod_name)
+        self.pod = pod.name
+        upgraded = await cluster.upgrade_spdy(self.spec.namespace, pod.name)
+        if self._stopping:
+            upgraded.transport.abort()
+            return
+        link = SpdyLink(
+            self.counters,
+            on_lost=self._lost,
+            on_connection_error=self._connection_error,
+            ping_interval=self.ping_interval,
+        )
+        self._link_lost.clear()
+        self._link = link
+        link.attach(upgraded.transport, upgraded.leftover)
+        self.transport_name = "spdy"
+        self._set(READY, None)
+        for local, timer in list(self._waiting.items()):
+            timer.cancel()
+            if not local.closed:
+                link.open_pair(local)
+        self._waiting.clear()
+
+    def _lost(self, link: SpdyLink, reason: str) -> None:
+        if link is self._link:
+            log.info("session %s: %s", self.spec.name, reason)
+            self._link_lost.set()
+
+    def _connection_error(self, local: LocalConnection, text: str) -> None:
+        # kubectl's wording; unlike kubectl, only this one connection is closed.
+        message = f"an error occurred forwarding {local.local_port} -> {local.remote_port}: {text}"
+        log.info("session %s: %s", self.spec.name, message)
+        self.last_error = message
+        self._on_change(self)
+
+    # ----------------------------------------------------- local connections
+
+    def _accepted(self, local: LocalConnection) -> None:
+        if self._on_accept is not None:
+            self._on_accept(local)
+        link = self._link
+        if link is not None and link.usable and self.status == READY:
+            link.open_pair(local)
+            return
+        if self.status == FAILED or self._stopping:
+            local.abort()
+            return
+        # Upstream is (re)connecting: hold the connection, unread, for a bounded time.
+        timer = asyncio.get_running_loop().call_later(self.connect_wait, self._wait_expired, local)
+        self._waiting[local] = timer
+
+    def _wait_expired(self, local: LocalConnection) -> None:
+        self._waiting.pop(local, None)
+        self.counters.connection_errors += 1
+        local.abort()
+
+    def _drop_waiting(self) -> None:
+        for local, timer in self._waiting.items():
+            timer.cancel()
+            local.abort()
+        self._waiting.clear()
+
+    async def stop(self, status: str = STOPPED) -> None:
+        """Close listeners, the link and every connection; the session is then inert."""
+        self._stopping = True
+        self.close_listeners()
+        self._drop_waiting()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._link is not None:
+            self._link.close()
+        self.status = status
