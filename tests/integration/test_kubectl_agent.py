@@ -74,9 +74,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_20mb_each_way_through_a_network_namespace(
-    version: str, kube_env: dict[str, str]
-) -> None:
+def test_20mb_each_way_through_a_network_namespace(version: str, kube_env: dict[str, str]) -> None:
     payload = os.urandom(20 * MB)
     with _port_forward(version, kube_env, f"0:{ECHO_PORT}") as kubectl:
         [(local, remote)] = _forwarded_ports(kubectl, 1)
@@ -111,7 +109,9 @@ def test_50_concurrent_connections(version: str, kube_env: dict[str, str]) -> No
     with _port_forward(version, kube_env, f"0:{ECHO_PORT}") as kubectl:
         [(local, _)] = _forwarded_ports(kubectl, 1)
         with ThreadPoolExecutor(max_workers=50) as pool:
-            results = list(pool.map(lambda p: roundtrip("127.0.0.1", local, p, timeout=60), payloads))
+            results = list(
+                pool.map(lambda p: roundtrip("127.0.0.1", local, p, timeout=60), payloads)
+            )
     assert all(r.intact for r in results)
 
 
