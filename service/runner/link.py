@@ -33,6 +33,7 @@ from service.protocols.spdy import (
     StreamReplied,
     StreamReset,
 )
+from service.upstream import UpgradedConnection
 
 log = logging.getLogger("podgate.runner")
 
@@ -154,16 +155,13 @@ class SpdyLink(asyncio.Protocol):
 
     # ------------------------------------------------------------------ setup
 
-    def attach(self, transport: asyncio.Transport, leftover: bytes) -> None:
-        """Take over an upgraded transport (its bytes past the 101 are in `leftover`)."""
-        self.transport = transport
-        transport.set_protocol(self)
-        transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
-        set_nodelay(transport)
-        if leftover:
-            self.data_received(leftover)
-        transport.resume_reading()
+    def attach(self, upgraded: UpgradedConnection) -> None:
+        """Take over an upgraded connection (bytes past the 101, EOF or loss replayed)."""
+        self.transport = upgraded.transport
+        self.transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
+        set_nodelay(self.transport)
         self._schedule_ping()
+        upgraded.attach(self)
 
     @property
     def usable(self) -> bool:

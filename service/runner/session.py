@@ -184,7 +184,7 @@ class ForwardSession:
         )
         self._link_lost.clear()
         self._link = link
-        link.attach(upgraded.transport, upgraded.leftover)
+        link.attach(upgraded)
         self.transport_name = "spdy"
         self._set(READY, None)
         for local, timer in list(self._waiting.items()):

@@ -1,0 +1,349 @@
+"""One cluster endpoint and its credentials, loaded the way kubernetes_asyncio does it
+(protocols.md §6), plus the two requests port-forward needs: GET pod and the upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from .endpoint import auth_headers, build_ssl_context, describe_connect_error, portforward_url
+from .errors import (
+    PodNotFound,
+    PodNotRunning,
+    UpstreamError,
+    describe_http_error,
+    parse_status,
+)
+from .upgrade import UpgradedConnection, dial_spdy
+
+__all__ = ["DEFAULT_TIMEOUT", "Cluster", "PodInfo", "user_agent"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 15.0
+REFRESH_INTERVAL = 60.0
+# kubernetes_asyncio treats a token as expired this long before its expirationTimestamp.
+_EXPIRY_SKEW = datetime.timedelta(minutes=5)
+_MAX_POD_BODY = 4 * 1024 * 1024
+
+
+def user_agent() -> str:
+    try:
+        version = metadata.version("podgate")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return f"podgate/{version}"
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    namespace: str
+    phase: str
+    uid: str
+    container_ports: list[dict[str, Any]]  # raw spec.containers[].ports, all containers
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PodInfo:
+        metadata_ = data.get("metadata") or {}
+        spec = data.get("spec") or {}
+        ports: list[dict[str, Any]] = []
+        for container in spec.get("containers") or []:
+            ports.extend(p for p in container.get("ports") or [] if isinstance(p, dict))
+        return cls(
+            name=str(metadata_.get("name", "")),
+            namespace=str(metadata_.get("namespace", "")),
+            phase=str((data.get("status") or {}).get("phase") or "Unknown"),
+            uid=str(metadata_.get("uid", "")),
+            container_ports=ports,
+        )
+
+
+def _existing_kubeconfigs(spec: str) -> list[str]:
+    """The files of a ``:``-separated kubeconfig list that exist (missing ones are skipped)."""
+    paths = [os.path.expanduser(p) for p in spec.split(os.pathsep) if p]
+    return [p for p in paths if os.path.exists(p)]
+
+
+class Cluster:
+    """One cluster endpoint + credentials, from a kubeconfig (path/context) or in-cluster."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        loader: Any | None = None,
+        *,
+        source: str,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._cfg: Any = cfg
+        self._loader: Any = loader
+        self._source = source
+        self._timeout = timeout
+        self._api: Any = k8s_client.ApiClient(cfg)
+        self._api.user_agent = user_agent()
+        self._core: Any = k8s_client.CoreV1Api(self._api)
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._credential_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    async def load(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
+        """Load ``kubeconfig`` (else ``$KUBECONFIG``, else ``~/.kube/config``); when no such
+        file exists and no path was given, fall back to the in-cluster service account.
+
+        Starts no background task; see :meth:`start_refresh`.
+        """
+        cfg = k8s_client.Configuration()
+        explicit = kubeconfig is not None
+        origin = "kubeconfig" if explicit else "$KUBECONFIG"
+        spec = kubeconfig or os.environ.get("KUBECONFIG") or ""
+        if not spec:
+            origin = "default kubeconfig"
+            spec = k8s_config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+        paths = _existing_kubeconfigs(spec)
+        if paths:
+            try:
+                loader = await k8s_config.load_kube_config(
+                    config_file=os.pathsep.join(paths),
+                    context=context,
+                    client_configuration=cfg,
+                    persist_config=False,
+                )
+            except Exception as exc:  # the loader raises ConfigException, KeyError, YAML errors…
+                what = f"context {context!r} of " if context else ""
+                raise UpstreamError(
+                    f"cannot load {what}kubeconfig {spec}: {_describe(exc)}", retryable=False
+                ) from exc
+            return cls(cfg, loader, source=f"kubeconfig {spec}")
+        if explicit:
+            raise UpstreamError(f"kubeconfig {spec} does not exist", retryable=False)
+        if context is not None:
+            raise UpstreamError(
+                f"context {context!r} requested but no kubeconfig exists at {spec} ({origin})",
+                retryable=False,
+            )
+        load_incluster: Any = k8s_config.load_incluster_config
+        try:
+            load_incluster(client_configuration=cfg)
+        except Exception as exc:
+            raise UpstreamError(
+                f"no cluster configured: no kubeconfig at {spec} ({origin}) and no in-cluster "
+                f"service account ({_describe(exc)})",
+                retryable=False,
+            ) from exc
+        return cls(cfg, None, source="in-cluster service account")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def server(self) -> str:
+        """The API server URL, with any path prefix, e.g. ``https://127.0.0.1:6443/prefix``."""
+        return str(self._cfg.host)
+
+    @property
+    def source(self) -> str:
+        """Where the configuration came from, for messages."""
+        return self._source
+
+    @property
+    def configuration(self) -> Any:
+        """The kubernetes_asyncio Configuration (for other dialers)."""
+        return self._cfg
+
+    # ------------------------------------------------------------------ requests
+
+    async def get_pod(self, namespace: str, name: str) -> PodInfo:
+        """GET the pod; 404 → :class:`PodNotFound`. Does not check the phase."""
+        url = portforward_url(self.server, namespace, name).removesuffix("/portforward")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._fresh_credentials()
+                response = await self._core.read_namespaced_pod(
+                    name, namespace, _preload_content=False, _request_timeout=self._timeout
+                )
+                try:
+                    body = await _read_bounded(response.content, _MAX_POD_BODY)
+                finally:
+                    response.release()
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError(
+                f"timed out after {self._timeout:g} s getting pod {url}", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise describe_connect_error(exc.certificate_error, url) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise describe_connect_error(exc.os_error, url) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"GET {url} failed: {_describe(exc)}", retryable=True) from exc
+        except OSError as exc:
+            raise describe_connect_error(exc, url) from exc
+        status = int(response.status)
+        if status == 404 and _names_a_pod(body):
+            raise PodNotFound(namespace, name)
+        if not 200 <= status < 300:
+            text = describe_http_error(status, str(response.reason or ""), body)
+            raise UpstreamError(f"cannot get pod {namespace}/{name}: {text}", status=status)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise UpstreamError(
+                f"GET {url} returned {status} with a body that is not JSON", status=status
+            ) from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"GET {url} returned an unexpected body", status=status)
+        return PodInfo.from_json(data)
+
+    async def require_running(self, namespace: str, name: str) -> PodInfo:
+        """:meth:`get_pod`, then kubectl's check: ``status.phase`` must be Running."""
+        pod = await self.get_pod(namespace, name)
+        if pod.phase != "Running":
+            raise PodNotRunning(namespace, name, pod.phase)
+        return pod
+
+    async def upgrade_spdy(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> UpgradedConnection:
+        """POST …/pods/{pod}/portforward with ``Upgrade: SPDY/3.1`` (protocols.md §1.1).
+
+        The returned transport has reading paused: install your protocol with
+        ``conn.attach(protocol)``, or ``set_protocol`` + feed ``leftover`` +
+        ``transport.resume_reading()``.
+        """
+        url = portforward_url(self.server, namespace, pod)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if getattr(self._cfg, "proxy", None):
+            raise UpstreamError(
+                f"the cluster is configured with proxy-url {self._cfg.proxy}; "
+                "port-forward through a proxy is not supported",
+                retryable=False,
+            )
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._fresh_credentials()
+                headers = [("User-Agent", user_agent()), *await auth_headers(self._cfg)]
+        except TimeoutError:
+            raise UpstreamError(
+                f"timed out after {timeout:g} s refreshing credentials for {url}",
+                retryable=True,
+            ) from None
+        ssl_context = build_ssl_context(self._cfg) if url.startswith("https:") else None
+        return await dial_spdy(
+            url,
+            headers=headers,
+            ssl_context=ssl_context,
+            server_hostname=self._cfg.tls_server_name or None,
+            timeout=timeout,
+            deadline=deadline,  # one bound for credentials + connect + TLS + answer
+        )
+
+    # ------------------------------------------------------------------ credentials
+
+    def _exec_token_expired(self) -> bool:
+        loader = self._loader
+        if loader is None or loader._user is None or "exec" not in loader._user:
+            return False
+        expiry = getattr(loader, "exec_plugin_expiry", None)
+        if not isinstance(expiry, datetime.datetime):
+            return False  # no expiry: the token stays valid; the refresh task re-runs the plugin
+        if expiry.tzinfo is None:
+            expiry = expiry.replace(tzinfo=datetime.UTC)
+        return expiry - _EXPIRY_SKEW <= datetime.datetime.now(datetime.UTC)
+
+    async def _fresh_credentials(self) -> None:
+        """Re-run an exec plugin whose token has expired, before a request needs it."""
+        if not self._exec_token_expired():
+            return
+        async with self._credential_lock:
+            if not self._exec_token_expired():
+                return
+            try:
+                await self._loader.load_from_exec_plugin()
+            except Exception as exc:
+                raise UpstreamError(
+                    f"the exec credential plugin failed: {_describe(exc)}", retryable=True
+                ) from exc
+            self._cfg.api_key["BearerToken"] = self._loader.token
+
+    def _uses_refreshable_token(self) -> bool:
+        loader = self._loader
+        if loader is None:
+            return False
+        if loader.provider in ("gcp", "oidc"):
+            return True
+        return loader._user is not None and "exec" in loader._user
+
+    def start_refresh(self) -> None:
+        """Keep exec/GCP/OIDC tokens fresh in the background (no-op for other credentials)."""
+        if self._refresh_task is not None or not self._uses_refreshable_token():
+            return
+        self._refresh_task = asyncio.create_task(
+            self._refresh_loop(), name=f"podgate-token-refresh[{self._source}]"
+        )
+
+    async def _refresh_loop(self) -> None:
+        loader = self._loader
+        while True:  # each branch sleeps before it refreshes, so a failure never spins
+            try:
+                if loader.provider == "oidc":
+                    # refresh_token() does not cover OIDC; reloading refreshes an expired one.
+                    await asyncio.sleep(REFRESH_INTERVAL)
+                    await loader.load_and_set(self._cfg)
+                else:
+                    # Loops forever for exec/GCP; returns only when there is nothing to do.
+                    await k8s_config.refresh_token(loader, self._cfg, interval=REFRESH_INTERVAL)
+                    return
+            except Exception as exc:
+                log.warning("token refresh for %s failed: %s", self._source, _describe(exc))
+
+    async def close(self) -> None:
+        """Stop the refresh task and close the HTTP client."""
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._api.close()
+
+    async def __aenter__(self) -> Cluster:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def _read_bounded(stream: Any, limit: int) -> bytes:
+    body = bytearray()
+    while len(body) < limit and (chunk := await stream.read(limit - len(body))):
+        body += chunk
+    return bytes(body)
+
+
+def _names_a_pod(body: bytes) -> bool:
+    """Whether a 404 is the API server's "pods ... not found" rather than a wrong URL."""
+    details = (parse_status(body) or {}).get("details")
+    return isinstance(details, dict) and details.get("kind") == "pods"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__

@@ -1,0 +1,126 @@
+"""Pieces every dial needs, shared by the SPDY upgrade and a future WebSocket dial:
+the URL, the TLS context and the auth header, built from a kubernetes_asyncio Configuration
+exactly as its REST client does (protocols.md §6)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .errors import UpstreamError
+
+__all__ = [
+    "Endpoint",
+    "auth_headers",
+    "build_ssl_context",
+    "describe_connect_error",
+    "portforward_url",
+]
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+_TLS_SCHEMES = frozenset({"https", "wss"})
+
+
+def portforward_url(server: str, namespace: str, pod: str) -> str:
+    """``{server}/api/v1/namespaces/{ns}/pods/{pod}/portforward``, keeping any path prefix."""
+    ns = quote(namespace, safe="")
+    name = quote(pod, safe="")
+    return f"{server.rstrip('/')}/api/v1/namespaces/{ns}/pods/{name}/portforward"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to connect for one URL, and what to put in the request line and Host header."""
+
+    url: str
+    host: str  # no brackets for IPv6
+    port: int
+    tls: bool
+    host_header: str  # host[:port] as written in the URL
+    target: str  # path + query for the request line
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise UpstreamError(
+                f"unsupported URL scheme in {url!r} (expected http or https)", retryable=False
+            )
+        try:
+            port = parts.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise UpstreamError(f"invalid port in {url!r}", retryable=False) from None
+        if not parts.hostname:
+            raise UpstreamError(f"no host in {url!r}", retryable=False)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        return cls(
+            url=url,
+            host=parts.hostname,
+            port=port,
+            tls=scheme in _TLS_SCHEMES,
+            host_header=parts.netloc.rpartition("@")[2],
+            target=target,
+        )
+
+
+def build_ssl_context(cfg: Any, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
+    """The TLS context kubernetes_asyncio's REST client builds, offering only ``alpn``.
+
+    Never offer h2: an HTTP/1.1 upgrade cannot run over HTTP/2 (protocols.md §1.1).
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, keyfile=cfg.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise UpstreamError(
+            f"cannot load TLS files from the cluster configuration: {exc}", retryable=False
+        ) from exc
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if getattr(cfg, "disable_strict_ssl_verification", False):
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+async def auth_headers(cfg: Any) -> list[tuple[str, str]]:
+    """The auth header(s) for one request, read fresh (runs the token refresh hook).
+
+    The stored value already carries its scheme (``Bearer …`` or ``Basic …``). Client
+    certificates travel in the TLS context instead.
+    """
+    headers: list[tuple[str, str]] = []
+    settings: dict[str, dict[str, Any]] = await cfg.auth_settings()
+    for setting in settings.values():
+        value = setting.get("value")
+        if setting.get("in") == "header" and value:
+            name = str(setting.get("key", "authorization"))
+            headers.append(("Authorization" if name.lower() == "authorization" else name, value))
+    return headers
+
+
+def describe_connect_error(exc: BaseException, url: str) -> UpstreamError:
+    """A connection-level failure (TCP, DNS, TLS) as an UpstreamError a person can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or str(exc)
+        return UpstreamError(
+            f"TLS certificate verification failed for {url}: {detail} "
+            "(check certificate-authority in the kubeconfig)",
+            retryable=True,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamError(f"TLS handshake with {url} failed: {exc}", retryable=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return UpstreamError(f"cannot connect to {url}: connection refused", retryable=True)
+    if isinstance(exc, OSError):
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        return UpstreamError(f"cannot connect to {url}: {detail}", retryable=True)
+    return UpstreamError(f"cannot connect to {url}: {exc!r}", retryable=True)
