@@ -58,11 +58,39 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
+    _document_problems_as_sent(app)
+
+
+def _document_problems_as_sent(app: FastAPI) -> None:
+    """Fix (API tests): document error responses as they are sent.
+
+    FastAPI puts a `responses=` model under the route's media type (`application/json`,
+    leaving `application/problem+json` without a schema) and adds its own 422
+    (`HTTPValidationError`), which `on_validation` never sends. Rewrite every 4xx/5xx to
+    `application/problem+json` with the Problem schema and drop the unused schemas.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        for item in document.get("paths", {}).values():
+            for operation in item.values():
+                for code, response in operation.get("responses", {}).items():
+                    if code[:1] in ("4", "5"):
+                        ref = {"$ref": "#/components/schemas/Problem"}
+                        response["content"] = {PROBLEM_JSON: {"schema": ref}}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the problem statuses a route can return."""
-    return {
-        s: {"model": Problem, "description": _TITLES.get(s, "Error"), "content": {PROBLEM_JSON: {}}}
-        for s in statuses
-    }
+    # The model registers the Problem schema; its content is fixed by _document_problems_as_sent.
+    return {s: {"model": Problem, "description": _TITLES.get(s, "Error")} for s in statuses}

@@ -58,6 +58,15 @@ def to_public(session: ForwardSession) -> SessionPublic:
             format_forwarding_lines(a, bound.local_port, bound.mapping.remote_port)
             for a in addresses
         ]
+    if not session.bound:
+        # Fix (API tests): a session whose listeners could not be restored has nothing
+        # bound; still show its port mappings (stored local ports, listening nowhere).
+        ports = [
+            PortPublic(
+                spec=m.spec, local_port=m.local_port, remote_port=m.remote_port, addresses=[]
+            )
+            for m in spec.mappings
+        ]
     counters = session.counters
     return SessionPublic(
         id=spec.id,

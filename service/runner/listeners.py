@@ -67,8 +67,8 @@ def _bind_all(
 ) -> tuple[int, list[socket.socket]]:
     """Bind every address on one port (`requested` 0: the first bind picks); all-or-nothing.
 
-    An optional address may fail alone, except when a kernel-chosen port is taken there:
-    then the caller retries so that every address gets the same number.
+    An optional address may fail alone when it cannot be bound at all; a port in use there
+    fails the whole mapping (port 0: the caller retries with another number).
     """
     sockets: list[socket.socket] = []
     failures: list[tuple[str, OSError]] = []
@@ -78,8 +78,9 @@ def _bind_all(
             try:
                 sock = _listen_socket(address, port)
             except OSError as exc:
-                retry_ephemeral = requested == 0 and exc.errno == errno.EADDRINUSE
-                if address in optional and not retry_ephemeral:
+                # A missing address family (no IPv6 here) may be skipped, as kubectl does;
+                # a busy port may not: a client dialling it would reach another program.
+                if address in optional and exc.errno != errno.EADDRINUSE:
                     failures.append((address, exc))
                     continue
                 raise

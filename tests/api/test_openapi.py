@@ -1,0 +1,123 @@
+"""The committed OpenAPI document is the app's, and it documents the contract's routes and
+their problem (RFC 9457) responses the way they are really sent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.api.app import create_app
+from service.api.openapi import render
+from service.config import Settings
+
+COMMITTED = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+
+#: The contract (issue 3, "The API"): operation -> the statuses it answers with.
+ROUTES: dict[tuple[str, str], set[str]] = {
+    ("post", "/sessions"): {"200", "201", "409", "422"},
+    ("get", "/sessions"): {"200"},
+    ("get", "/sessions/{session_id}"): {"200", "404"},
+    ("delete", "/sessions/{session_id}"): {"204", "404"},
+    ("get", "/healthz"): {"200"},
+}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(render())
+    return doc
+
+
+def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def test_committed_document_is_current() -> None:
+    assert COMMITTED.exists(), f"{COMMITTED} is missing: run `make openapi`"
+    assert COMMITTED.read_text() == render(), (
+        f"{COMMITTED} is stale (the app's OpenAPI document changed): run `make openapi` "
+        "and commit the result"
+    )
+
+
+def test_document_has_the_routes(document: dict[str, Any]) -> None:
+    assert set(operations(document)) == set(ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_route_documents_its_responses(document: dict[str, Any], method: str, path: str) -> None:
+    responses = operations(document)[(method, path)]["responses"]
+    assert ROUTES[(method, path)] <= set(responses), sorted(responses)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_every_error_response_is_a_problem(
+    document: dict[str, Any], method: str, path: str
+) -> None:
+    """What the handlers send: `application/problem+json` with the Problem schema, only."""
+    responses = operations(document)[(method, path)]["responses"]
+    for status, response in responses.items():
+        if int(status) >= 400:
+            assert response.get("content") == {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}, (
+                f"{method.upper()} {path} {status}: {response}"
+            )
+
+
+def test_problem_schema(document: dict[str, Any]) -> None:
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["properties"]) == {"type", "title", "status", "detail"}
+    assert set(problem["required"]) == {"title", "status", "detail"}
+    # No schema is left that nothing refers to (FastAPI's own validation-error shapes).
+    text = json.dumps(document)
+    for name in document["components"]["schemas"]:
+        assert f'"#/components/schemas/{name}"' in text, f"unreferenced schema {name}"
+
+
+def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    create = schemas["SessionCreate"]
+    assert {"namespace", "target", "ports", "name", "addresses", "context", "transport"} == set(
+        create["properties"]
+    )
+    assert set(create["required"]) == {"target", "ports"}
+    assert create["additionalProperties"] is False
+    public = schemas["SessionPublic"]
+    assert {
+        "id", "name", "namespace", "target", "pod", "status", "transport", "last_error",
+        "created_at", "ports", "forwarding",
+    } <= set(public["required"])  # fmt: skip
+    assert set(public["properties"]["status"]["enum"]) == {
+        "pending", "ready", "reconnecting", "failed", "stopped",
+    }  # fmt: skip
+    assert {"spec", "local_port", "remote_port", "addresses"} == set(
+        schemas["PortPublic"]["required"]
+    )
+    assert {"data", "count"} == set(schemas["SessionsPublic"]["required"])
+    created = operations(document)[("post", "/sessions")]["responses"]["201"]
+    assert created["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SessionPublic"
+    }
+    assert (
+        "content"
+        not in operations(document)[("delete", "/sessions/{session_id}")]["responses"]["204"]
+    )
+
+
+async def test_served_document_is_the_rendered_one() -> None:
+    """`GET /openapi.json` (what Swagger UI and client generators read) is the same document."""
+    app = create_app(Settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://podgate.test") as client:
+        response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.json() == json.loads(render())
