@@ -146,6 +146,11 @@ class SpdyPortForwardSession:
                 self._stream_reset(event.stream_id)
             elif isinstance(event, StreamRejected):
                 log.info("stream %d rejected: %s", event.stream_id, event.error)
+                # The SPDY layer has already sent RST_STREAM and forgotten the stream
+                # (e.g. DATA after the client's FIN). Treat it as a reset from the
+                # client; otherwise the pair keeps sending on a dead stream and the
+                # StreamStateError kills the pod transport from inside data_received.
+                self._stream_reset(event.stream_id)
             elif isinstance(event, ConnectionTerminated):
                 self.flush()
                 self.close()
@@ -186,10 +191,22 @@ class SpdyPortForwardSession:
         sid, headers = event.stream_id, event.headers
         stream_type = headers.get("streamtype", "")
         port_text = headers.get("port", "")
-        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
-        if stream_type not in ("error", "data") or not 0 < port < 65536:
+        # ASCII digits only, like Go's strconv.ParseUint: str.isdigit() also accepts
+        # characters such as "²" that int() rejects (a ValueError here used to tear
+        # down the whole connection) or reads as another digit (U+0661 is 1).
+        valid = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+        port = int(port_text) if valid else 0
+        # A UNIDIRECTIONAL stream can never carry our bytes, and replying to it raises
+        # StreamStateError (which used to tear down the whole connection): refuse it.
+        if stream_type not in ("error", "data") or not 0 < port < 65536 or event.unidirectional:
             # The kubelet refuses such a stream with a bare RST; the reason is only logged.
-            log.info("stream %d refused: streamtype=%r port=%r", sid, stream_type, port_text)
+            log.info(
+                "stream %d refused: streamtype=%r port=%r unidirectional=%s",
+                sid,
+                stream_type,
+                port_text,
+                event.unidirectional,
+            )
             self.conn.reset_stream(sid, RstStatus.CANCEL)
             return
         self.conn.send_reply(sid)
@@ -265,10 +282,22 @@ class SpdyPortForwardSession:
         if pair is None or pair.done or sid != pair.data_sid:
             return
         pair.client_fin = True
-        pod = pair.pod
-        if pod is not None and pod.transport is not None and pod.transport.can_write_eof():
-            pod.transport.write_eof()
+        self._pod_write_eof(pair)
         self._maybe_finish(pair)
+
+    def _pod_write_eof(self, pair: StreamPair) -> None:
+        """The client's half-close becomes shutdown(SHUT_WR) on the pod socket."""
+        pod = pair.pod
+        if pod is None or pod.transport is None or not pod.transport.can_write_eof():
+            return
+        try:
+            pod.transport.write_eof()
+        except OSError as exc:
+            # The pod socket is already dead (the pod closed it and our last write drew
+            # an RST): asyncio's write_eof raises ENOTCONN from shutdown(2). Raised from
+            # here it escaped data_received and killed the whole *client* connection,
+            # every pair on it, without a trace. It only concerns this pair.
+            self.pod_lost(pair, exc)
 
     def _stream_reset(self, sid: int) -> None:
         pair = self.by_stream.get(sid)
@@ -311,8 +340,8 @@ class SpdyPortForwardSession:
             pair.pending.clear()
             pair.pending_size = 0
             self.unblock_client_reads(pair)
-        if pair.client_fin and pod.transport.can_write_eof():
-            pod.transport.write_eof()
+        if pair.client_fin:
+            self._pod_write_eof(pair)
 
     def _dial_failed(self, pair: StreamPair, cause: str) -> None:
         if pair.done:
@@ -351,7 +380,12 @@ class SpdyPortForwardSession:
         self.unblock_client_reads(pair.pod)
         if pair.done:
             return
-        if exc is not None:
+        # Once the pod has sent EOF its reply is complete; a later EPIPE/ECONNRESET only
+        # says that it closed its socket and takes no more input (e.g. a server that
+        # closes after answering). That is a normal end, not a forwarding error: text
+        # on the error stream makes client-go drop the whole session ("lost connection
+        # to pod"), and containerd only logs such copy errors.
+        if exc is not None and not pair.pod_eof:
             message = self._error_text(pair, f"read from pod: {exc}")
             if pair.error_sid is not None:
                 self.conn.send_data(pair.error_sid, message.encode())
