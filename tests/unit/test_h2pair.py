@@ -1,0 +1,455 @@
+"""HTTP/2 stream pairs (protocols.md §5.2): real h2 on both sides, flow control, repr cost."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import hyperframe.frame
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+
+from service.protocols.h2pair import (
+    CONNECTION_WINDOW,
+    STREAM_WINDOW,
+    H2PairClient,
+    H2PairServer,
+    LinkTerminated,
+    PairData,
+    PairEnded,
+    PairEvent,
+    PairProtocolError,
+    PairRequestError,
+    PairReset,
+    PairResponse,
+    PairStateError,
+    PairStreamOpened,
+    PingAnswered,
+    WindowOpened,
+    parse_pair_path,
+    validate_pair_headers,
+)
+
+SPLIT_MODES = ["whole", "bytewise", *(f"random-{seed}" for seed in range(4))]
+
+
+def chunks_of(wire: bytes, mode: str) -> list[bytes]:
+    if mode == "whole" or len(wire) < 2:
+        return [wire]
+    if mode == "bytewise":
+        return [wire[i : i + 1] for i in range(len(wire))]
+    rng = random.Random(int(mode.split("-")[1]))
+    cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(1, 25))))
+    return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+
+
+def feed(
+    receive: Callable[[bytes], list[PairEvent]], wire: bytes, mode: str = "whole"
+) -> list[PairEvent]:
+    events: list[PairEvent] = []
+    for chunk in chunks_of(wire, mode):
+        events += receive(chunk)
+    return events
+
+
+def connected(mode: str = "whole") -> tuple[H2PairClient, H2PairServer]:
+    client, server = H2PairClient("agent.local:10350"), H2PairServer()
+    feed(server.receive_data, client.initiate(), mode)
+    feed(client.receive_data, server.data_to_send(), mode)
+    feed(server.receive_data, client.data_to_send(), mode)  # SETTINGS ACK
+    return client, server
+
+
+def opened_pair(
+    mode: str = "whole",
+) -> tuple[H2PairClient, H2PairServer, int, int, list[PairEvent]]:
+    client, server = connected(mode)
+    error_id, data_id = client.open_pair("default", "web-0", 8080, 0)
+    events = feed(server.receive_data, client.data_to_send(), mode)
+    return client, server, error_id, data_id, events
+
+
+def data_of(events: Sequence[PairEvent], stream_id: int) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, PairData) and e.stream_id == stream_id)
+
+
+# ---------------------------------------------------------------- connection set-up
+
+
+def test_initiate_advertises_the_settings_and_connection_window() -> None:
+    client = H2PairClient("a")
+    wire = client.initiate()
+    assert wire.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    observer = H2Connection(H2Configuration(client_side=False))
+    observer.initiate_connection()
+    events = observer.receive_data(wire)
+    settings = next(e for e in events if type(e).__name__ == "RemoteSettingsChanged")
+    values = {int(k): v.new_value for k, v in settings.changed_settings.items()}  # type: ignore[attr-defined]
+    assert values[0x2] == 0  # ENABLE_PUSH
+    assert values[0x4] == STREAM_WINDOW  # INITIAL_WINDOW_SIZE, 1 MiB
+    update = next(e for e in events if type(e).__name__ == "WindowUpdated")
+    assert (update.stream_id, update.delta) == (0, CONNECTION_WINDOW - 65535)  # type: ignore[attr-defined]
+    with pytest.raises(PairStateError):
+        client.initiate()
+    with pytest.raises(PairStateError):
+        H2PairClient("a").receive_data(b"")
+
+
+def test_server_queues_its_preface_at_once() -> None:
+    server = H2PairServer(max_concurrent_streams=1024)
+    observer = H2Connection(H2Configuration(client_side=True))
+    observer.initiate_connection()
+    events = observer.receive_data(server.data_to_send())
+    settings = next(e for e in events if type(e).__name__ == "RemoteSettingsChanged")
+    values = {int(k): v.new_value for k, v in settings.changed_settings.items()}  # type: ignore[attr-defined]
+    assert values[0x3] == 1024 and values[0x4] == STREAM_WINDOW
+    assert observer.outbound_flow_control_window == CONNECTION_WINDOW
+    assert any(type(e).__name__ == "WindowUpdated" for e in events)
+
+
+# ---------------------------------------------------------------- pairs
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_open_pair(mode: str) -> None:
+    client, server, error_id, data_id, events = opened_pair(mode)
+    assert (error_id, data_id) == (1, 3)
+    opened = [e for e in events if isinstance(e, PairStreamOpened)]
+    assert [(e.stream_id, e.end_stream) for e in opened] == [(1, True), (3, False)]
+    assert PairEnded(1) in events and PairEnded(3) not in events
+    error_headers, data_headers = opened[0].headers, opened[1].headers
+    assert error_headers[":method"] == "POST"
+    assert error_headers[":path"] == "/v1/portforward/default/web-0"
+    assert error_headers[":authority"] == "agent.local:10350"
+    assert validate_pair_headers(error_headers) == ("error", 8080, "0")
+    assert validate_pair_headers(data_headers) == ("data", 8080, "0")
+    assert parse_pair_path(data_headers[":path"]) == ("default", "web-0")
+    server.respond(error_id, 200)
+    server.respond(data_id, 200)
+    events = feed(client.receive_data, server.data_to_send(), mode)
+    assert [e for e in events if isinstance(e, PairResponse)] == [
+        PairResponse(1, 200),
+        PairResponse(3, 200),
+    ]
+
+
+def test_extra_headers_and_quoted_path() -> None:
+    client, server = connected()
+    client.open_pair("ns", "pod/x y", 1, "req-7", [("Authorization", "Bearer t")])
+    events = server.receive_data(client.data_to_send())
+    opened = [e for e in events if isinstance(e, PairStreamOpened)]
+    assert opened[0].headers["authorization"] == "Bearer t"
+    assert opened[0].headers[":path"] == "/v1/portforward/ns/pod%2Fx%20y"
+    assert parse_pair_path(opened[0].headers[":path"]) == ("ns", "pod/x y")
+    assert validate_pair_headers(opened[1].headers) == ("data", 1, "req-7")
+    with pytest.raises(ValueError):
+        client.open_pair("ns", "p", 0, 1)
+
+
+@pytest.mark.parametrize("mode", ["whole", "bytewise", "random-1"])
+def test_data_both_ways_and_half_close(mode: str) -> None:
+    client, server, error_id, data_id, _ = opened_pair(mode)
+    server.respond(error_id, 200)
+    server.respond(data_id, 200)
+    feed(client.receive_data, server.data_to_send(), mode)
+    assert client.send_data(data_id, b"ping over h2") == 12
+    client.end_stream(data_id)  # local EOF: half-close
+    assert not client.can_send(data_id)
+    events = feed(server.receive_data, client.data_to_send(), mode)
+    assert data_of(events, data_id) == b"ping over h2"
+    assert events[-1] == PairEnded(data_id)
+    # The agent may still answer after the client's half-close.
+    assert server.can_send(data_id)
+    assert server.send_data(data_id, b"pong") == 4
+    server.end_stream(data_id)
+    server.end_stream(error_id)  # success: the error stream ends with no data
+    events = feed(client.receive_data, server.data_to_send(), mode)
+    assert data_of(events, data_id) == b"pong"
+    assert PairEnded(data_id) in events and PairEnded(error_id) in events
+    with pytest.raises(PairStateError):
+        client.send_data(data_id, b"late")
+    with pytest.raises(PairStateError):
+        client.end_stream(data_id)
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_flow_control_bounds_sends_and_acknowledge_releases_more(direction: str) -> None:
+    client, server, _, data_id, _ = opened_pair()
+    server.respond(data_id, 200)
+    client.receive_data(server.data_to_send())
+    sender: H2PairClient | H2PairServer = client if direction == "up" else server
+    receiver: H2PairClient | H2PairServer = server if direction == "up" else client
+    payload = os.urandom(3 * STREAM_WINDOW + 12345)
+    # Nothing is acknowledged yet: the stream window (1 MiB) caps what is taken.
+    taken = sender.send_data(data_id, payload)
+    assert taken == STREAM_WINDOW
+    assert sender.window(data_id) == 0
+    assert sender.send_data(data_id, payload[taken:]) == 0
+    received = receiver.receive_data(sender.data_to_send())
+    assert len(data_of(received, data_id)) == STREAM_WINDOW
+    assert all(e.flow_controlled_length == len(e.data) for e in received if isinstance(e, PairData))
+    # Unacknowledged bytes are not credited back, whatever is read.
+    assert sender.receive_data(receiver.data_to_send()) == []
+    assert sender.send_data(data_id, payload[taken:]) == 0
+    got = data_of(received, data_id)
+    pending = [e for e in received if isinstance(e, PairData)]
+    rounds = 0
+    while len(got) < len(payload):
+        rounds += 1
+        assert rounds < 100
+        for ev in pending:  # "written to the local socket" now
+            receiver.acknowledge(ev.stream_id, ev.flow_controlled_length)
+        opened = sender.receive_data(receiver.data_to_send())
+        assert WindowOpened(data_id) in opened
+        more = sender.send_data(data_id, payload[taken:])
+        assert 0 < more <= STREAM_WINDOW
+        taken += more
+        received = receiver.receive_data(sender.data_to_send())
+        pending = [e for e in received if isinstance(e, PairData)]
+        got += data_of(received, data_id)
+    assert got == payload
+    assert rounds > 2
+
+
+def test_frames_respect_the_peers_max_frame_size() -> None:
+    client = H2PairClient("a", max_frame_size=16384)
+    server = H2PairServer(max_frame_size=16384)
+    server.receive_data(client.initiate())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    _, data_id = client.open_pair("n", "p", 80, 0)
+    assert client.send_data(data_id, b"x" * 50000) == 50000
+    events = server.receive_data(client.data_to_send())
+    sizes = [len(e.data) for e in events if isinstance(e, PairData)]
+    assert sizes == [16384, 16384, 16384, 50000 - 3 * 16384]
+
+
+def test_reset_stream() -> None:
+    client, server, error_id, data_id, _ = opened_pair()
+    client.reset_stream(data_id)
+    client.reset_stream(data_id)  # already closed: a no-op
+    events = server.receive_data(client.data_to_send())
+    assert events == [PairReset(data_id, ErrorCodes.CANCEL, True)]
+    server.reset_stream(error_id)
+    assert client.receive_data(server.data_to_send()) == [
+        PairReset(error_id, ErrorCodes.CANCEL, True)
+    ]
+    assert not server.can_send(data_id)
+    assert server.window(data_id) == 0
+    with pytest.raises(PairStateError):
+        server.send_data(data_id, b"x")
+    # Data the peer sent before it saw the reset is still acknowledged without error.
+    server.acknowledge(data_id, 10)
+
+
+def test_data_received_on_a_reset_stream_keeps_the_connection_window() -> None:
+    client, server, _, data_id, _ = opened_pair()
+    client.send_data(data_id, b"x" * 1000)
+    server.reset_stream(data_id)
+    events = server.receive_data(client.data_to_send())  # crossed the RST on the wire
+    for ev in events:
+        if isinstance(ev, PairData):
+            server.acknowledge(ev.stream_id, ev.flow_controlled_length)
+    client.receive_data(server.data_to_send())
+    _, data2 = client.open_pair("n", "p", 80, 1)
+    assert client.window(data2) >= STREAM_WINDOW - 1000
+
+
+# ---------------------------------------------------------------- validation and refusal
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"streamtype": "data", "requestid": "0"}, '"port" header is required'),
+        (
+            {"streamtype": "data", "port": "http", "requestid": "0"},
+            'unable to parse "http" as a port: invalid syntax',
+        ),
+        (
+            {"streamtype": "data", "port": "-1", "requestid": "0"},
+            'unable to parse "-1" as a port: invalid syntax',
+        ),
+        (
+            {"streamtype": "data", "port": "70000", "requestid": "0"},
+            'unable to parse "70000" as a port: value out of range',
+        ),
+        ({"streamtype": "data", "port": "0", "requestid": "0"}, 'port "0" must be > 0'),
+        ({"port": "80", "requestid": "0"}, 'invalid stream type ""'),
+        ({"streamtype": "stdin", "port": "80", "requestid": "0"}, 'invalid stream type "stdin"'),
+        ({"streamtype": "data", "port": "80"}, '"requestid" header is required'),
+    ],
+)
+def test_validate_pair_headers_errors(headers: dict[str, str], message: str) -> None:
+    with pytest.raises(PairRequestError) as info:
+        validate_pair_headers(headers)
+    assert (info.value.status, info.value.message) == (400, message)
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/v1/portforward/ns", "/v1/portforward/ns/p/x", "/v2/portforward/a/b"]
+)
+def test_parse_pair_path_errors(path: str) -> None:
+    with pytest.raises(PairRequestError) as info:
+        parse_pair_path(path)
+    assert info.value.status == 404
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_stream_without_port_gets_400_text_and_end_stream(mode: str) -> None:
+    client, server = connected(mode)
+    # A client that forgets the port header (our client always sends it: build by hand).
+    conn = client._conn
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(
+        sid,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a"),
+            (":path", "/v1/portforward/n/p"),
+            ("streamtype", "data"),
+            ("requestid", "0"),
+        ],
+    )
+    events = feed(server.receive_data, client.data_to_send(), mode)
+    [opened] = [e for e in events if isinstance(e, PairStreamOpened)]
+    with pytest.raises(PairRequestError) as info:
+        validate_pair_headers(opened.headers)
+    server.reject_stream(opened.stream_id, info.value)
+    events = feed(client.receive_data, server.data_to_send(), mode)
+    assert events[0] == PairResponse(sid, 400)
+    assert data_of(events, sid) == b'"port" header is required'
+    assert events[-1] == PairEnded(sid)
+
+
+def test_send_text_and_end_with_status() -> None:
+    client, server, error_id, data_id, _ = opened_pair()
+    server.respond(error_id, 200)
+    assert server.send_text_and_end(error_id, "error forwarding port 8080 to pod web-0") == 39
+    server.send_text_and_end(data_id, "", status=502)
+    events = client.receive_data(server.data_to_send())
+    assert data_of(events, error_id) == b"error forwarding port 8080 to pod web-0"
+    assert PairResponse(data_id, 502) in events
+    assert PairEnded(error_id) in events and PairEnded(data_id) in events
+
+
+# ---------------------------------------------------------------- ping, goaway, errors
+
+
+def test_ping_is_answered() -> None:
+    client, server = connected()
+    data = client.ping()
+    assert len(data) == 8
+    assert server.receive_data(client.data_to_send()) == []
+    assert client.receive_data(server.data_to_send()) == [PingAnswered(data)]
+    assert client.ping() != data
+
+
+def test_goaway_both_ways() -> None:
+    client, server, _, data_id, _ = opened_pair()
+    server.goaway()
+    assert client.receive_data(server.data_to_send()) == [LinkTerminated(0, data_id)]
+    client2, server2 = connected()
+    client2.close()
+    assert server2.receive_data(client2.data_to_send()) == [LinkTerminated(0, 0)]
+
+
+def test_protocol_error_queues_goaway_and_raises() -> None:
+    client, server = connected()
+    with pytest.raises(PairProtocolError) as info:
+        server.receive_data(
+            b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+        )  # WINDOW_UPDATE 0
+    assert info.value.error_code == ErrorCodes.PROTOCOL_ERROR
+    events = client.receive_data(server.data_to_send())
+    assert events == [LinkTerminated(ErrorCodes.PROTOCOL_ERROR, 0)]
+    with pytest.raises(PairProtocolError):
+        H2PairServer().receive_data(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_too_many_streams_is_refused_locally() -> None:
+    client = H2PairClient("a")
+    server = H2PairServer(max_concurrent_streams=2)
+    server.receive_data(client.initiate())
+    client.receive_data(server.data_to_send())
+    client.open_pair("n", "p", 80, 0)
+    with pytest.raises(PairStateError):
+        client.open_pair("n", "p", 80, 1)
+
+
+# ---------------------------------------------------------------- the repr cost
+
+
+@pytest.fixture
+def repr_counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Count every way hyperframe can render a DATA frame's payload for a repr."""
+    calls = {"Frame.__repr__": 0, "_body_repr": 0, "serialize_body": 0, "_raw_data_repr": 0}
+
+    def counting(name: str, original: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    frame_cls = hyperframe.frame.Frame
+    data_cls = hyperframe.frame.DataFrame
+    monkeypatch.setattr(frame_cls, "__repr__", counting("Frame.__repr__", frame_cls.__repr__))
+    monkeypatch.setattr(frame_cls, "_body_repr", counting("_body_repr", frame_cls._body_repr))
+    monkeypatch.setattr(
+        data_cls, "serialize_body", counting("serialize_body", data_cls.serialize_body)
+    )
+    monkeypatch.setattr(
+        hyperframe.frame,
+        "_raw_data_repr",
+        counting("_raw_data_repr", hyperframe.frame._raw_data_repr),
+    )
+    yield calls
+
+
+def _many_data_frames() -> tuple[H2PairClient, H2PairServer, int, bytes]:
+    client, server, _, data_id, _ = opened_pair()
+    for _ in range(200):
+        assert client.send_data(data_id, b"\xab" * 4096) == 4096
+    return client, server, data_id, client.data_to_send()
+
+
+def test_receiving_data_frames_never_reprs_the_payload(repr_counter: dict[str, int]) -> None:
+    _, server, data_id, wire = _many_data_frames()
+    for counter in repr_counter:
+        repr_counter[counter] = 0  # sending serialises bodies legitimately
+    events: list[PairEvent] = []
+    for chunk in chunks_of(wire, "random-3"):
+        events += server.receive_data(chunk)
+    assert len(data_of(events, data_id)) == 200 * 4096
+    assert repr_counter == {
+        "Frame.__repr__": 0,
+        "_body_repr": 0,
+        "serialize_body": 0,
+        "_raw_data_repr": 0,
+    }
+
+
+def test_the_repr_counter_catches_plain_h2(repr_counter: dict[str, int]) -> None:
+    """Control: a stock H2Connection receiving one DATA frame does take the repr path."""
+    sender = H2PairClient("a")
+    plain = H2Connection(H2Configuration(client_side=False))
+    plain.initiate_connection()
+    plain.receive_data(sender.initiate())
+    _, data_id = sender.open_pair("n", "p", 80, 0)
+    plain.receive_data(sender.data_to_send())
+    assert sender.send_data(data_id, b"\xab" * 4096) == 4096
+    wire = sender.data_to_send()
+    for counter in repr_counter:
+        repr_counter[counter] = 0
+    plain.receive_data(wire)
+    assert repr_counter == {
+        "Frame.__repr__": 1,
+        "_body_repr": 1,
+        "serialize_body": 1,
+        "_raw_data_repr": 1,
+    }
