@@ -3,6 +3,19 @@
 A pod is reached either inside a network namespace (`netns:/run/netns/NAME`,
 `netns:/proc/PID/ns/net`), as the kubelet/CRI runtime does with nsenter, or on a
 plain host address (`host:127.0.0.1`) for development.
+
+A registry file (YAML or JSON) may also describe the objects port-forward clients resolve
+to a pod (`svc/NAME`, `deploy/NAME`, …); the agent only serves them read-only::
+
+    pods:
+      - {namespace: default, name: web-1, target: "host:127.0.0.2",
+         ports: [{name: http, containerPort: 8080}], labels: {app: web},
+         phase: Running, ready: true}
+    services:
+      - {namespace: default, name: web, selector: {app: web},
+         ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]}
+    workloads:
+      - {namespace: default, kind: Deployment, name: web, selector: {app: web}}
 """
 
 from __future__ import annotations
@@ -73,10 +86,56 @@ class PodEntry:
     ports: tuple[ContainerPort, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     phase: str = "Running"
+    ready: bool = True  # the Ready condition, reported only while phase is Running
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    port: int
+    target_port: int | str  # a number, or the name of a container port
+    name: str | None = None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    """A Service: its selector and ports (all port-forward clients read of it)."""
+
+    namespace: str
+    name: str
+    selector: Mapping[str, str]
+    ports: tuple[ServicePort, ...] = ()
+    cluster_ip: str | None = None  # "None" makes it headless
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+#: Workload kinds the registry accepts, with their resource (URL) names.
+WORKLOAD_KINDS = {
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "ReplicaSet": "replicasets",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEntry:
+    """An apps/v1 Deployment, StatefulSet or ReplicaSet: only its pod selector."""
+
+    namespace: str
+    kind: str  # a key of WORKLOAD_KINDS
+    name: str
+    selector: Mapping[str, str]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.namespace, WORKLOAD_KINDS[self.kind], self.name)
 
 
 def _parse_ports(raw: Any, where: str) -> tuple[ContainerPort, ...]:
@@ -118,7 +177,76 @@ def _entry_from_mapping(raw: Any, where: str) -> PodEntry:
         ports=_parse_ports(raw.get("ports"), where),
         labels={str(k): str(v) for k, v in labels.items()},
         phase=str(raw.get("phase", "Running")),
+        ready=_flag(raw.get("ready", True), f"{where}: ready"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise RegistryError(f"{where} must be true or false")
+    return value
+
+
+def _labels(raw: Any, where: str, *, required: bool = False) -> dict[str, str]:
+    if raw is None and not required:
+        return {}
+    if not isinstance(raw, dict) or (required and not raw):
+        kind = "a non-empty mapping" if required else "a mapping"
+        raise RegistryError(f"{where} must be {kind} of label names to values")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _name_fields(raw: Any, where: str, what: str) -> tuple[str, str]:
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{where}: a {what} must be a mapping")
+    if "name" not in raw:
+        raise RegistryError(f"{where}: missing field 'name'")
+    return str(raw.get("namespace", "default")), str(raw["name"])
+
+
+def _parse_service_ports(raw: Any, where: str) -> tuple[ServicePort, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise RegistryError(f"{where}: ports must be a list")
+    ports: list[ServicePort] = []
+    for item in raw:
+        if isinstance(item, int):
+            item = {"port": item}
+        if not isinstance(item, dict):
+            raise RegistryError(f"{where}: each service port must be a number or a mapping")
+        number = item.get("port")
+        if not isinstance(number, int) or not 0 < number < 65536:
+            raise RegistryError(f"{where}: port must be a number in 1-65535")
+        target = item.get("targetPort", number)
+        valid_number = isinstance(target, int) and 0 < target < 65536
+        if not (valid_number or (isinstance(target, str) and target)):
+            raise RegistryError(f"{where}: targetPort must be a number in 1-65535 or a port name")
+        name = item.get("name")
+        protocol = str(item.get("protocol", "TCP")).upper()
+        ports.append(ServicePort(number, target, str(name) if name else None, protocol))
+    return tuple(ports)
+
+
+def _service_from_mapping(raw: Any, where: str) -> ServiceEntry:
+    namespace, name = _name_fields(raw, where, "service")
+    cluster_ip = raw.get("clusterIP")
+    return ServiceEntry(
+        namespace=namespace,
+        name=name,
+        selector=_labels(raw.get("selector"), f"{where}: selector"),
+        ports=_parse_service_ports(raw.get("ports"), where),
+        cluster_ip=str(cluster_ip) if cluster_ip is not None else None,
+    )
+
+
+def _workload_from_mapping(raw: Any, where: str) -> WorkloadEntry:
+    namespace, name = _name_fields(raw, where, "workload")
+    kind = raw.get("kind")
+    if kind not in WORKLOAD_KINDS:
+        raise RegistryError(f"{where}: kind must be one of {', '.join(WORKLOAD_KINDS)}")
+    selector = _labels(raw.get("selector"), f"{where}: selector", required=True)
+    return WorkloadEntry(namespace, str(kind), name, selector)
 
 
 def parse_pod_flag(text: str) -> PodEntry:
@@ -136,8 +264,21 @@ def parse_pod_flag(text: str) -> PodEntry:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryFile:
+    pods: list[PodEntry]
+    services: list[ServiceEntry]
+    workloads: list[WorkloadEntry]
+
+
 def load_pod_file(path: Path) -> list[PodEntry]:
     """A YAML or JSON file: `{"pods": [{namespace, name, target, ports, labels, uid}]}`."""
+    return load_registry_file(path).pods
+
+
+def load_registry_file(path: Path) -> RegistryFile:
+    """A YAML or JSON file with `pods` and the optional `services` and `workloads` sections
+    (module docstring); a bare list is a list of pods."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -149,19 +290,66 @@ def load_pod_file(path: Path) -> list[PodEntry]:
     items = data.get("pods") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise RegistryError(f"pod file {str(path)!r}: expected a list under 'pods'")
-    return [_entry_from_mapping(item, f"{path}: pods[{i}]") for i, item in enumerate(items)]
+    sections = data if isinstance(data, dict) else {}
+    for section in ("services", "workloads"):
+        if not isinstance(sections.get(section) or [], list):
+            raise RegistryError(f"pod file {str(path)!r}: '{section}' must be a list")
+    return RegistryFile(
+        pods=[_entry_from_mapping(item, f"{path}: pods[{i}]") for i, item in enumerate(items)],
+        services=[
+            _service_from_mapping(item, f"{path}: services[{i}]")
+            for i, item in enumerate(sections.get("services") or [])
+        ],
+        workloads=[
+            _workload_from_mapping(item, f"{path}: workloads[{i}]")
+            for i, item in enumerate(sections.get("workloads") or [])
+        ],
+    )
 
 
 class PodRegistry:
-    """The pods this agent serves, keyed by (namespace, name)."""
+    """The pods this agent serves, keyed by (namespace, name), plus the Services and
+    workloads that select them (read-only, for target resolution)."""
 
-    def __init__(self, pods: Iterable[PodEntry] = ()) -> None:
+    def __init__(
+        self,
+        pods: Iterable[PodEntry] = (),
+        services: Iterable[ServiceEntry] = (),
+        workloads: Iterable[WorkloadEntry] = (),
+    ) -> None:
         self._pods: dict[tuple[str, str], PodEntry] = {}
+        self._services: dict[tuple[str, str], ServiceEntry] = {}
+        self._workloads: dict[tuple[str, str, str], WorkloadEntry] = {}
         for pod in pods:
             self.add(pod)
+        for service in services:
+            self.add_service(service)
+        for workload in workloads:
+            self.add_workload(workload)
 
     def add(self, pod: PodEntry) -> None:
         self._pods[pod.key] = pod
+
+    def add_service(self, service: ServiceEntry) -> None:
+        self._services[service.key] = service
+
+    def add_workload(self, workload: WorkloadEntry) -> None:
+        self._workloads[workload.key] = workload
+
+    def service(self, namespace: str, name: str) -> ServiceEntry | None:
+        return self._services.get((namespace, name))
+
+    def workload(self, namespace: str, resource: str, name: str) -> WorkloadEntry | None:
+        """``resource`` is the URL name: deployments, statefulsets or replicasets."""
+        return self._workloads.get((namespace, resource, name))
+
+    def matching(self, namespace: str, selector: Mapping[str, str]) -> list[PodEntry]:
+        """The pods of ``namespace`` whose labels include every ``selector`` pair."""
+        return [
+            p
+            for p in self.in_namespace(namespace)
+            if all(p.labels.get(k) == v for k, v in selector.items())
+        ]
 
     def get(self, namespace: str, name: str) -> PodEntry | None:
         return self._pods.get((namespace, name))
@@ -176,8 +364,13 @@ class PodRegistry:
     def from_sources(cls, flags: Sequence[str] = (), files: Sequence[Path] = ()) -> PodRegistry:
         registry = cls()
         for path in files:
-            for pod in load_pod_file(path):
+            loaded = load_registry_file(path)
+            for pod in loaded.pods:
                 registry.add(pod)
+            for service in loaded.services:
+                registry.add_service(service)
+            for workload in loaded.workloads:
+                registry.add_workload(workload)
         for flag in flags:
             registry.add(parse_pod_flag(flag))
         return registry

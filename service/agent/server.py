@@ -223,6 +223,10 @@ class AgentConnection(asyncio.Protocol):
             else:
                 self._send(HttpReply.json(200, kubeapi.pod(pod)))
             return
+        answer = kubeapi.answer_get(self.agent.registry, path, target.partition("?")[2])
+        if answer is not None:
+            self._send(HttpReply.json(*answer))
+            return
         self._send(
             HttpReply.json(
                 404,

@@ -1,9 +1,21 @@
-"""Dialing the cluster: kubeconfig / in-cluster credentials, TLS, GET pod and the
-HTTP/1.1 SPDY upgrade. Imports only ``service.protocols`` of the project."""
+"""Dialing the cluster: kubeconfig / in-cluster credentials, TLS, GET pod, resolving a
+target (pod, service, deployment, …) to a pod, and the HTTP/1.1 SPDY upgrade. Imports only
+``service.protocols`` and ``service.ports`` of the project."""
 
 from .cluster import DEFAULT_TIMEOUT, Cluster, PodInfo, user_agent
 from .endpoint import Endpoint, auth_headers, build_ssl_context, portforward_url
 from .errors import PodNotFound, PodNotRunning, UpstreamError
+from .resolve import (
+    InvalidTarget,
+    NoRunningPod,
+    PortNotFound,
+    Resolution,
+    ResolveError,
+    TargetNotFound,
+    UnsupportedProtocol,
+    resolve_target,
+)
+from .targets import Target, TargetError, parse_target
 from .upgrade import PORTFORWARD_PROTOCOL, SPDY_UPGRADE, UpgradedConnection, dial_spdy
 
 __all__ = [
@@ -12,14 +24,25 @@ __all__ = [
     "SPDY_UPGRADE",
     "Cluster",
     "Endpoint",
+    "InvalidTarget",
+    "NoRunningPod",
     "PodInfo",
     "PodNotFound",
     "PodNotRunning",
+    "PortNotFound",
+    "Resolution",
+    "ResolveError",
+    "Target",
+    "TargetError",
+    "TargetNotFound",
+    "UnsupportedProtocol",
     "UpgradedConnection",
     "UpstreamError",
     "auth_headers",
     "build_ssl_context",
     "dial_spdy",
+    "parse_target",
     "portforward_url",
+    "resolve_target",
     "user_agent",
 ]

@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -36,6 +37,7 @@ REFRESH_INTERVAL = 60.0
 # kubernetes_asyncio treats a token as expired this long before its expirationTimestamp.
 _EXPIRY_SKEW = datetime.timedelta(minutes=5)
 _MAX_POD_BODY = 4 * 1024 * 1024
+_MAX_LIST_BODY = 32 * 1024 * 1024
 
 
 def user_agent() -> str:
@@ -215,6 +217,109 @@ class Cluster:
             raise PodNotRunning(namespace, name, pod.phase)
         return pod
 
+    # The read-only calls target resolution needs (service/upstream/resolve.py). Each is
+    # bounded by the cluster timeout like get_pod and returns the raw JSON object.
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """GET the Service (raw JSON); None when the API server says it does not exist."""
+        url = f"{self.server}/api/v1/namespaces/{namespace}/services/{name}"
+        return await self._read_object(
+            "services",
+            url,
+            lambda: self._core.read_namespaced_service(
+                name, namespace, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+
+    async def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """GET an apps/v1 Deployment, StatefulSet or ReplicaSet (``kind`` lowercase, as in
+        :data:`service.upstream.targets.KINDS`); None when it does not exist."""
+        methods = {
+            "deployment": ("deployments", "read_namespaced_deployment"),
+            "statefulset": ("statefulsets", "read_namespaced_stateful_set"),
+            "replicaset": ("replicasets", "read_namespaced_replica_set"),
+        }
+        if kind not in methods:
+            raise ValueError(f"not an apps/v1 workload kind: {kind!r}")
+        resource, method = methods[kind]
+        read = getattr(k8s_client.AppsV1Api(self._api), method)
+        url = f"{self.server}/apis/apps/v1/namespaces/{namespace}/{resource}/{name}"
+        return await self._read_object(
+            resource,
+            url,
+            lambda: read(name, namespace, _preload_content=False, _request_timeout=self._timeout),
+        )
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """LIST the pods of ``namespace`` matching ``label_selector`` (``a=b,c=d``); raw JSON
+        items, in the order the API server returned them."""
+        url = f"{self.server}/api/v1/namespaces/{namespace}/pods?labelSelector={label_selector}"
+        data = await self._read_object(
+            "pods",
+            url,
+            lambda: self._core.list_namespaced_pod(
+                namespace,
+                label_selector=label_selector,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            ),
+            limit=_MAX_LIST_BODY,
+        )
+        if data is None:  # a 404 naming pods: the namespace has none
+            return []
+        items = data.get("items")
+        if not isinstance(items, list):
+            raise UpstreamError(f"GET {url} returned a list without items", retryable=False)
+        return [item for item in items if isinstance(item, dict)]
+
+    async def _read_object(
+        self,
+        resource: str,
+        url: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        limit: int = _MAX_POD_BODY,
+    ) -> dict[str, Any] | None:
+        """Run one read request with get_pod's bounds and error mapping; None for a 404
+        whose Status names ``resource`` (the object does not exist)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._fresh_credentials()
+                response = await call()
+                try:
+                    body = await _read_bounded(response.content, limit)
+                finally:
+                    response.release()
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError(
+                f"timed out after {self._timeout:g} s on GET {url}", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise describe_connect_error(exc.certificate_error, url) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise describe_connect_error(exc.os_error, url) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"GET {url} failed: {_describe(exc)}", retryable=True) from exc
+        except OSError as exc:
+            raise describe_connect_error(exc, url) from exc
+        status = int(response.status)
+        if status == 404 and _names_kind(body, resource):
+            return None
+        if not 200 <= status < 300:
+            text = describe_http_error(status, str(response.reason or ""), body)
+            raise UpstreamError(f"GET {url}: {text}", status=status)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise UpstreamError(
+                f"GET {url} returned {status} with a body that is not JSON", status=status
+            ) from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"GET {url} returned an unexpected body", status=status)
+        return data
+
     async def upgrade_spdy(
         self,
         namespace: str,
@@ -342,6 +447,12 @@ def _names_a_pod(body: bytes) -> bool:
     """Whether a 404 is the API server's "pods ... not found" rather than a wrong URL."""
     details = (parse_status(body) or {}).get("details")
     return isinstance(details, dict) and details.get("kind") == "pods"
+
+
+def _names_kind(body: bytes, resource: str) -> bool:
+    """Whether a 404 is the API server's "<resource> ... not found" rather than a wrong URL."""
+    details = (parse_status(body) or {}).get("details")
+    return isinstance(details, dict) and details.get("kind") == resource
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,11 +1,38 @@
-"""Session targets: what a user names (`pod/NAME`, `NAME`) and the pod it resolves to."""
+"""Session targets: what a user names (kubectl's ``TYPE/NAME``) before it is resolved to a pod.
+
+Accepted, as ``kubectl port-forward`` accepts them (kinds are case-insensitive)::
+
+    NAME, pod/NAME, po/NAME, pods/NAME                 a pod
+    svc/NAME, service/NAME, services/NAME              a Service (through its selector)
+    deploy/NAME, deployment/NAME, deployments/NAME     a Deployment (apps/v1)
+    sts/NAME, statefulset/NAME, statefulsets/NAME      a StatefulSet (apps/v1)
+    rs/NAME, replicaset/NAME, replicasets/NAME         a ReplicaSet (apps/v1)
+
+A kind may carry its API group (and version) as kubectl accepts it: ``deployment.apps/NAME``,
+``deployment.v1.apps/NAME``, ``service.v1./NAME``. :func:`service.upstream.resolve.resolve_target`
+turns a :class:`Target` into the pod to dial.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-#: Kinds kubectl accepts that a later version of podgate will resolve to a pod.
-_LATER_KINDS = {
+__all__ = ["KINDS", "Target", "TargetError", "parse_target"]
+
+#: The canonical kinds, with the API group each lives in ("" is the core group).
+KINDS: dict[str, str] = {
+    "pod": "",
+    "service": "",
+    "deployment": "apps",
+    "statefulset": "apps",
+    "replicaset": "apps",
+}
+
+_ALIASES: dict[str, str] = {
+    "po": "pod",
+    "pod": "pod",
+    "pods": "pod",
     "svc": "service",
     "service": "service",
     "services": "service",
@@ -19,7 +46,11 @@ _LATER_KINDS = {
     "replicaset": "replicaset",
     "replicasets": "replicaset",
 }
-_POD_KINDS = {"pod", "pods", "po"}
+
+_ACCEPTED = (
+    "NAME, pod/NAME, svc/NAME (service), deploy/NAME (deployment), "
+    "sts/NAME (statefulset) or rs/NAME (replicaset)"
+)
 
 
 class TargetError(ValueError):
@@ -28,36 +59,55 @@ class TargetError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    kind: str  # "pod" for now
+    """``kind`` is one of :data:`KINDS` (``"pod"``, ``"service"``, ``"deployment"``, …)."""
+
+    kind: str
     name: str
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.name}"
 
+    @property
+    def is_pod(self) -> bool:
+        return self.kind == "pod"
+
 
 def _valid_name(name: str) -> bool:
-    # DNS-1123 subdomain, as Kubernetes requires for pod names.
+    # DNS-1123 subdomain, as Kubernetes requires for the names of all these kinds.
     if not name or len(name) > 253 or name[0] in "-." or name[-1] in "-.":
         return False
     return all(c.isdigit() or ("a" <= c <= "z") or c in "-." for c in name)
 
 
+def _kind(text: str, written: str) -> str:
+    resource, dot, group = written.lower().partition(".")
+    version, dot2, rest = group.partition(".")
+    if dot2 and re.fullmatch(r"v[0-9]+(?:(?:alpha|beta)[0-9]+)?", version):
+        group = rest  # RESOURCE.VERSION.GROUP, as kubectl's ParseResourceArg reads it
+    kind = _ALIASES.get(resource)
+    if kind is None:
+        raise TargetError(f'target "{text}": unknown kind "{written}"; use {_ACCEPTED}')
+    if dot and group != KINDS[kind]:
+        where = f'the "{KINDS[kind]}" API group' if KINDS[kind] else "the core API group"
+        raise TargetError(f'target "{text}": {kind} is in {where}, not "{group}"; use {_ACCEPTED}')
+    return kind
+
+
 def parse_target(text: str) -> Target:
-    """`NAME` or `pod/NAME` (kubectl's TYPE/NAME form); other kinds are refused for now."""
-    kind, slash, name = text.strip().rpartition("/")
+    """Parse ``NAME`` or ``TYPE/NAME`` (see the module docstring for the kinds)."""
+    stripped = text.strip()
+    written, slash, name = stripped.partition("/")
     if not slash:
-        kind, name = "pod", text.strip()
-    kind = kind.lower()
-    if kind in _LATER_KINDS:
-        raise TargetError(
-            f'target "{text}": {_LATER_KINDS[kind]} targets are not supported yet; '
-            "use pod/NAME or NAME"
-        )
-    if kind not in _POD_KINDS:
-        raise TargetError(f'target "{text}": unknown kind "{kind}"; use pod/NAME or NAME')
+        kind, name = "pod", stripped
+    elif not written:
+        raise TargetError(f'target "{text}": the kind before "/" is missing; use {_ACCEPTED}')
+    else:
+        kind = _kind(text, written)
+    if "/" in name:
+        raise TargetError(f'target "{text}": expected TYPE/NAME with one "/"; use {_ACCEPTED}')
     if not _valid_name(name):
         raise TargetError(
-            f'target "{text}": "{name}" is not a valid pod name '
+            f'target "{text}": "{name}" is not a valid {kind} name '
             "(lowercase letters, digits, '-' and '.')"
         )
-    return Target("pod", name)
+    return Target(kind, name)
