@@ -123,6 +123,7 @@ async def _run_forward(args: argparse.Namespace) -> int:
         format_forwarding_lines,
         parse_listen_addresses,
         parse_port_specs,
+        require_local_port_for_names,
     )
     from service.runner.clusters import ClusterPool
     from service.runner.listeners import ListenError
@@ -132,7 +133,8 @@ async def _run_forward(args: argparse.Namespace) -> int:
     addresses = [a for value in args.address for a in value.split(",") if a]
     try:
         target = parse_target(args.target)
-        mappings = parse_port_specs(args.ports)
+        mappings = parse_port_specs(args.ports, allow_names=True)
+        require_local_port_for_names(mappings)
         listen = parse_listen_addresses(addresses or ["localhost"])
     except (TargetError, PortSpecError, ListenAddressError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -142,7 +144,6 @@ async def _run_forward(args: argparse.Namespace) -> int:
         name=target.name,
         namespace=args.namespace,
         target=args.target,
-        pod_name=target.name,
         mappings=tuple(mappings),
         addresses=tuple(a.host for a in listen),
         optional_addresses=tuple(a.host for a in listen if not a.required),
@@ -174,10 +175,9 @@ async def _run_forward(args: argparse.Namespace) -> int:
             if session.status == FAILED or session.last_error:
                 print(f"error: {session.last_error}", file=sys.stderr)
                 return 1
-        for bound in session.bound:
+        for bound, remote_port in zip(session.bound, session.remote_ports, strict=True):
             for address in bound.addresses:
-                line = format_forwarding_lines(address, bound.local_port, bound.mapping.remote_port)
-                print(line, flush=True)
+                print(format_forwarding_lines(address, bound.local_port, remote_port), flush=True)
         reported = session.last_error
         stop = asyncio.create_task(_wait_for_signal())
         while not stop.done():

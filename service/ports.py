@@ -48,6 +48,7 @@ __all__ = [
     "parse_listen_addresses",
     "parse_port_spec",
     "parse_port_specs",
+    "require_local_port_for_names",
     "resolve_listen_addresses",
 ]
 
@@ -209,7 +210,19 @@ def parse_port_specs(specs: Sequence[str], *, allow_names: bool = False) -> list
     return mappings
 
 
-def format_forwarding_lines(address: str, local_port: int, remote_port: int) -> str:
+def require_local_port_for_names(mappings: Sequence[PortMapping]) -> None:
+    """podgate binds before it resolves the target, so a bare port name (`http`, whose
+    local port kubectl takes from the resolved number) needs `LOCAL:http` or `:http`."""
+    for mapping in mappings:
+        if mapping.is_named and ":" not in mapping.spec:
+            raise PortSpecError.for_spec(
+                mapping.spec,
+                f"a named remote port needs a local port here: use "
+                f'"LOCAL:{mapping.remote_name}" or ":{mapping.remote_name}"',
+            )
+
+
+def format_forwarding_lines(address: str, local_port: int, remote_port: int | str) -> str:
     """kubectl's status line for one bound listener, without the trailing newline.
 
     ``Forwarding from 127.0.0.1:42390 -> 7000`` or ``Forwarding from [::1]:42390 -> 7000``

@@ -20,6 +20,7 @@ from service.ports import (
     format_forwarding_lines,
     parse_listen_addresses,
     parse_port_specs,
+    require_local_port_for_names,
 )
 from service.runner.listeners import ListenError
 from service.runner.session import ForwardSession
@@ -44,29 +45,25 @@ def to_public(session: ForwardSession) -> SessionPublic:
     spec = session.spec
     ports: list[PortPublic] = []
     forwarding: list[str] = []
-    for bound in session.bound:
-        addresses = bound.addresses or list(spec.addresses)
+    for position, mapping in enumerate(spec.mappings):
+        # The pod port once resolved (a service port or a port name maps to it).
+        remote_port = session.remote_ports[position] or mapping.remote_port
+        if position < len(session.bound):
+            bound = session.bound[position]
+            local_port, addresses = bound.local_port, bound.addresses
+        else:  # listeners that could not be restored: stored ports, listening nowhere
+            local_port, addresses = mapping.local_port, []
         ports.append(
             PortPublic(
-                spec=bound.mapping.spec,
-                local_port=bound.local_port,
-                remote_port=bound.mapping.remote_port,
+                spec=mapping.spec,
+                local_port=local_port,
+                remote_port=remote_port,
+                remote_name=mapping.remote_name,
                 addresses=addresses,
             )
         )
-        forwarding += [
-            format_forwarding_lines(a, bound.local_port, bound.mapping.remote_port)
-            for a in addresses
-        ]
-    if not session.bound:
-        # Fix (API tests): a session whose listeners could not be restored has nothing
-        # bound; still show its port mappings (stored local ports, listening nowhere).
-        ports = [
-            PortPublic(
-                spec=m.spec, local_port=m.local_port, remote_port=m.remote_port, addresses=[]
-            )
-            for m in spec.mappings
-        ]
+        shown = remote_port or mapping.remote_name or "?"
+        forwarding += [format_forwarding_lines(a, local_port, shown) for a in addresses]
     counters = session.counters
     return SessionPublic(
         id=spec.id,
@@ -92,10 +89,12 @@ def to_public(session: ForwardSession) -> SessionPublic:
 def _create_request(body: SessionCreate) -> CreateRequest:
     try:
         target = parse_target(body.target)
-        mappings = parse_port_specs(body.ports)
+        mappings = parse_port_specs(body.ports, allow_names=True)
+        require_local_port_for_names(mappings)
         parse_listen_addresses(body.addresses)
     except (TargetError, PortSpecError, ListenAddressError) as exc:
         raise ProblemError(422, str(exc)) from None
+    del target  # validated here; the runner resolves it to a pod
     if body.transport in _NOT_YET:
         raise ProblemError(
             422, f'transport "{body.transport}" is not supported yet; use "auto" or "spdy"'
@@ -103,7 +102,6 @@ def _create_request(body: SessionCreate) -> CreateRequest:
     return CreateRequest(
         namespace=body.namespace,
         target=body.target,
-        pod_name=target.name,
         mappings=tuple(mappings),
         addresses=tuple(body.addresses),
         name=body.name,

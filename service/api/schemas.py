@@ -31,12 +31,16 @@ class SessionCreate(BaseModel):
         description="Kubernetes namespace of the target.",
     )
     target: str = Field(
-        min_length=1, max_length=300, description="`NAME` or `pod/NAME`.", examples=["pod/hello"]
+        min_length=1,
+        max_length=300,
+        description="`NAME`, `pod/NAME`, `svc/NAME`, `deploy/NAME`, `sts/NAME` or `rs/NAME`.",
+        examples=["pod/hello"],
     )
     ports: list[str] = Field(
         min_length=1,
         max_length=64,
-        description="`5000`, `8888:5000`, `:5000` or `0:5000` (local port chosen by the OS).",
+        description="`5000`, `8888:5000`, `:5000` or `0:5000` (local port chosen by the OS); "
+        "the remote side may be a port name (`8080:http`, `:http`).",
         examples=[["5000", "8888:5000", ":6000", "0:7000"]],
     )
     name: str | None = Field(
@@ -63,7 +67,12 @@ class SessionCreate(BaseModel):
 class PortPublic(BaseModel):
     spec: str = Field(examples=["0:7000"])
     local_port: int = Field(examples=[42390])
-    remote_port: int = Field(examples=[7000])
+    remote_port: int = Field(
+        examples=[7000], description="The pod port; 0 until a named port is resolved."
+    )
+    remote_name: str | None = Field(
+        default=None, description="The port name given in the spec (`8080:http`), if any."
+    )
     addresses: list[str] = Field(examples=[["127.0.0.1", "::1"]])
 
 

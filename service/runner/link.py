@@ -65,10 +65,11 @@ class LocalConnection(asyncio.Protocol):
     """One accepted local TCP connection; it is read only once its pair is open."""
 
     def __init__(
-        self, local_port: int, remote_port: int, on_accept: Callable[[LocalConnection], None]
+        self, local_port: int, position: int, on_accept: Callable[[LocalConnection], None]
     ) -> None:
         self.local_port = local_port
-        self.remote_port = remote_port
+        self.position = position  # which port mapping of the session accepted it
+        self.remote_port = 0  # the pod port, set by the session when the pair is opened
         self._on_accept = on_accept
         self.transport: asyncio.Transport | None = None
         self.pair: StreamPair | None = None
@@ -176,6 +177,13 @@ class SpdyLink(asyncio.Protocol):
 
     def _ping(self) -> None:
         if self.closed:
+            return
+        if self._read_blockers:
+            # Fix: while a slow local reader holds the upstream socket unread (back-pressure),
+            # PING replies cannot reach us; that is not a dead upstream. Counting them tore
+            # the whole link down after 3 intervals and cut every connection on it.
+            self._unanswered_pings = 0
+            self._schedule_ping()
             return
         if self._unanswered_pings >= 3:
             self._lose("upstream stopped answering pings")

@@ -11,14 +11,15 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
 from service.ports import PortMapping
 from service.runner.link import LocalConnection, SpdyLink, TrafficCounters
 from service.runner.listeners import BoundMapping, bind_mappings
-from service.upstream import Cluster, UpstreamError
+from service.upstream import Cluster, UpstreamError, resolve_target
+from service.upstream.targets import parse_target
 
 log = logging.getLogger("podgate.runner")
 
@@ -39,8 +40,7 @@ class SessionSpec:
     id: str
     name: str
     namespace: str
-    target: str
-    pod_name: str
+    target: str  # as given: NAME, pod/NAME, svc/NAME, deploy/NAME, ...
     mappings: tuple[PortMapping, ...]
     addresses: tuple[str, ...]  # resolved IPs (localhost → 127.0.0.1, ::1)
     optional_addresses: tuple[str, ...]  # may fail to bind alone (kubectl's localhost rule)
@@ -73,6 +73,7 @@ class ForwardSession:
         max_backoff: float = 30.0,
     ) -> None:
         self.spec = spec
+        self.target = parse_target(spec.target)
         self._cluster = cluster
         self._on_change = on_change
         self._on_accept = on_accept
@@ -83,6 +84,8 @@ class ForwardSession:
         self.last_error: str | None = None
         self.transport_name: str | None = None
         self.pod: str | None = None
+        # The pod port of each mapping, from the last resolution (0: a name not resolved yet).
+        self.remote_ports = [m.remote_port for m in spec.mappings]
         self.ready_since: datetime | None = None
         self.counters = TrafficCounters()
         self.bound: list[BoundMapping] = []
@@ -100,7 +103,7 @@ class ForwardSession:
         mappings = list(self.spec.mappings)
         if local_ports is not None:
             mappings = [
-                PortMapping(m.spec, port or m.local_port, m.remote_port)
+                replace(m, local_port=port or m.local_port)
                 for m, port in zip(mappings, local_ports, strict=True)
             ]
         self.bound = bind_mappings(mappings, self.spec.addresses, self.spec.optional_addresses)
@@ -112,12 +115,10 @@ class ForwardSession:
     async def start(self) -> None:
         """Serve the bound sockets and start dialling the cluster in the background."""
         loop = asyncio.get_running_loop()
-        for bound in self.bound:
+        for position, bound in enumerate(self.bound):
             for sock in bound.sockets:
                 server = await loop.create_server(
-                    partial(
-                        LocalConnection, bound.local_port, bound.mapping.remote_port, self._accepted
-                    ),
+                    partial(LocalConnection, bound.local_port, position, self._accepted),
                     sock=sock,
                     backlog=1024,
                 )
@@ -170,8 +171,13 @@ class ForwardSession:
 
     async def _dial(self) -> None:
         cluster = await self._cluster(self.spec.context)
-        pod = await cluster.require_running(self.spec.namespace, self.spec.pod_name)
+        # Resolved on every dial: a Service or Deployment may point at another pod by now.
+        resolution = await resolve_target(
+            cluster, self.spec.namespace, self.target, self.spec.mappings
+        )
+        pod = resolution.pod
         self.pod = pod.name
+        self.remote_ports = [m.remote_port for m in resolution.mappings]
         upgraded = await cluster.upgrade_spdy(self.spec.namespace, pod.name)
         if self._stopping:
             upgraded.transport.abort()
@@ -190,6 +196,7 @@ class ForwardSession:
         for local, timer in list(self._waiting.items()):
             timer.cancel()
             if not local.closed:
+                local.remote_port = self.remote_ports[local.position]
                 link.open_pair(local)
         self._waiting.clear()
 
@@ -208,6 +215,7 @@ class ForwardSession:
     # ----------------------------------------------------- local connections
 
     def _accepted(self, local: LocalConnection) -> None:
+        local.remote_port = self.remote_ports[local.position]
         if self._on_accept is not None:
             self._on_accept(local)
         link = self._link

@@ -28,7 +28,6 @@ PERSIST_DELAY = 0.2
 class CreateRequest:
     namespace: str
     target: str
-    pod_name: str
     mappings: tuple[PortMapping, ...]
     addresses: tuple[str, ...]  # as requested, e.g. ("localhost",)
     name: str | None = None
@@ -51,15 +50,16 @@ class SessionConflict(Exception):
     """A session with this name exists with a different spec."""
 
 
-def _spec_from(record: SessionRecord, pod_name: str) -> SessionSpec:
+def _spec_from(record: SessionRecord) -> SessionSpec:
     listen = parse_listen_addresses(record.addresses)
     return SessionSpec(
         id=record.id,
         name=record.name,
         namespace=record.namespace,
         target=record.target,
-        pod_name=pod_name,
-        mappings=tuple(PortMapping(m.spec, m.local_port, m.remote_port) for m in record.mappings),
+        mappings=tuple(
+            PortMapping(m.spec, m.local_port, m.remote_port, m.remote_name) for m in record.mappings
+        ),
         addresses=tuple(a.host for a in listen),
         optional_addresses=tuple(a.host for a in listen if not a.required),
         context=record.context,
@@ -92,7 +92,7 @@ class Supervisor:
 
     def _new_session(self, record: SessionRecord) -> ForwardSession:
         return ForwardSession(
-            _spec_from(record, parse_target(record.target).name),
+            _spec_from(record),
             self.clusters,
             on_change=self._changed,
             connect_wait=self.connect_wait,
@@ -143,9 +143,9 @@ class Supervisor:
                 created_at=datetime.now(UTC),
             )
             if not record.name:
-                record.name = f"{request.pod_name}-{record.id[:8]}"
+                record.name = f"{parse_target(request.target).name}-{record.id[:8]}"
             record.mappings = []
-            spec = replace(_spec_from(record, request.pod_name), mappings=request.mappings)
+            spec = replace(_spec_from(record), mappings=request.mappings)
             session = ForwardSession(
                 spec,
                 self.clusters,
@@ -156,7 +156,7 @@ class Supervisor:
             )
             session.bind()  # ListenError propagates: nothing stored yet
             bound = [
-                PortMapping(m.spec, port, m.remote_port)
+                replace(m, local_port=port)
                 for m, port in zip(request.mappings, session.local_ports, strict=True)
             ]
             try:
