@@ -29,8 +29,6 @@ from service.upstream.targets import TargetError, parse_target
 
 router = APIRouter()
 
-#: Transports a later version will negotiate; refused clearly until then.
-_NOT_YET = {"websocket", "ws-channel", "h2"}
 
 
 def get_supervisor(request: Request) -> Supervisor:
@@ -95,10 +93,6 @@ def _create_request(body: SessionCreate) -> CreateRequest:
     except (TargetError, PortSpecError, ListenAddressError) as exc:
         raise ProblemError(422, str(exc)) from None
     del target  # validated here; the runner resolves it to a pod
-    if body.transport in _NOT_YET:
-        raise ProblemError(
-            422, f'transport "{body.transport}" is not supported yet; use "auto" or "spdy"'
-        )
     return CreateRequest(
         namespace=body.namespace,
         target=body.target,

@@ -60,7 +60,10 @@ class SessionCreate(BaseModel):
         default=None, min_length=1, max_length=253, description="kubeconfig context."
     )
     transport: Transport = Field(
-        default="auto", description="Upstream transport; `auto` currently means SPDY/3.1."
+        default="auto",
+        description="Upstream transport: `auto` (WebSocket-tunnelled SPDY, falling back to "
+        "SPDY/3.1 like kubectl), `spdy`, `websocket` (tunnel only), `ws-channel` (one "
+        "v4.channel.k8s.io WebSocket per connection) or `h2` (HTTP/2, podgate agents only).",
     )
 
 

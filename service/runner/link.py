@@ -19,7 +19,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from service.protocols.spdy import (
     ConnectionTerminated,
@@ -33,7 +33,8 @@ from service.protocols.spdy import (
     StreamReplied,
     StreamReset,
 )
-from service.upstream import UpgradedConnection
+from service.runner.tunnel import TunnelPipe, TunnelTransport
+from service.upstream import UpgradedConnection, WebSocketConnection
 
 log = logging.getLogger("podgate.runner")
 
@@ -72,9 +73,16 @@ class LocalConnection(asyncio.Protocol):
         self.remote_port = 0  # the pod port, set by the session when the pair is opened
         self._on_accept = on_accept
         self.transport: asyncio.Transport | None = None
-        self.pair: StreamPair | None = None
-        self.link: SpdyLink | None = None
+        # Set by whichever link carries it (SpdyLink, H2Link or ChannelForwarder), which
+        # also gets the callbacks below: local_data, local_eof, local_lost, *_upstream_reads.
+        self.pair: Any = None
+        self.link: Any = None
         self.closed = False
+        # Until its stream is accepted upstream, a connection is held unread. uvloop ignores
+        # pause_reading() in connection_made, so bytes that still arrive wait here.
+        self.gated = True
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
@@ -85,14 +93,32 @@ class LocalConnection(asyncio.Protocol):
         self._on_accept(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.link is not None and self.pair is not None:
-            self.link.local_data(self.pair, data)
+        if self.gated:
+            self._early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self.link.local_data(self.pair, data)
 
     def eof_received(self) -> bool:
-        if self.link is not None and self.pair is not None:
+        if self.gated:
+            self._early_eof = True
+            return True
+        self.link.local_eof(self.pair)
+        return True  # half-close: keep writing what the pod sends
+
+    def open_gate(self) -> None:
+        """The upstream accepted this connection's stream: deliver what waited, read on."""
+        if not self.gated or self.closed or self.link is None:
+            return
+        self.gated = False
+        early, self._early = self._early, []
+        for chunk in early:
+            self.link.local_data(self.pair, chunk)
+        if self._early_eof:
             self.link.local_eof(self.pair)
-            return True  # half-close: keep writing what the pod sends
-        return False
+        elif self.transport is not None:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -158,11 +184,22 @@ class SpdyLink(asyncio.Protocol):
 
     def attach(self, upgraded: UpgradedConnection) -> None:
         """Take over an upgraded connection (bytes past the 101, EOF or loss replayed)."""
-        self.transport = upgraded.transport
+        self._adopt(upgraded.transport)
+        upgraded.attach(self)
+
+    def attach_tunnel(self, ws: WebSocketConnection) -> None:
+        """Take over a WebSocket tunnel: SPDY frames ride in binary messages (§3)."""
+        pipe = TunnelPipe(ws.client, self)
+        self._adopt(TunnelTransport(ws.transport, ws.client))
+        pipe.raw = ws.transport
+        ws.attach(pipe)
+        pipe.process(ws.events)
+
+    def _adopt(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
         self.transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
         set_nodelay(self.transport)
         self._schedule_ping()
-        upgraded.attach(self)
 
     @property
     def usable(self) -> bool:
@@ -315,9 +352,9 @@ class SpdyLink(asyncio.Protocol):
         if pair.timer is not None:
             pair.timer.cancel()
             pair.timer = None
-        local = pair.local
-        if local.transport is not None and not local.closed and not self._write_paused:
-            local.transport.resume_reading()
+        pair.local.open_gate()
+        if self._write_paused and pair.local.transport is not None:
+            pair.local.transport.pause_reading()
 
     def _data(self, event: DataReceived) -> None:
         pair = self.pairs.get(event.stream_id)

@@ -16,9 +16,12 @@ from datetime import datetime
 from functools import partial
 
 from service.ports import PortMapping
+from service.runner.channel import ChannelForwarder
+from service.runner.h2link import H2Link
 from service.runner.link import LocalConnection, SpdyLink, TrafficCounters
 from service.runner.listeners import BoundMapping, bind_mappings
-from service.upstream import Cluster, UpstreamError, resolve_target
+from service.upstream import Cluster, TunnelRefused, UpstreamError, resolve_target
+from service.upstream.endpoint import Endpoint
 from service.upstream.targets import parse_target
 
 log = logging.getLogger("podgate.runner")
@@ -28,6 +31,10 @@ READY = "ready"
 RECONNECTING = "reconnecting"
 FAILED = "failed"
 STOPPED = "stopped"
+
+#: What carries a session's connections: one SPDY link (plain or tunnelled), one HTTP/2
+#: link, or a WebSocket per connection.
+Link = SpdyLink | H2Link | ChannelForwarder
 
 #: Gives the cluster for a kubeconfig context (None: the default one).
 ClusterSource = Callable[[str | None], Awaitable[Cluster]]
@@ -90,7 +97,7 @@ class ForwardSession:
         self.counters = TrafficCounters()
         self.bound: list[BoundMapping] = []
         self._servers: list[asyncio.Server] = []
-        self._link: SpdyLink | None = None
+        self._link: Link | None = None
         self._link_lost = asyncio.Event()
         self._waiting: dict[LocalConnection, asyncio.TimerHandle] = {}
         self._task: asyncio.Task[None] | None = None
@@ -178,20 +185,15 @@ class ForwardSession:
         pod = resolution.pod
         self.pod = pod.name
         self.remote_ports = [m.remote_port for m in resolution.mappings]
-        upgraded = await cluster.upgrade_spdy(self.spec.namespace, pod.name)
-        if self._stopping:
-            upgraded.transport.abort()
-            return
-        link = SpdyLink(
-            self.counters,
-            on_lost=self._lost,
-            on_connection_error=self._connection_error,
-            ping_interval=self.ping_interval,
-        )
         self._link_lost.clear()
+        link, transport_name = await self._connect(cluster, pod.name)
+        if self._stopping:
+            link.close()
+            return
+        if link.closed:  # lost while being attached
+            raise UpstreamError(link.lost_reason or "upstream closed the connection")
         self._link = link
-        link.attach(upgraded)
-        self.transport_name = "spdy"
+        self.transport_name = transport_name
         self._set(READY, None)
         for local, timer in list(self._waiting.items()):
             timer.cancel()
@@ -200,7 +202,64 @@ class ForwardSession:
                 link.open_pair(local)
         self._waiting.clear()
 
-    def _lost(self, link: SpdyLink, reason: str) -> None:
+    async def _connect(self, cluster: Cluster, pod: str) -> tuple[Link, str]:
+        """Dial the session's transport; `auto` tries the tunnel, then SPDY, like kubectl."""
+        namespace, mode = self.spec.namespace, self.spec.transport
+        if mode in ("auto", "websocket"):
+            try:
+                ws = await cluster.upgrade_tunnel(namespace, pod)
+            except TunnelRefused as exc:
+                # kubectl falls back on any refused upgrade (403 too), never on TCP/TLS errors.
+                if mode == "websocket":
+                    raise
+                log.info("session %s: tunnel refused, using SPDY: %s", self.spec.name, exc)
+            else:
+                link = self._spdy_link()
+                link.attach_tunnel(ws)
+                return link, "websocket"
+        if mode in ("auto", "spdy"):
+            upgraded = await cluster.upgrade_spdy(namespace, pod)
+            link = self._spdy_link()
+            link.attach(upgraded)
+            return link, "spdy"
+        if mode == "ws-channel":
+            forwarder = ChannelForwarder(
+                cluster,
+                namespace,
+                pod,
+                self.counters,
+                on_connection_error=self._connection_error,
+            )
+            return forwarder, "ws-channel"
+        if mode == "h2":
+            transport, headers = await cluster.connect_h2()
+            endpoint = Endpoint.parse(cluster.server)
+            h2 = H2Link(
+                self.counters,
+                namespace,
+                pod,
+                on_lost=self._lost,
+                on_connection_error=self._connection_error,
+                ping_interval=self.ping_interval,
+            )
+            h2.attach(
+                transport,
+                authority=endpoint.host_header,
+                scheme="https" if endpoint.tls else "http",
+                headers=headers,
+            )
+            return h2, "h2"
+        raise UpstreamError(f"unknown transport {mode!r}", retryable=False)
+
+    def _spdy_link(self) -> SpdyLink:
+        return SpdyLink(
+            self.counters,
+            on_lost=self._lost,
+            on_connection_error=self._connection_error,
+            ping_interval=self.ping_interval,
+        )
+
+    def _lost(self, link: object, reason: str) -> None:
         if link is self._link:
             log.info("session %s: %s", self.spec.name, reason)
             self._link_lost.set()

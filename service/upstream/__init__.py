@@ -17,6 +17,7 @@ from .resolve import (
 )
 from .targets import Target, TargetError, parse_target
 from .upgrade import PORTFORWARD_PROTOCOL, SPDY_UPGRADE, UpgradedConnection, dial_spdy
+from .websocket import TunnelRefused, WebSocketConnection
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -35,9 +36,11 @@ __all__ = [
     "Target",
     "TargetError",
     "TargetNotFound",
+    "TunnelRefused",
     "UnsupportedProtocol",
     "UpgradedConnection",
     "UpstreamError",
+    "WebSocketConnection",
     "auth_headers",
     "build_ssl_context",
     "dial_spdy",

@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -17,6 +18,9 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+
+from service.protocols.wschannel import ChannelClient
+from service.protocols.wstunnel import TunnelClient
 
 from .endpoint import auth_headers, build_ssl_context, describe_connect_error, portforward_url
 from .errors import (
@@ -27,6 +31,7 @@ from .errors import (
     parse_status,
 )
 from .upgrade import UpgradedConnection, dial_spdy
+from .websocket import WebSocketConnection, connect_raw, dial_websocket
 
 __all__ = ["DEFAULT_TIMEOUT", "Cluster", "PodInfo", "user_agent"]
 
@@ -334,6 +339,20 @@ class Cluster:
         ``transport.resume_reading()``.
         """
         url = portforward_url(self.server, namespace, pod)
+        headers, ssl_context, deadline = await self._prepare(url, timeout)
+        return await dial_spdy(
+            url,
+            headers=headers,
+            ssl_context=ssl_context,
+            server_hostname=self._cfg.tls_server_name or None,
+            timeout=timeout,
+            deadline=deadline,  # one bound for credentials + connect + TLS + answer
+        )
+
+    async def _prepare(
+        self, url: str, timeout: float, alpn: tuple[str, ...] = ("http/1.1",)
+    ) -> tuple[list[tuple[str, str]], ssl.SSLContext | None, float]:
+        """Fresh request headers (auth read per dial), the TLS context and the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if getattr(self._cfg, "proxy", None):
@@ -351,15 +370,54 @@ class Cluster:
                 f"timed out after {timeout:g} s refreshing credentials for {url}",
                 retryable=True,
             ) from None
-        ssl_context = build_ssl_context(self._cfg) if url.startswith("https:") else None
-        return await dial_spdy(
+        tls = url.startswith(("https:", "wss:"))
+        ssl_context = build_ssl_context(self._cfg, alpn) if tls else None
+        return headers, ssl_context, deadline
+
+    async def upgrade_tunnel(
+        self, namespace: str, pod: str, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> WebSocketConnection:
+        """GET …/portforward as a WebSocket offering `SPDY/3.1+portforward.k8s.io` (§3).
+
+        Raises TunnelRefused (fall back to SPDY) when the server answered otherwise.
+        """
+        url = portforward_url(self.server, namespace, pod)
+        headers, ssl_context, deadline = await self._prepare(url, timeout)
+        return await dial_websocket(
             url,
-            headers=headers,
+            lambda ep: TunnelClient(ep.host_header, ep.target, headers),
             ssl_context=ssl_context,
             server_hostname=self._cfg.tls_server_name or None,
-            timeout=timeout,
-            deadline=deadline,  # one bound for credentials + connect + TLS + answer
+            deadline=deadline,
         )
+
+    async def open_channel(
+        self, namespace: str, pod: str, ports: list[int], *, timeout: float = DEFAULT_TIMEOUT
+    ) -> WebSocketConnection:
+        """GET …/portforward?ports=… as a v4.channel.k8s.io WebSocket (§2)."""
+        url = portforward_url(self.server, namespace, pod)
+        headers, ssl_context, deadline = await self._prepare(url, timeout)
+        return await dial_websocket(
+            url,
+            lambda ep: ChannelClient(ep.host_header, ep.target, ports, extra_headers=headers),
+            ssl_context=ssl_context,
+            server_hostname=self._cfg.tls_server_name or None,
+            deadline=deadline,
+        )
+
+    async def connect_h2(
+        self, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> tuple[asyncio.Transport, list[tuple[str, str]]]:
+        """A connection for podgate's own HTTP/2 link (§5.2): h2c with prior knowledge on
+        http://, ALPN h2 on https://. Returns it (reading paused) and the request headers."""
+        headers, ssl_context, deadline = await self._prepare(self.server, timeout, ("h2",))
+        transport = await connect_raw(
+            self.server,
+            ssl_context=ssl_context,
+            server_hostname=self._cfg.tls_server_name or None,
+            deadline=deadline,
+        )
+        return transport, headers
 
     # ------------------------------------------------------------------ credentials
 

@@ -1,0 +1,392 @@
+"""The `h2` transport: podgate's own HTTP/2 link to a podgate agent (protocols.md §5.2).
+
+One HTTP/2 stream per half of a pair. Unlike SPDY, flow control is real and per stream:
+data received for a local connection is acknowledged (the window handed back) only once
+it is written to the local socket, so one slow local reader stalls its own stream only.
+Local bytes are sent as the peer's windows allow; the rest waits for `WindowOpened`
+with that local socket's reading paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service.protocols.h2pair import (
+    H2PairClient,
+    LinkTerminated,
+    PairData,
+    PairEnded,
+    PairProtocolError,
+    PairReset,
+    PairResponse,
+    PairStateError,
+    PingAnswered,
+    WindowOpened,
+)
+from service.runner.link import LocalConnection, TrafficCounters, set_nodelay
+
+log = logging.getLogger("podgate.runner")
+
+MAX_ERROR_TEXT = 64 * 1024
+UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
+
+
+@dataclass(eq=False, slots=True)
+class H2Pair:
+    error_sid: int
+    data_sid: int
+    local: LocalConnection
+    backlog: bytearray = field(default_factory=bytearray)  # local bytes waiting for window
+    local_eof: bool = False  # the local client half-closed (END_STREAM once backlog is out)
+    remote_fin: bool = False
+    unacked: int = 0  # received and written while the local socket was above high water
+    local_blocked: bool = False
+    status: int = 0
+    error_text: str = ""
+    done: bool = False
+
+
+class H2Link(asyncio.Protocol):
+    """One HTTP/2 connection multiplexing many pairs."""
+
+    def __init__(
+        self,
+        counters: TrafficCounters,
+        namespace: str,
+        pod: str,
+        *,
+        on_lost: Callable[[H2Link, str], None],
+        on_connection_error: Callable[[LocalConnection, str], None],
+        ping_interval: float = 5.0,
+    ) -> None:
+        self.counters = counters
+        self.namespace = namespace
+        self.pod = pod
+        self._on_lost = on_lost
+        self._on_connection_error = on_connection_error
+        self.ping_interval = ping_interval
+        self.client: H2PairClient | None = None
+        self.transport: asyncio.Transport | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.pairs: dict[int, H2Pair] = {}
+        self._next_request_id = 0
+        self._write_paused = False
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._unanswered_pings = 0
+        self.closed = False
+        self.lost_reason = ""
+
+    def attach(
+        self,
+        transport: asyncio.Transport,
+        *,
+        authority: str,
+        scheme: str,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        self.transport = transport
+        self.headers = [(k.lower(), v) for k, v in headers if k.lower() != "user-agent"]
+        self.client = H2PairClient(authority, scheme)
+        transport.set_protocol(self)
+        transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
+        set_nodelay(transport)
+        transport.write(self.client.initiate())
+        transport.resume_reading()
+        self._schedule_ping()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed
+
+    # keepalive ------------------------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        if self.ping_interval > 0 and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._ping_handle = loop.call_later(self.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.closed or self.client is None:
+            return
+        if self._unanswered_pings >= 3:
+            self._lose("upstream stopped answering HTTP/2 pings")
+            return
+        self._unanswered_pings += 1
+        self.client.ping()
+        self._flush()
+        self._schedule_ping()
+
+    # local side -----------------------------------------------------------------------
+
+    def open_pair(self, local: LocalConnection) -> None:
+        assert self.client is not None
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        try:
+            error_sid, data_sid = self.client.open_pair(
+                self.namespace, self.pod, local.remote_port, request_id, self.headers
+            )
+        except (PairStateError, PairProtocolError, ValueError) as exc:
+            log.info("cannot open HTTP/2 streams: %s", exc)
+            local.abort()
+            return
+        pair = H2Pair(error_sid, data_sid, local)
+        self.pairs[error_sid] = pair
+        self.pairs[data_sid] = pair
+        local.link = self
+        local.pair = pair
+        self.counters.connections_total += 1
+        self.counters.connections_active += 1
+        self._flush()
+        local.open_gate()  # data may flow at once: the agent credits it only once written
+        if self._write_paused and local.transport is not None:
+            local.transport.pause_reading()
+
+    def local_data(self, pair: H2Pair, data: bytes) -> None:
+        if pair.done:
+            return
+        self.counters.bytes_out += len(data)
+        if pair.backlog:
+            pair.backlog += data
+        else:
+            sent = self._send(pair, data)
+            if sent < len(data):
+                pair.backlog += data[sent:]
+        if pair.backlog and pair.local.transport is not None:
+            pair.local.transport.pause_reading()  # bounded: wait for the peer's window
+        self._flush()
+
+    def _send(self, pair: H2Pair, data: bytes | bytearray | memoryview) -> int:
+        assert self.client is not None
+        try:
+            return self.client.send_data(pair.data_sid, data)
+        except PairStateError:
+            return len(data)  # the stream is gone; its end is reported by events
+
+    def local_eof(self, pair: H2Pair) -> None:
+        if pair.done or pair.local_eof:
+            return
+        pair.local_eof = True
+        self._end_if_drained(pair)
+        self._flush()
+
+    def _end_if_drained(self, pair: H2Pair) -> None:
+        assert self.client is not None
+        if pair.local_eof and not pair.backlog and self.client.can_send(pair.data_sid):
+            with contextlib.suppress(PairStateError):
+                self.client.end_stream(pair.data_sid)
+            self._maybe_finish(pair)
+
+    def local_lost(self, pair: H2Pair) -> None:
+        if not pair.done:
+            self._finish(pair, abort_local=False)
+            self._flush()
+
+    def block_upstream_reads(self, local: LocalConnection) -> None:
+        pair = local.pair
+        if isinstance(pair, H2Pair):
+            pair.local_blocked = True  # stop crediting this stream only
+
+    def unblock_upstream_reads(self, local: LocalConnection) -> None:
+        pair = local.pair
+        if isinstance(pair, H2Pair) and pair.local_blocked:
+            pair.local_blocked = False
+            if pair.unacked and self.client is not None:
+                self.client.acknowledge(pair.data_sid, pair.unacked)
+                pair.unacked = 0
+                self._flush()
+
+    # upstream side --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.client is None:
+            return
+        try:
+            events = self.client.receive_data(data)
+        except PairProtocolError as exc:
+            self._flush()
+            self._lose(f"HTTP/2 protocol error from upstream: {exc}")
+            return
+        for event in events:
+            if isinstance(event, PairData):
+                self._data(event)
+            elif isinstance(event, PairResponse):
+                self._response(event)
+            elif isinstance(event, PairEnded):
+                self._ended(event.stream_id)
+            elif isinstance(event, PairReset):
+                self._reset(event.stream_id)
+            elif isinstance(event, WindowOpened):
+                self._window_opened(event.stream_id)
+            elif isinstance(event, PingAnswered):
+                self._unanswered_pings = 0
+            elif isinstance(event, LinkTerminated):
+                self._lose(f"upstream sent GOAWAY (code {event.code})")
+                return
+        self._flush()
+
+    def _data(self, event: PairData) -> None:
+        assert self.client is not None
+        pair = self.pairs.get(event.stream_id)
+        if pair is None or pair.done:
+            self.client.acknowledge(event.stream_id, event.flow_controlled_length)
+            return
+        if event.stream_id == pair.error_sid:
+            pair.error_text = (pair.error_text + event.data.decode("utf-8", "replace"))[
+                :MAX_ERROR_TEXT
+            ]
+            self.client.acknowledge(event.stream_id, event.flow_controlled_length)
+            return
+        local = pair.local
+        if local.transport is None or local.closed:
+            self.client.acknowledge(event.stream_id, event.flow_controlled_length)
+            return
+        self.counters.bytes_in += len(event.data)
+        local.transport.write(event.data)
+        if pair.local_blocked:
+            pair.unacked += event.flow_controlled_length  # credited once the socket drains
+        else:
+            self.client.acknowledge(event.stream_id, event.flow_controlled_length)
+
+    def _response(self, event: PairResponse) -> None:
+        pair = self.pairs.get(event.stream_id)
+        if pair is not None and event.stream_id == pair.data_sid:
+            pair.status = event.status
+
+    def _ended(self, sid: int) -> None:
+        pair = self.pairs.get(sid)
+        if pair is None or pair.done:
+            return
+        if sid == pair.error_sid:
+            if pair.error_text:
+                self._failed(pair)
+            return
+        if pair.status != 200:
+            return  # a refused data stream; the reason comes on the error stream
+        pair.remote_fin = True
+        local = pair.local
+        if local.transport is not None and not local.closed and local.transport.can_write_eof():
+            local.transport.write_eof()
+        self._maybe_finish(pair)
+
+    def _reset(self, sid: int) -> None:
+        pair = self.pairs.get(sid)
+        if pair is None or pair.done:
+            return
+        if pair.error_text:
+            self._failed(pair)
+        else:
+            self._finish(pair, abort_local=True)
+
+    def _failed(self, pair: H2Pair) -> None:
+        self.counters.connection_errors += 1
+        self._on_connection_error(pair.local, pair.error_text)
+        self._finish(pair, abort_local=True)
+
+    def _window_opened(self, sid: int) -> None:
+        targets = set(self.pairs.values()) if sid == 0 else {self.pairs.get(sid)}
+        for pair in targets:
+            if pair is None or pair.done or not pair.backlog:
+                continue
+            sent = self._send(pair, pair.backlog)
+            del pair.backlog[:sent]
+            if not pair.backlog:
+                local = pair.local
+                if local.transport is not None and not local.closed and not pair.local_eof:
+                    local.transport.resume_reading()
+                self._end_if_drained(pair)
+
+    # endings --------------------------------------------------------------------------
+
+    def _maybe_finish(self, pair: H2Pair) -> None:
+        if pair.remote_fin and pair.local_eof and not pair.backlog:
+            local = pair.local
+            if local.transport is not None and not local.closed:
+                local.transport.close()
+
+    def _finish(self, pair: H2Pair, *, abort_local: bool) -> None:
+        if pair.done:
+            return
+        pair.done = True
+        assert self.client is not None
+        for sid in (pair.data_sid, pair.error_sid):
+            if self.client.can_send(sid):
+                with contextlib.suppress(PairStateError):
+                    self.client.reset_stream(sid)
+            self.pairs.pop(sid, None)
+        if pair.unacked:
+            self.client.acknowledge(pair.data_sid, pair.unacked)
+        self.counters.connections_active -= 1
+        local = pair.local
+        if not local.closed and local.transport is not None:
+            if abort_local:
+                local.transport.abort()
+            else:
+                local.transport.close()
+
+    def _flush(self) -> None:
+        if self.transport is None or self.client is None or self.closed:
+            return
+        data = self.client.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self._lose("upstream closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(f"upstream connection lost: {exc}" if exc else "upstream closed the connection")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        for pair in set(self.pairs.values()):
+            if pair.local.transport is not None and not pair.local.closed:
+                pair.local.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for pair in set(self.pairs.values()):
+            local = pair.local
+            if (
+                local.transport is not None
+                and not local.closed
+                and not pair.backlog
+                and not pair.local_eof
+            ):
+                local.transport.resume_reading()
+
+    def _lose(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.lost_reason = reason
+        if self._ping_handle is not None:
+            self._ping_handle.cancel()
+        for pair in list(set(self.pairs.values())):
+            pair.done = True
+            self.counters.connections_active -= 1
+            pair.local.abort()
+        self.pairs.clear()
+        if self.transport is not None:
+            self.transport.abort()
+        self._on_lost(self, reason)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        for pair in list(set(self.pairs.values())):
+            self._finish(pair, abort_local=True)
+        if self.client is not None:
+            with contextlib.suppress(PairStateError, PairProtocolError):
+                self.client.close()
+        self._flush()
+        self.closed = True
+        if self._ping_handle is not None:
+            self._ping_handle.cancel()
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,112 @@
+"""Running a `SpdyLink` inside a WebSocket (`SPDY/3.1+portforward.k8s.io`, protocols.md §3).
+
+`TunnelPipe` is the protocol on the real socket: it unwraps binary messages into the SPDY
+byte stream for the link. `TunnelTransport` is what the link writes to: every flush of
+SPDY frames becomes one binary WebSocket message (one or more whole frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from service.protocols.wstunnel import (
+    StreamBytes,
+    TunnelClient,
+    TunnelClosed,
+    WebSocketError,
+)
+
+
+class TunnelTransport(asyncio.Transport):
+    """The transport a `SpdyLink` sees: writes are wrapped in WebSocket messages."""
+
+    def __init__(self, raw: asyncio.Transport, client: TunnelClient) -> None:
+        super().__init__()
+        self.raw = raw
+        self.client = client
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.raw.write(self.client.send_bytes(data))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        chunks = list(list_of_data)
+        if chunks:
+            self.raw.write(self.client.send_chunks(chunks))
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.raw.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+    def close(self) -> None:
+        if not self.raw.is_closing():
+            with contextlib.suppress(WebSocketError):
+                self.raw.write(self.client.close())  # code 1000: a clean EOF for the peer
+            self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+
+class TunnelPipe(asyncio.Protocol):
+    """Protocol of the real socket: WebSocket in, SPDY bytes out to `link`."""
+
+    def __init__(self, client: TunnelClient, link: asyncio.Protocol) -> None:
+        self.client = client
+        self.link = link
+        self.raw: asyncio.Transport | None = None
+
+    def process(self, events: Iterable[object]) -> None:
+        for event in events:
+            if isinstance(event, StreamBytes):
+                if event.data:
+                    self.link.data_received(event.data)
+            elif isinstance(event, TunnelClosed):
+                if event.code == 1000:
+                    self.link.eof_received()
+                else:
+                    self.link.connection_lost(
+                        ConnectionError(f"WebSocket closed with code {event.code} {event.reason}")
+                    )
+        replies = self.client.data_to_send()  # pongs, the Close echo
+        if replies and self.raw is not None and not self.raw.is_closing():
+            self.raw.write(replies)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.client.receive_data(data)
+        except WebSocketError as exc:
+            self.link.connection_lost(ConnectionError(f"WebSocket protocol error: {exc}"))
+            if self.raw is not None:
+                self.raw.abort()
+            return
+        self.process(events)
+
+    def eof_received(self) -> bool:
+        self.link.eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.link.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.link.resume_writing()

@@ -1,0 +1,249 @@
+"""Dialling the WebSocket transports: the SPDY tunnel (§3) and v4 channels (§2), and raw
+connections for HTTP/2 (§5.2).
+
+The handshake is done by the sans-IO clients of `service.protocols`; this module only
+moves their bytes. After a successful handshake reading is paused, and the events that
+arrived together with the 101 are handed over with the transport, so nothing is lost
+when the caller installs its own protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from service.protocols.wschannel import ChannelAccepted, ChannelClient, ChannelRejected
+from service.protocols.wstunnel import (
+    TunnelAccepted,
+    TunnelClient,
+    TunnelRejected,
+    WebSocketError,
+)
+
+from .endpoint import Endpoint, describe_connect_error
+from .errors import UpstreamError, describe_http_error
+
+WsClient = TunnelClient | ChannelClient
+
+
+class TunnelRefused(UpstreamError):
+    """The server did not accept the WebSocket upgrade (any non-101, or a 101 without the
+    offered subprotocol): kubectl falls back to plain SPDY on exactly this."""
+
+
+@dataclass
+class WebSocketConnection:
+    """A WebSocket after its 101; reading is paused until `attach`."""
+
+    transport: asyncio.Transport
+    client: Any  # TunnelClient | ChannelClient, past its handshake
+    events: list[Any]  # events decoded together with the 101 (data already, possibly)
+    _dialer: _HandshakeProtocol | None = field(default=None, repr=False)
+
+    def attach(self, protocol: asyncio.Protocol) -> None:
+        """Install `protocol`; replay an EOF or loss seen before the hand-over; resume."""
+        self.transport.set_protocol(protocol)
+        dialer = self._dialer
+        if dialer is not None and dialer.lost:
+            protocol.connection_lost(dialer.lost_exc)
+        elif dialer is not None and dialer.eof:
+            protocol.eof_received()
+        else:
+            self.transport.resume_reading()
+
+
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _HandshakeProtocol(asyncio.Protocol):
+    def __init__(self, endpoint: Endpoint, client: WsClient) -> None:
+        self.endpoint = endpoint
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.outcome: asyncio.Future[WebSocketConnection] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.eof = False
+        self.lost = False
+        self.lost_exc: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop: not a subclass
+        _set_nodelay(transport)
+        self.transport.write(self.client.initiate())
+
+    def data_received(self, data: bytes) -> None:
+        if not self.outcome.done():
+            self._feed(data)
+
+    def eof_received(self) -> bool:
+        if self.outcome.done():
+            self.eof = True
+            return False
+        self._feed(b"")
+        if not self.outcome.done():
+            self._fail(self._closed_early())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.lost_exc = True, exc
+        if not self.outcome.done():
+            if exc is not None and not isinstance(exc, ConnectionResetError | BrokenPipeError):
+                self._fail(describe_connect_error(exc, self.endpoint.url))
+            else:
+                self._fail(self._closed_early())
+
+    def _closed_early(self) -> UpstreamError:
+        return UpstreamError(
+            f"{self.endpoint.url} closed the connection before answering the WebSocket upgrade",
+            retryable=True,
+        )
+
+    def _feed(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            events = self.client.receive_data(data)
+        except WebSocketError as exc:
+            self._fail(UpstreamError(f"WebSocket error from {self.endpoint.url}: {exc}"))
+            return
+        for index, event in enumerate(events):
+            if isinstance(event, TunnelRejected | ChannelRejected):
+                text = describe_http_error(event.status, event.reason, bytes(event.body))
+                self._fail(
+                    TunnelRefused(
+                        f"WebSocket upgrade to {self.endpoint.url} refused: {text}",
+                        status=event.status,
+                    )
+                )
+                return
+            if isinstance(event, TunnelAccepted | ChannelAccepted):
+                self.transport.pause_reading()  # later bytes belong to the caller's protocol
+                pending = self.client.data_to_send()
+                if pending:
+                    self.transport.write(pending)
+                self.outcome.set_result(
+                    WebSocketConnection(self.transport, self.client, events[index + 1 :], self)
+                )
+                return
+
+    def _fail(self, error: UpstreamError) -> None:
+        if not self.outcome.done():
+            self.outcome.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _connect(
+    endpoint: Endpoint,
+    factory: Callable[[], asyncio.Protocol],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    deadline: float,
+) -> asyncio.Transport:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(deadline):
+            transport, _ = await loop.create_connection(
+                factory,
+                endpoint.host,
+                endpoint.port,
+                ssl=ssl_context if endpoint.tls else None,
+                server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+            )
+    except TimeoutError:
+        raise UpstreamError(f"timed out connecting to {endpoint.url}", retryable=True) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise describe_connect_error(exc, endpoint.url) from exc
+    return transport
+
+
+async def dial_websocket(
+    url: str,
+    make_client: Callable[[Endpoint], WsClient],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    deadline: float,
+) -> WebSocketConnection:
+    """Connect to `url` and run the client's WebSocket handshake (bounded by `deadline`).
+
+    Raises TunnelRefused when the server answered but did not accept, UpstreamError else.
+    """
+    endpoint = Endpoint.parse(url)
+    client = make_client(endpoint)
+    dialer: _HandshakeProtocol | None = None
+
+    def factory() -> _HandshakeProtocol:
+        nonlocal dialer
+        dialer = _HandshakeProtocol(endpoint, client)
+        return dialer
+
+    transport = await _connect(
+        endpoint,
+        factory,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        deadline=deadline,
+    )
+    assert dialer is not None
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await dialer.outcome
+    except TimeoutError:
+        transport.close()
+        raise UpstreamError(
+            f"timed out waiting for the WebSocket upgrade response from {url}", retryable=True
+        ) from None
+    except BaseException:
+        transport.close()
+        raise
+
+
+class _Paused(asyncio.Protocol):
+    """Holds a fresh connection, unread, until the caller installs its protocol."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        _set_nodelay(transport)
+        self.transport.pause_reading()
+
+
+async def connect_raw(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    deadline: float,
+) -> asyncio.Transport:
+    """A connected (TLS) transport to `url`'s host, reading paused (for HTTP/2)."""
+    endpoint = Endpoint.parse(url)
+    transport = await _connect(
+        endpoint,
+        _Paused,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        deadline=deadline,
+    )
+    if endpoint.tls:
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if chosen != "h2":
+            transport.close()
+            raise UpstreamError(
+                f"{url} did not negotiate HTTP/2 with ALPN (got {chosen!r})", retryable=False
+            )
+    return transport
