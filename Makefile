@@ -35,5 +35,8 @@ openapi: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke --output bench/out/smoke
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

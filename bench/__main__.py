@@ -1,0 +1,5 @@
+"""``python -m bench [--smoke] [--repeat N] [--cases ...]``."""
+
+from bench.run import main
+
+raise SystemExit(main())
