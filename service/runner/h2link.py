@@ -370,7 +370,7 @@ class H2Link(asyncio.Protocol):
         for pair in list(set(self.pairs.values())):
             pair.done = True
             self.counters.connections_active -= 1
-            pair.local.abort()
+            pair.local.reset()  # data may be missing: a reset, not a clean end
         self.pairs.clear()
         if self.transport is not None:
             self.transport.abort()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -135,6 +136,15 @@ class LocalConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def reset(self) -> None:
+        """Abort with a TCP RST, so that a client sees its transfer was cut, not ended."""
+        if self.transport is not None and not self.closed:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
 
 
@@ -260,6 +270,13 @@ class SpdyLink(asyncio.Protocol):
     def local_data(self, pair: StreamPair, data: bytes) -> None:
         if pair.done or pair.local_fin:
             return
+        if not self.conn.can_send(pair.data_sid):
+            # Fix: one read can carry the data stream's SYN_REPLY *and* its RST (a refused
+            # pod port). The connection has then already forgotten the stream when
+            # StreamReplied is handled and open_gate() delivers the early bytes; sending
+            # raised StreamStateError out of data_received and tore the whole link down.
+            # Drop them: the StreamReset event that follows finishes this pair.
+            return
         self.counters.bytes_out += len(data)
         self.conn.send_data(pair.data_sid, data)
         self._flush()
@@ -268,7 +285,8 @@ class SpdyLink(asyncio.Protocol):
         if pair.done or pair.local_fin:
             return
         pair.local_fin = True
-        self.conn.end_stream(pair.data_sid)
+        if self.conn.can_send(pair.data_sid):  # Fix: see local_data (reset in the same read)
+            self.conn.end_stream(pair.data_sid)
         self._flush()
         self._maybe_finish(pair)
 
@@ -461,6 +479,7 @@ class SpdyLink(asyncio.Protocol):
         if self._ping_handle is not None:
             self._ping_handle.cancel()
         for pair in list(set(self.pairs.values())):
+            pair.local.reset()  # data may be missing: a reset, not a clean end
             self._finish(pair, abort_local=True)
         if self.transport is not None:
             self.transport.abort()

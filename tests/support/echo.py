@@ -50,6 +50,7 @@ class _EchoTCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = 1024  # tests open 100+ connections at once
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _EchoHandler)
