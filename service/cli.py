@@ -38,20 +38,34 @@ async def _wait_for_signal() -> None:
 
 
 async def _run_agent(args: argparse.Namespace) -> int:
+    import ssl
+
     from service.agent.registry import PodRegistry, RegistryError
-    from service.agent.server import Agent
+    from service.agent.server import Agent, tls_context
 
     try:
         registry = PodRegistry.from_sources(args.pod, [Path(p) for p in args.pods])
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    ssl_context = None
+    if args.tls_cert is not None:
+        try:
+            ssl_context = tls_context(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"error: cannot load the TLS certificate: {exc}", file=sys.stderr)
+            return 2
     host, port = args.listen
     agent = Agent(
         registry,
         host=host,
         port=port,
         stream_creation_timeout=args.stream_creation_timeout,
+        websocket_tunnel=args.websocket_tunnel,
+        ssl_context=ssl_context,
     )
     try:
         await agent.start()
@@ -231,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, how long open connections may take to finish (default 10)",
     )
+    agent.add_argument(
+        "--no-websocket-tunnel",
+        dest="websocket_tunnel",
+        action="store_false",
+        help="refuse SPDY tunnelled in a WebSocket, like an older kubelet (kubectl falls "
+        "back to plain SPDY); v4 WebSocket channels are still served",
+    )
+    agent.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS with this PEM certificate (chain); ALPN h2 selects HTTP/2 pairs, "
+        "http/1.1 the upgrades",
+    )
+    agent.add_argument("--tls-key", metavar="FILE", help="the PEM private key for --tls-cert")
     agent.set_defaults(func=_run_agent)
 
     serve = sub.add_parser("serve", help="run the REST API and the session runner")

@@ -2,7 +2,15 @@
 
 A plain asyncio server rather than FastAPI, because uvicorn cannot hand over a
 non-WebSocket upgrade (protocols.md §1.10). HTTP/1.1 is parsed with h11; after a 101 the
-same connection object feeds bytes to the SPDY session.
+same connection object feeds bytes to the session it switched to. One listener serves:
+
+* SPDY/3.1 (``Upgrade: SPDY/3.1``, protocols.md §1) → ``SpdyPortForwardSession``;
+* a WebSocket offering ``SPDY/3.1+portforward.k8s.io`` (§3) → ``WsTunnelSession``, unless
+  the tunnel is switched off; then the request is treated as a v4 channel request,
+  which (having no ``ports``) gets the kubelet's 400 and makes kubectl fall back;
+* any other WebSocket (§2: v4, v4.base64 or no subprotocol) → ``WsChannelSession``;
+* HTTP/2 (§5.2): the prior-knowledge preface as the first bytes of a connection, or
+  ALPN ``h2`` when serving TLS → ``H2Session``, before h11 sees anything.
 """
 
 from __future__ import annotations
@@ -12,21 +20,28 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h11
 
 from service.agent import kubeapi
 from service.agent.dialer import PodDialer
+from service.agent.h2_server import H2Session
 from service.agent.registry import PodEntry, PodRegistry
 from service.agent.spdy_server import SpdyPortForwardSession, set_nodelay
+from service.agent.ws_channel import WsChannelSession
+from service.agent.ws_tunnel import WsTunnelSession
+from service.protocols.wschannel import ChannelServer
+from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
 
 log = logging.getLogger("podgate.agent")
 
 PORTFORWARD_PROTOCOL = "portforward.k8s.io"
 MAX_BODY = 64 * 1024
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _NAME = r"[^/?]+"
 _PORTFORWARD_ROUTES = [
@@ -74,8 +89,26 @@ def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]
     return out
 
 
+class ClientSession(Protocol):
+    """What a connection switches to: SPDY, tunnelled SPDY, v4 channels or HTTP/2."""
+
+    def receive(self, data: bytes) -> None: ...
+
+    def client_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+    def goaway(self) -> None: ...
+
+    async def wait_drained(self) -> None: ...
+
+
 class AgentConnection(asyncio.Protocol):
-    """One client TCP connection: HTTP/1.1 requests until an upgrade, then SPDY."""
+    """One client connection: HTTP/1.1 requests until an upgrade, or HTTP/2 from the start."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -83,7 +116,9 @@ class AgentConnection(asyncio.Protocol):
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
         self.request: h11.Request | None = None
         self.body_size = 0
-        self.session: SpdyPortForwardSession | None = None
+        self.session: ClientSession | None = None
+        # The first bytes, while they may still be the HTTP/2 preface (None: decided).
+        self._preface: bytes | None = b""
 
     # asyncio.Protocol -------------------------------------------------------
 
@@ -92,11 +127,26 @@ class AgentConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
         self.agent.connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._start_h2(b"", "TLS, ALPN h2")
 
     def data_received(self, data: bytes) -> None:
         if self.session is not None:
             self.session.receive(data)
             return
+        if self._preface is not None:
+            # HTTP/2 with prior knowledge is recognised before h11 sees a byte.
+            head = self._preface + data
+            if head[: len(H2_PREFACE)] == H2_PREFACE[: len(head)]:
+                if len(head) < len(H2_PREFACE):
+                    self._preface = head
+                    return
+                self._preface = None
+                self._start_h2(head, "h2c prior knowledge")
+                return
+            self._preface = None
+            data = head
         self.http.receive_data(data)
         self._drive_http()
 
@@ -104,9 +154,26 @@ class AgentConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.client_eof()
             return None
+        if self._preface:
+            self.http.receive_data(self._preface)
+        self._preface = None
         self.http.receive_data(b"")
         self._drive_http()
         return None
+
+    def _start_h2(self, head: bytes, how: str) -> None:
+        assert self.transport is not None
+        self._preface = None
+        session = H2Session(
+            self.transport,
+            self.agent.registry,
+            self.agent.dialer,
+            stream_creation_timeout=self.agent.stream_creation_timeout,
+        )
+        self.session = session
+        session.start(how)
+        if head:
+            session.receive(head)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.agent.connections.discard(self)
@@ -249,17 +316,7 @@ class AgentConnection(asyncio.Protocol):
                 400, kubeapi.status(400, "BadRequest", "Upgrade request required")
             )
         if "websocket" in upgrade:
-            # No WebSocket transport yet: a non-101 answer makes kubectl fall back to SPDY
-            # (protocols.md §3), exactly as an older kubelet does.
-            return HttpReply.json(
-                400,
-                kubeapi.status(
-                    400,
-                    "BadRequest",
-                    "unable to upgrade: WebSocket port-forward is not supported by this agent; "
-                    "use SPDY/3.1",
-                ),
-            )
+            return self._websocket(request, pod)
         offered = _header_values(headers, b"x-stream-protocol-version")
         if not offered:
             return HttpReply.text(
@@ -283,8 +340,47 @@ class AgentConnection(asyncio.Protocol):
         self._accept_spdy(pod)
         return None
 
+    def _websocket(self, request: h11.Request, pod: PodEntry) -> HttpReply | None:
+        """A WebSocket upgrade: the SPDY tunnel (§3) or v4 channels (§2)."""
+        assert self.transport is not None
+        try:
+            ws_request = parse_upgrade_request(request.method, request.target, request.headers)
+        except HandshakeError as exc:
+            return HttpReply.text(exc.status, exc.message, exc.headers)
+        leftover = bytes(self.http.trailing_data[0])
+        session: WsTunnelSession | WsChannelSession
+        if self.agent.websocket_tunnel and SPDY_TUNNEL_PROTOCOL in ws_request.subprotocols:
+            session = WsTunnelSession(
+                self.transport,
+                ws_request,
+                pod,
+                self.agent.dialer,
+                trailing_data=leftover,
+                stream_creation_timeout=self.agent.stream_creation_timeout,
+            )
+        else:
+            # With the tunnel off, a tunnel request lands here like at an older kubelet:
+            # no `ports` (400) or no v4 subprotocol (403), and kubectl falls back to SPDY.
+            try:
+                server = ChannelServer.from_request(ws_request)
+            except HandshakeError as exc:
+                return HttpReply.text(exc.status, exc.message, exc.headers)
+            session = WsChannelSession(
+                self.transport, server, pod, self.agent.dialer, trailing_data=leftover
+            )
+        self.session = session
+        session.start()
+        return None
+
     def _accept_spdy(self, pod: PodEntry) -> None:
         assert self.transport is not None
+        log.info(
+            "pod %s/%s: SPDY/3.1 upgrade (%s) from %s",
+            pod.namespace,
+            pod.name,
+            PORTFORWARD_PROTOCOL,
+            self.transport.get_extra_info("peername"),
+        )
         out = self.http.send(
             h11.InformationalResponse(
                 status_code=101,
@@ -307,6 +403,14 @@ class AgentConnection(asyncio.Protocol):
             self.session.receive(bytes(leftover))
 
 
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server TLS context offering ALPN ``h2`` (→ HTTP/2 pairs) and ``http/1.1``."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
 class Agent:
     """Listens for port-forward upgrades and serves the pods in its registry."""
 
@@ -318,24 +422,33 @@ class Agent:
         port: int = 10250,
         dialer: PodDialer | None = None,
         stream_creation_timeout: float = 30.0,
+        websocket_tunnel: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self.dialer = dialer or PodDialer()
         self.stream_creation_timeout = stream_creation_timeout
+        self.websocket_tunnel = websocket_tunnel
+        self.ssl_context = ssl_context
         self.connections: set[AgentConnection] = set()
         self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: AgentConnection(self), self.host, self.port, reuse_address=True
+            lambda: AgentConnection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -9,6 +9,11 @@ Back-pressure: each pod socket has a bounded write buffer; while any pod socket 
 pair still dialling) is over its bound, we stop reading the client connection, which is
 the only back-pressure a Go peer understands (§1.8). When the client connection cannot
 take more, every pod socket stops being read.
+
+The session writes to a ``ClientLink``: the client's asyncio transport for plain SPDY,
+or a WebSocket tunnel (protocols.md §3, ``ws_tunnel.py``) that passes a ``frame_sink``
+so that each flush of queued frames becomes one binary message. Bytes from the client
+(already unwrapped, for the tunnel) are fed with ``receive``.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from service.agent.dialer import DialError, PodDialer
 from service.agent.registry import PodEntry
@@ -40,6 +45,24 @@ log = logging.getLogger("podgate.agent")
 POD_WRITE_HIGH_WATER = 1024 * 1024
 POD_READ_SIZE = 256 * 1024
 PENDING_LIMIT = 1024 * 1024
+
+
+class ClientLink(Protocol):
+    """What the session needs of the client connection (an ``asyncio.Transport`` fits)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: Takes every frame queued by one flush (``SpdyConnection.chunks_to_send``).
+FrameSink = Callable[[Sequence[bytes | memoryview]], None]
 
 
 @dataclass(eq=False, slots=True)
@@ -101,14 +124,16 @@ class SpdyPortForwardSession:
 
     def __init__(
         self,
-        transport: asyncio.Transport,
+        transport: ClientLink,
         pod: PodEntry,
         dialer: PodDialer,
         *,
         stream_creation_timeout: float = 30.0,
         on_closed: Callable[[SpdyPortForwardSession], None] | None = None,
+        frame_sink: FrameSink | None = None,
     ) -> None:
         self.transport = transport
+        self._frame_sink = frame_sink
         self.pod = pod
         self.dialer = dialer
         self.stream_creation_timeout = stream_creation_timeout
@@ -161,6 +186,12 @@ class SpdyPortForwardSession:
         self.close()
 
     def flush(self) -> None:
+        if self._frame_sink is not None:
+            if self.conn.has_data_to_send:
+                chunks = self.conn.chunks_to_send()
+                if not self.transport.is_closing():
+                    self._frame_sink(chunks)
+            return
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
