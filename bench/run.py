@@ -52,6 +52,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 #: "ws-channel", "h2" here as they land; a transport a server does not speak shows as
 #: "not run" with the reason, and the other clients still run.
 TRANSPORTS: tuple[str, ...] = ("spdy", "websocket", "h2")
+#: Transports only a podgate agent serves (protocols.md §5.2).
+AGENT_ONLY = frozenset({"h2"})
 
 #: kubectl clients: (version, KUBECTL_PORT_FORWARD_WEBSOCKETS). 1.30 speaks SPDY; 1.33
 #: uses the WebSocket tunnel by default (and falls back to SPDY against the agent).
@@ -496,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             if per_client:
                 for server in servers.values():
                     for transport in args.transports:
+                        if transport in AGENT_ONLY and server.name != "agent":
+                            continue  # podgate's own link: no Kubernetes server speaks it
                         starters.append(
                             (
                                 f"{server.name}/podgate-{transport}",

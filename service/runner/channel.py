@@ -22,7 +22,7 @@ from service.protocols.wschannel import (
     ChannelErrorText,
 )
 from service.protocols.wstunnel import WebSocketError
-from service.runner.link import LocalConnection, TrafficCounters
+from service.runner.link import LocalConnection
 from service.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("podgate.runner")
 
 MAX_ERROR_TEXT = 64 * 1024
+#: After our Close, how long the server may take to send its last bytes and its Close.
+CLOSE_GRACE = 10.0
 
 
 class ChannelConnection(asyncio.Protocol):
@@ -43,13 +45,14 @@ class ChannelConnection(asyncio.Protocol):
         self.raw: asyncio.Transport | None = None
         self.error_text = ""
         self.done = False
+        self.close_sent = False
 
     def process(self, events: list[object]) -> None:
         local = self.local
         for event in events:
             if isinstance(event, ChannelData):
                 if event.data and local.transport is not None and not local.closed:
-                    self.forwarder.counters.bytes_in += len(event.data)
+                    local.counters.bytes_in += len(event.data)
                     local.transport.write(event.data)
             elif isinstance(event, ChannelErrorText):
                 self.error_text = (self.error_text + event.text)[:MAX_ERROR_TEXT]
@@ -88,10 +91,21 @@ class ChannelConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.raw is not None and not self.raw.is_closing():
-            if self.client is not None:
+            if self.client is not None and not self.close_sent:
                 with contextlib.suppress(WebSocketError):
                     self.raw.write(self.client.close())
             self.raw.close()
+
+    def half_close(self) -> None:
+        """Send Close 1000 but keep reading: the pod's last bytes may still be on their way
+        (a podgate agent relays them before its Close; a kubelet closes at once)."""
+        if self.close_sent or self.client is None or self.raw is None or self.raw.is_closing():
+            return
+        self.close_sent = True
+        with contextlib.suppress(WebSocketError):
+            self.raw.write(self.client.close())
+        loop = asyncio.get_running_loop()
+        loop.call_later(CLOSE_GRACE, self.forwarder.finished, self)  # bounded wait
 
 
 class ChannelForwarder:
@@ -102,14 +116,12 @@ class ChannelForwarder:
         cluster: Cluster,
         namespace: str,
         pod: str,
-        counters: TrafficCounters,
         *,
         on_connection_error: Callable[[LocalConnection, str], None],
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.pod = pod
-        self.counters = counters
         self._on_connection_error = on_connection_error
         self.connections: set[ChannelConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,8 +137,8 @@ class ChannelForwarder:
         local.link = self
         local.pair = conn
         self.connections.add(conn)
-        self.counters.connections_total += 1
-        self.counters.connections_active += 1
+        local.counters.connections_total += 1
+        local.counters.connections_active += 1
         task = asyncio.get_running_loop().create_task(self._dial(conn), name="ws-channel dial")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -155,12 +167,12 @@ class ChannelForwarder:
     def local_data(self, conn: ChannelConnection, data: bytes) -> None:
         if conn.done or conn.client is None or conn.raw is None:
             return
-        self.counters.bytes_out += len(data)
+        conn.local.counters.bytes_out += len(data)
         conn.raw.write(conn.client.send_data(0, data))
 
     def local_eof(self, conn: ChannelConnection) -> None:
-        # No half-close in v4: close the WebSocket; the server ends the pod connection.
-        conn.close()
+        # No half-close in v4: Close the WebSocket; the server ends the pod connection.
+        conn.half_close()
 
     def local_lost(self, conn: ChannelConnection) -> None:
         self.finished(conn)
@@ -183,15 +195,21 @@ class ChannelForwarder:
             return
         conn.done = True
         self.connections.discard(conn)
-        self.counters.connections_active -= 1
         local = conn.local
+        local.counters.connections_active -= 1
         if conn.error_text:
-            self.counters.connection_errors += 1
+            local.counters.connection_errors += 1
             self._on_connection_error(local, conn.error_text)
             local.abort()
         elif local.transport is not None and not local.closed:
             local.transport.close()
         conn.close()
+
+    def fail(self, reason: str) -> None:
+        """Give up on this pod (it is gone): close every connection."""
+        if not self.closed:
+            self.lost_reason = reason
+            self.close()
 
     def close(self) -> None:
         self.closed = True
