@@ -124,6 +124,10 @@ async def _run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     server = Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these
+    # no-op handlers in place that is harmless and a SIGTERM ends with exit status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     await server.serve(sockets=[sock])
     return 0 if server.started else 1
 
@@ -304,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level.upper() != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     _install_loop_policy()
     result: int = asyncio.run(args.func(args))
     return result
