@@ -1,7 +1,7 @@
 """Real kubectl binaries against `podgate agent`, with the pod in a real network namespace.
 
-kubectl 1.27 and 1.30 speak SPDY/3.1; 1.33 tries the WebSocket tunnel first and must
-fall back to SPDY on the agent's refusal (protocols.md §3).
+kubectl 1.27 and 1.30 speak SPDY/3.1; 1.33 uses the WebSocket tunnel by default (its
+fallback to SPDY against `--no-websocket-tunnel` is in test_agent_transports.py).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_20mb_each_way_through_a_network_namespace(version: str, kube_env: dict[
         assert result.intact, f"sent {result.sent} bytes, got {len(result.received)} back"
         print(f"kubectl {version}: 20 MB each way, {2 * 20 / elapsed:.1f} MB/s")
         if version == "1.33":
-            # 1.33 dials the WebSocket tunnel first; the agent's 400 makes it use SPDY.
+            # 1.33 uses the WebSocket tunnel (test_agent_transports.py checks which).
             assert "error" not in kubectl.stderr_text().lower(), kubectl.describe()
 
 
