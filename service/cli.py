@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -27,6 +28,13 @@ def _install_loop_policy() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _freeze_startup_heap() -> None:
+    # Moves the ~150k start-up objects (kubernetes_asyncio, sqlalchemy, fastapi) out of the
+    # collector's reach: a full collection over them took 30-100 ms, a p99 spike per connection.
+    gc.collect()
+    gc.freeze()
 
 
 async def _wait_for_signal() -> None:
@@ -72,6 +80,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
+    _freeze_startup_heap()
     print(f"Listening on {agent.url}", flush=True)
     await _wait_for_signal()
     await agent.shutdown(drain_timeout=args.drain_timeout)
@@ -114,6 +123,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
+                _freeze_startup_heap()
                 print(f"Listening on http://{shown}:{port}", flush=True)
 
     config = uvicorn.Config(

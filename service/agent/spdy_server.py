@@ -134,6 +134,10 @@ class SpdyPortForwardSession:
     ) -> None:
         self.transport = transport
         self._frame_sink = frame_sink
+        # An asyncio transport has writelines (a ClientLink need not): frames go out uncopied.
+        self._writelines: Callable[[Sequence[bytes | memoryview]], None] | None = getattr(
+            transport, "writelines", None
+        )
         self.pod = pod
         self.dialer = dialer
         self.stream_creation_timeout = stream_creation_timeout
@@ -191,6 +195,13 @@ class SpdyPortForwardSession:
                 chunks = self.conn.chunks_to_send()
                 if not self.transport.is_closing():
                     self._frame_sink(chunks)
+            return
+        writelines = self._writelines
+        if writelines is not None:
+            # writelines, not data_to_send(): the join copied every 256 KiB payload once more.
+            chunks = self.conn.chunks_to_send()
+            if chunks and not self.transport.is_closing():
+                writelines(chunks)
             return
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
