@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     ping_interval_seconds: float = 5.0
     #: Upper bound of the redial backoff.
     max_backoff_seconds: float = 30.0
+    #: When the cluster refuses to watch a session's pod, GET it this often (<= 0: no
+    #: pod watch at all; the keepalive still notices a dead link).
+    pod_poll_interval_seconds: float = 2.0
+    #: How often changed traffic counters are written to the store.
+    counters_flush_seconds: float = 2.0
+    #: Events kept for `Last-Event-ID` resumption.
+    event_buffer_size: int = 1000
+    #: Events a live-event client may have unread before it is dropped.
+    event_queue_size: int = 256
+    #: Seconds between keep-alive comments on an idle event stream.
+    sse_keepalive_seconds: float = 15.0
 
     @property
     def db_url(self) -> str:

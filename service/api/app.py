@@ -15,6 +15,7 @@ from service.api.problems import install_problem_handlers
 from service.api.routes import router
 from service.config import Settings
 from service.runner.clusters import ClusterPool
+from service.runner.events import EventHub
 from service.runner.supervisor import Supervisor
 from service.store import SessionRepository, make_engine, upgrade_schema
 
@@ -42,6 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
             connect_wait=settings.connect_wait_seconds,
             ping_interval=settings.ping_interval_seconds,
             max_backoff=settings.max_backoff_seconds,
+            pod_poll_interval=settings.pod_poll_interval_seconds,
+            counters_flush_interval=settings.counters_flush_seconds,
+            events=EventHub(settings.event_buffer_size, settings.event_queue_size),
         )
         app.state.supervisor = supervisor
         await supervisor.start()
@@ -67,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["*"],
     )
+    app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(router)
     return app

@@ -1,19 +1,28 @@
-"""The `/sessions` routes."""
+"""The `/sessions` routes and the live event streams."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+from starlette.background import BackgroundTask
 
 from service.api.problems import ProblemError, problem_responses
 from service.api.schemas import (
+    Counters,
     Health,
     PortPublic,
+    ReconnectPublic,
     SessionCreate,
     SessionPublic,
     SessionsPublic,
 )
+from service.config import Settings
 from service.ports import (
     ListenAddressError,
     PortSpecError,
@@ -22,6 +31,8 @@ from service.ports import (
     parse_port_specs,
     require_local_port_for_names,
 )
+from service.runner.events import EventHub, Subscription
+from service.runner.link import TrafficCounters
 from service.runner.listeners import ListenError
 from service.runner.session import ForwardSession
 from service.runner.supervisor import CreateRequest, SessionConflict, Supervisor
@@ -30,13 +41,30 @@ from service.upstream.targets import TargetError, parse_target
 router = APIRouter()
 
 
-
 def get_supervisor(request: Request) -> Supervisor:
     supervisor: Supervisor = request.app.state.supervisor
     return supervisor
 
 
 SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _counters(counters: TrafficCounters) -> Counters:
+    return Counters(
+        connections_active=counters.connections_active,
+        connections_total=counters.connections_total,
+        connection_errors=counters.connection_errors,
+        bytes_in=counters.bytes_in,
+        bytes_out=counters.bytes_out,
+    )
 
 
 def to_public(session: ForwardSession) -> SessionPublic:
@@ -58,11 +86,13 @@ def to_public(session: ForwardSession) -> SessionPublic:
                 remote_port=remote_port,
                 remote_name=mapping.remote_name,
                 addresses=addresses,
+                counters=_counters(session.port_counters[position]),
             )
         )
         shown = remote_port or mapping.remote_name or "?"
         forwarding += [format_forwarding_lines(a, local_port, shown) for a in addresses]
     counters = session.counters
+    policy = session.policy
     return SessionPublic(
         id=spec.id,
         name=spec.name,
@@ -81,6 +111,17 @@ def to_public(session: ForwardSession) -> SessionPublic:
         connection_errors=counters.connection_errors,
         bytes_in=counters.bytes_in,
         bytes_out=counters.bytes_out,
+        reconnects=session.reconnects,
+        reconnect=ReconnectPublic(
+            enabled=policy.reconnect,
+            max_attempts=policy.max_attempts,
+            max_backoff_seconds=policy.max_backoff,
+        ),
+        keepalive_seconds=policy.ping_interval,
+        connect_wait_seconds=policy.connect_wait,
+        ttl_seconds=policy.ttl,
+        idle_timeout_seconds=policy.idle_timeout,
+        expires_at=session.expires_at,
     )
 
 
@@ -101,6 +142,15 @@ def _create_request(body: SessionCreate) -> CreateRequest:
         name=body.name,
         context=body.context,
         transport=body.transport,
+        options=body.model_dump(
+            include={
+                "reconnect",
+                "keepalive_seconds",
+                "connect_wait_seconds",
+                "ttl_seconds",
+                "idle_timeout_seconds",
+            }
+        ),
     )
 
 
@@ -165,6 +215,163 @@ async def delete_session(session_id: str, supervisor: SupervisorDep) -> Response
     if not await supervisor.delete(session_id):
         raise _unknown(session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------- live events
+
+LAST_EVENT_ID_DOC = (
+    "Resume after this event id (what `EventSource` sends on reconnect): the buffered "
+    "events after it come first. When some are no longer buffered, a `resync` event says so."
+)
+LastEventIdHeader = Annotated[
+    int | None, Header(alias="Last-Event-ID", ge=0, description=LAST_EVENT_ID_DOC)
+]
+LastEventIdQuery = Annotated[
+    int | None,
+    Query(
+        alias="last_event_id",
+        ge=0,
+        description="The same as the `Last-Event-ID` header, for a first connection.",
+    ),
+]
+EVENTS_DOC = """Server-Sent Events (`text/event-stream`). Each event has an `id:` (increasing),
+an `event:` type and a JSON `data:` object with `type`, `session_id`, `name`, `time` and:
+
+- `created`: `namespace`, `target`, `status`, `local_ports`;
+- `status`: `old`, `new`, `last_error`, `pod`, `transport`, `reconnects`;
+- `reconnect`: `reconnects`, `pod`, `previous_pod`, `transport`, `outage_seconds`;
+- `connection_error`: `port` (local), `remote_port`, `text`;
+- `expired`: `reason`; `deleted`.
+
+Stream-level events have no `id:`: `resync` (events after `Last-Event-ID` were lost:
+`last_event_id`, `first_available_id`; re-read the sessions) and `dropped` (this client
+left too many events unread and is disconnected; reconnect with `Last-Event-ID`). A
+comment line is sent every 15 s while nothing happens."""
+
+
+class EventStreamResponse(StreamingResponse):
+    """`text/event-stream` (the route's documented media type)."""
+
+    media_type = "text/event-stream"
+
+
+def _frame(
+    event: str | None = None, data: dict[str, Any] | None = None, id_: int | None = None
+) -> bytes:
+    return format_sse_event(
+        event=event,
+        data_str=None if data is None else json.dumps(data, separators=(",", ":")),
+        id=None if id_ is None else str(id_),
+    )
+
+
+async def _event_stream(
+    hub: EventHub, subscription: Subscription, keepalive: float
+) -> AsyncIterator[bytes]:
+    """Replay, then live events; ends when the client is dropped or its session deleted.
+
+    Served by a plain StreamingResponse (not FastAPI's SSE pipeline, whose buffers would
+    hide a client that stopped reading, and which fails on a disconnect mid-item).
+    """
+    try:
+        yield b": podgate events\n\n"
+        if subscription.gap is not None:
+            last, first = subscription.gap
+            yield _frame(
+                "resync",
+                {
+                    "last_event_id": last,
+                    "first_available_id": first,
+                    "detail": "events after last_event_id are no longer buffered: "
+                    "re-read GET /sessions",
+                },
+            )
+        for event in subscription.backlog:
+            yield _frame(event.type, event.data, event.id)
+            if subscription.session_id is not None and event.type == "deleted":
+                return
+        while not subscription.dropped:
+            try:
+                event = await asyncio.wait_for(subscription.queue.get(), keepalive)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            yield _frame(event.type, event.data, event.id)
+            if subscription.session_id is not None and event.type == "deleted":
+                return
+        yield _frame(
+            "dropped",
+            {
+                "detail": f"more than {hub.queue_size} events unread: reconnect with "
+                "Last-Event-ID to resume"
+            },
+        )
+    finally:
+        hub.unsubscribe(subscription)
+
+
+def _event_response(
+    hub: EventHub,
+    session_id: str | None,
+    header: int | None,
+    query: int | None,
+    keepalive: float,
+) -> EventStreamResponse:
+    # Subscribed before the answer starts: nothing published from now on is missed.
+    subscription = hub.subscribe(session_id, header if header is not None else query)
+    return EventStreamResponse(
+        _event_stream(hub, subscription, keepalive),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Also when the stream never started (a client gone at once).
+        background=BackgroundTask(hub.unsubscribe, subscription),
+    )
+
+
+@router.get(
+    "/events",
+    response_class=EventStreamResponse,
+    summary="Live events of every session (Server-Sent Events)",
+    description=EVENTS_DOC,
+)
+async def all_events(
+    supervisor: SupervisorDep,
+    settings: SettingsDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventStreamResponse:
+    return _event_response(
+        supervisor.events, None, last_event_id, last_event_id_query, settings.sse_keepalive_seconds
+    )
+
+
+def existing_session(session_id: str, supervisor: SupervisorDep) -> ForwardSession:
+    session = supervisor.get(session_id)
+    if session is None:
+        raise _unknown(session_id)
+    return session
+
+
+@router.get(
+    "/sessions/{session_id}/events",
+    response_class=EventStreamResponse,
+    responses=problem_responses(404),
+    summary="Live events of one session (Server-Sent Events)",
+    description=EVENTS_DOC + "\n\nThe stream ends after the session's `deleted` event.",
+)
+async def session_events(
+    session: Annotated[ForwardSession, Depends(existing_session)],
+    supervisor: SupervisorDep,
+    settings: SettingsDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventStreamResponse:
+    return _event_response(
+        supervisor.events,
+        session.spec.id,
+        last_event_id,
+        last_event_id_query,
+        settings.sse_keepalive_seconds,
+    )
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")

@@ -11,6 +11,31 @@ Transport = Literal["auto", "spdy", "websocket", "ws-channel", "h2"]
 Status = Literal["pending", "ready", "reconnecting", "failed", "stopped"]
 
 
+class ReconnectPolicy(BaseModel):
+    """What happens when the connection to the cluster drops or cannot be made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Re-dial after a drop. `false`: the first failure (a dial that fails or "
+        "a connection that drops) makes the session `failed`.",
+    )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Consecutive failed dials before the session is `failed`; null: no limit.",
+    )
+    max_backoff_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Cap of the exponential backoff (with jitter) between dials; "
+        "null: the service's default (30 s).",
+    )
+
+
 class SessionCreate(BaseModel):
     """A forward session to create; `ports` use `oc port-forward` syntax."""
 
@@ -65,6 +90,50 @@ class SessionCreate(BaseModel):
         "SPDY/3.1 like kubectl), `spdy`, `websocket` (tunnel only), `ws-channel` (one "
         "v4.channel.k8s.io WebSocket per connection) or `h2` (HTTP/2, podgate agents only).",
     )
+    reconnect: ReconnectPolicy | None = Field(
+        default=None, description="Reconnect policy; null: enabled, unlimited, 30 s backoff cap."
+    )
+    keepalive_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Ping interval on the upstream connection; a peer that leaves 3 pings "
+        "unanswered is dead and the session reconnects. Null: the service's default (5 s).",
+    )
+    connect_wait_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="How long a local connection accepted while the session is not `ready` "
+        "waits for it before being closed. Null: the service's default (30 s).",
+    )
+    ttl_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=10 * 365 * 86400,
+        description="Stop the session this long after its creation (it then reads `stopped`, "
+        "listeners closed, until DELETE).",
+    )
+    idle_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=10 * 365 * 86400,
+        description="Stop the session once it has had no open local connection for this long.",
+    )
+
+
+class Counters(BaseModel):
+    connections_active: int
+    connections_total: int
+    connection_errors: int
+    bytes_in: int = Field(description="Bytes from the pod to local clients.")
+    bytes_out: int = Field(description="Bytes from local clients to the pod.")
+
+
+class ReconnectPublic(BaseModel):
+    enabled: bool
+    max_attempts: int | None
+    max_backoff_seconds: float
 
 
 class PortPublic(BaseModel):
@@ -77,6 +146,7 @@ class PortPublic(BaseModel):
         default=None, description="The port name given in the spec (`8080:http`), if any."
     )
     addresses: list[str] = Field(examples=[["127.0.0.1", "::1"]])
+    counters: Counters = Field(description="The traffic of this port mapping.")
 
 
 class SessionPublic(BaseModel):
@@ -102,6 +172,13 @@ class SessionPublic(BaseModel):
     connection_errors: int
     bytes_in: int = Field(description="Bytes from the pod to local clients.")
     bytes_out: int = Field(description="Bytes from local clients to the pod.")
+    reconnects: int = Field(description="Successful re-dials after the connection was lost.")
+    reconnect: ReconnectPublic = Field(description="The effective reconnect policy.")
+    keepalive_seconds: float
+    connect_wait_seconds: float
+    ttl_seconds: float | None
+    idle_timeout_seconds: float | None
+    expires_at: datetime | None = Field(description="When the TTL stops the session, if set.")
 
 
 class SessionsPublic(BaseModel):

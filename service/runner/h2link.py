@@ -27,7 +27,7 @@ from service.protocols.h2pair import (
     PingAnswered,
     WindowOpened,
 )
-from service.runner.link import LocalConnection, TrafficCounters, set_nodelay
+from service.runner.link import LocalConnection, set_nodelay
 
 log = logging.getLogger("podgate.runner")
 
@@ -55,7 +55,6 @@ class H2Link(asyncio.Protocol):
 
     def __init__(
         self,
-        counters: TrafficCounters,
         namespace: str,
         pod: str,
         *,
@@ -63,7 +62,6 @@ class H2Link(asyncio.Protocol):
         on_connection_error: Callable[[LocalConnection, str], None],
         ping_interval: float = 5.0,
     ) -> None:
-        self.counters = counters
         self.namespace = namespace
         self.pod = pod
         self._on_lost = on_lost
@@ -139,8 +137,8 @@ class H2Link(asyncio.Protocol):
         self.pairs[data_sid] = pair
         local.link = self
         local.pair = pair
-        self.counters.connections_total += 1
-        self.counters.connections_active += 1
+        local.counters.connections_total += 1
+        local.counters.connections_active += 1
         self._flush()
         local.open_gate()  # data may flow at once: the agent credits it only once written
         if self._write_paused and local.transport is not None:
@@ -149,7 +147,7 @@ class H2Link(asyncio.Protocol):
     def local_data(self, pair: H2Pair, data: bytes) -> None:
         if pair.done:
             return
-        self.counters.bytes_out += len(data)
+        pair.local.counters.bytes_out += len(data)
         if pair.backlog:
             pair.backlog += data
         else:
@@ -245,7 +243,7 @@ class H2Link(asyncio.Protocol):
         if local.transport is None or local.closed:
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
-        self.counters.bytes_in += len(event.data)
+        local.counters.bytes_in += len(event.data)
         local.transport.write(event.data)
         if pair.local_blocked:
             pair.unacked += event.flow_controlled_length  # credited once the socket drains
@@ -283,7 +281,7 @@ class H2Link(asyncio.Protocol):
             self._finish(pair, abort_local=True)
 
     def _failed(self, pair: H2Pair) -> None:
-        self.counters.connection_errors += 1
+        pair.local.counters.connection_errors += 1
         self._on_connection_error(pair.local, pair.error_text)
         self._finish(pair, abort_local=True)
 
@@ -320,7 +318,7 @@ class H2Link(asyncio.Protocol):
             self.pairs.pop(sid, None)
         if pair.unacked:
             self.client.acknowledge(pair.data_sid, pair.unacked)
-        self.counters.connections_active -= 1
+        pair.local.counters.connections_active -= 1
         local = pair.local
         if not local.closed and local.transport is not None:
             if abort_local:
@@ -369,12 +367,16 @@ class H2Link(asyncio.Protocol):
             self._ping_handle.cancel()
         for pair in list(set(self.pairs.values())):
             pair.done = True
-            self.counters.connections_active -= 1
+            pair.local.counters.connections_active -= 1
             pair.local.reset()  # data may be missing: a reset, not a clean end
         self.pairs.clear()
         if self.transport is not None:
             self.transport.abort()
         self._on_lost(self, reason)
+
+    def fail(self, reason: str) -> None:
+        """Declare the link dead (e.g. its pod is gone): every connection is reset."""
+        self._lose(reason)
 
     def close(self) -> None:
         if self.closed:

@@ -47,7 +47,8 @@ DATA_FRAME_SIZE = 256 * 1024
 
 @dataclass(slots=True)
 class TrafficCounters:
-    """Per-session numbers that the API reports; plain ints, cheap on the data path."""
+    """The numbers of one port mapping (a session's are their sum); plain ints, cheap on
+    the data path. Each local connection holds its mapping's counters."""
 
     connections_total: int = 0
     connections_active: int = 0
@@ -67,12 +68,19 @@ class LocalConnection(asyncio.Protocol):
     """One accepted local TCP connection; it is read only once its pair is open."""
 
     def __init__(
-        self, local_port: int, position: int, on_accept: Callable[[LocalConnection], None]
+        self,
+        local_port: int,
+        position: int,
+        on_accept: Callable[[LocalConnection], None],
+        counters: TrafficCounters | None = None,
+        on_close: Callable[[LocalConnection], None] | None = None,
     ) -> None:
         self.local_port = local_port
         self.position = position  # which port mapping of the session accepted it
         self.remote_port = 0  # the pod port, set by the session when the pair is opened
+        self.counters = counters if counters is not None else TrafficCounters()
         self._on_accept = on_accept
+        self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         # Set by whichever link carries it (SpdyLink, H2Link or ChannelForwarder), which
         # also gets the callbacks below: local_data, local_eof, local_lost, *_upstream_reads.
@@ -125,6 +133,8 @@ class LocalConnection(asyncio.Protocol):
         self.closed = True
         if self.link is not None and self.pair is not None:
             self.link.local_lost(self.pair)
+        if self._on_close is not None:
+            self._on_close(self)
 
     def pause_writing(self) -> None:
         if self.link is not None:
@@ -167,14 +177,12 @@ class SpdyLink(asyncio.Protocol):
 
     def __init__(
         self,
-        counters: TrafficCounters,
         *,
         on_lost: Callable[[SpdyLink, str], None],
         on_connection_error: Callable[[LocalConnection, str], None],
         ping_interval: float = 5.0,
         reply_timeout: float = 30.0,
     ) -> None:
-        self.counters = counters
         self._on_lost = on_lost
         self._on_connection_error = on_connection_error
         self.ping_interval = ping_interval
@@ -260,8 +268,8 @@ class SpdyLink(asyncio.Protocol):
         self.pairs[data_sid] = pair
         local.pair = pair
         local.link = self
-        self.counters.connections_total += 1
-        self.counters.connections_active += 1
+        local.counters.connections_total += 1
+        local.counters.connections_active += 1
         pair.timer = asyncio.get_running_loop().call_later(
             self.reply_timeout, self._reply_timed_out, pair
         )
@@ -277,7 +285,7 @@ class SpdyLink(asyncio.Protocol):
             # raised StreamStateError out of data_received and tore the whole link down.
             # Drop them: the StreamReset event that follows finishes this pair.
             return
-        self.counters.bytes_out += len(data)
+        pair.local.counters.bytes_out += len(data)
         self.conn.send_data(pair.data_sid, data)
         self._flush()
 
@@ -385,7 +393,7 @@ class SpdyLink(asyncio.Protocol):
             return
         local = pair.local
         if local.transport is not None and not local.closed:
-            self.counters.bytes_in += len(event.data)
+            local.counters.bytes_in += len(event.data)
             local.transport.write(event.data)
 
     def _ended(self, sid: int) -> None:
@@ -417,7 +425,7 @@ class SpdyLink(asyncio.Protocol):
     def _error_stream_done(self, pair: StreamPair) -> None:
         if pair.error_text:
             text = pair.error_text.decode("utf-8", "replace")
-            self.counters.connection_errors += 1
+            pair.local.counters.connection_errors += 1
             self._on_connection_error(pair.local, text)
             self._finish(pair, abort_local=True)
         elif pair.remote_fin and (pair.local_fin or pair.local.closed):
@@ -427,7 +435,7 @@ class SpdyLink(asyncio.Protocol):
         pair.timer = None
         if pair.done or pair.data_replied:
             return
-        self.counters.connection_errors += 1
+        pair.local.counters.connection_errors += 1
         self._on_connection_error(
             pair.local, "timed out waiting for the upstream to accept the stream pair"
         )
@@ -455,7 +463,7 @@ class SpdyLink(asyncio.Protocol):
                 with contextlib.suppress(ProtocolError):
                     self.conn.reset_stream(sid, RstStatus.CANCEL)
             self.pairs.pop(sid, None)
-        self.counters.connections_active -= 1
+        pair.local.counters.connections_active -= 1
         self.unblock_upstream_reads(pair.local)
         local = pair.local
         if not local.closed and local.transport is not None:
@@ -484,6 +492,10 @@ class SpdyLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self._on_lost(self, reason)
+
+    def fail(self, reason: str) -> None:
+        """Declare the link dead (e.g. its pod is gone): every connection is reset."""
+        self._lose(reason)
 
     def close(self) -> None:
         """Graceful end (client-go's Close): RST every open stream, GOAWAY, close TCP."""

@@ -2,27 +2,56 @@
 
 The listeners are bound before anything else and stay bound for the session's life,
 whatever happens upstream: local clients keep their port while the link is re-dialled.
+
+Status model (what `status` says, and what moves it):
+
+    pending ──dial ok──► ready ──link lost / pod gone──► reconnecting ──dial ok──► ready
+       │                   │                                  │
+       │ fatal error,      │ link lost, reconnect disabled    │ fatal error, max_attempts
+       ▼ max_attempts      ▼                                  ▼
+     failed             failed                              failed
+    any status ──ttl reached / idle too long──► stopped (listeners closed, row kept)
+
+A failed dial keeps `pending` / `reconnecting` with `last_error` and is retried after a
+backoff delay; "fatal" is an error the same dial would get again (403, a port the pod
+does not have, a pod that does not exist when the session is created). Once a session
+has been ready, a target that is not found is retried too: a StatefulSet pod, for one,
+comes back under the same name. `failed` and `stopped` are final until DELETE.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 from service.ports import PortMapping
+from service.runner.backoff import backoff_delays, log_failure
 from service.runner.channel import ChannelForwarder
 from service.runner.h2link import H2Link
 from service.runner.link import LocalConnection, SpdyLink, TrafficCounters
 from service.runner.listeners import BoundMapping, bind_mappings
-from service.upstream import Cluster, TunnelRefused, UpstreamError, resolve_target
+from service.runner.podwatch import wait_until_gone
+from service.upstream import Cluster, PodInfo, TunnelRefused, UpstreamError, resolve_target
 from service.upstream.endpoint import Endpoint
 from service.upstream.targets import parse_target
+
+__all__ = [
+    "FAILED",
+    "PENDING",
+    "READY",
+    "RECONNECTING",
+    "STOPPED",
+    "ClusterSource",
+    "ForwardSession",
+    "SessionPolicy",
+    "SessionSpec",
+    "backoff_delays",
+]
 
 log = logging.getLogger("podgate.runner")
 
@@ -38,6 +67,8 @@ Link = SpdyLink | H2Link | ChannelForwarder
 
 #: Gives the cluster for a kubeconfig context (None: the default one).
 ClusterSource = Callable[[str | None], Awaitable[Cluster]]
+#: Receives (session, event type, event data) for the live event stream.
+EventSink = Callable[["ForwardSession", str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +87,18 @@ class SessionSpec:
     created_at: datetime
 
 
-def backoff_delays(base: float = 0.5, cap: float = 30.0) -> Iterator[float]:
-    """Capped exponential backoff with full jitter (never zero, never above `cap`)."""
-    attempt = 0
-    while True:
-        ceiling = min(cap, base * (2**attempt))
-        yield random.uniform(ceiling / 2, ceiling)
-        attempt = min(attempt + 1, 30)
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """How a session behaves (per session: the POST body, else the service's defaults)."""
+
+    reconnect: bool = True  # off: the first failure (dial or drop) makes the session failed
+    max_attempts: int | None = None  # consecutive failed dials before failing; None: no limit
+    max_backoff: float = 30.0  # cap of the redial backoff, seconds
+    ping_interval: float = 5.0  # keepalive; the peer is dead after 3 unanswered pings
+    connect_wait: float = 30.0  # how long a connection accepted while not ready is held
+    ttl: float | None = None  # stopped this long after creation
+    idle_timeout: float | None = None  # stopped after this long without a local connection
+    pod_poll_interval: float = 2.0  # GET pod period when the server refuses watches; <= 0: off
 
 
 class ForwardSession:
@@ -75,18 +111,16 @@ class ForwardSession:
         *,
         on_change: Callable[[ForwardSession], None],
         on_accept: Callable[[LocalConnection], None] | None = None,
-        connect_wait: float = 30.0,
-        ping_interval: float = 5.0,
-        max_backoff: float = 30.0,
+        on_event: EventSink | None = None,
+        policy: SessionPolicy | None = None,
     ) -> None:
         self.spec = spec
         self.target = parse_target(spec.target)
+        self.policy = policy or SessionPolicy()
         self._cluster = cluster
         self._on_change = on_change
         self._on_accept = on_accept
-        self.connect_wait = connect_wait
-        self.ping_interval = ping_interval
-        self.max_backoff = max_backoff
+        self._on_event = on_event
         self.status = PENDING
         self.last_error: str | None = None
         self.transport_name: str | None = None
@@ -94,14 +128,40 @@ class ForwardSession:
         # The pod port of each mapping, from the last resolution (0: a name not resolved yet).
         self.remote_ports = [m.remote_port for m in spec.mappings]
         self.ready_since: datetime | None = None
-        self.counters = TrafficCounters()
+        #: One set of counters per port mapping; the session's are their sum.
+        self.port_counters = [TrafficCounters() for _ in spec.mappings]
+        self.reconnects = 0  # successful re-dials after the link was lost
         self.bound: list[BoundMapping] = []
         self._servers: list[asyncio.Server] = []
         self._link: Link | None = None
         self._link_lost = asyncio.Event()
+        self._lost_at: float | None = None
+        self._ever_ready = False
         self._waiting: dict[LocalConnection, asyncio.TimerHandle] = {}
+        self._open_connections = 0
         self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._ttl_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._stopping = False
+
+    @property
+    def counters(self) -> TrafficCounters:
+        """The session's totals (the sum over its port mappings)."""
+        total = TrafficCounters()
+        for counters in self.port_counters:
+            total.connections_total += counters.connections_total
+            total.connections_active += counters.connections_active
+            total.connection_errors += counters.connection_errors
+            total.bytes_in += counters.bytes_in
+            total.bytes_out += counters.bytes_out
+        return total
+
+    @property
+    def expires_at(self) -> datetime | None:
+        if self.policy.ttl is None:
+            return None
+        return self.spec.created_at + timedelta(seconds=self.policy.ttl)
 
     # ------------------------------------------------------------- listeners
 
@@ -125,12 +185,21 @@ class ForwardSession:
         for position, bound in enumerate(self.bound):
             for sock in bound.sockets:
                 server = await loop.create_server(
-                    partial(LocalConnection, bound.local_port, position, self._accepted),
+                    partial(
+                        LocalConnection,
+                        bound.local_port,
+                        position,
+                        self._accepted,
+                        self.port_counters[position],
+                        self._local_closed,
+                    ),
                     sock=sock,
                     backlog=1024,
                 )
                 self._servers.append(server)
         self._task = loop.create_task(self._run(), name=f"session {self.spec.name}")
+        self._task.add_done_callback(log_failure)
+        self._arm_expiry()
 
     def close_listeners(self) -> None:
         for server in self._servers:
@@ -141,66 +210,154 @@ class ForwardSession:
 
     # ------------------------------------------------------------- lifecycle
 
+    def _emit(self, type_: str, **data: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(self, type_, data)
+
     def _set(self, status: str, error: str | None = None, *, keep_error: bool = False) -> None:
-        changed = status != self.status or (not keep_error and error != self.last_error)
+        old = self.status
+        changed = status != old or (not keep_error and error != self.last_error)
         self.status = status
         if not keep_error:
             self.last_error = error
         if status == READY:
             self.ready_since = datetime.now().astimezone()
-        elif status != READY:
+        else:
             self.ready_since = None
+        if status != old:
+            self._emit(
+                "status",
+                old=old,
+                new=status,
+                last_error=self.last_error,
+                pod=self.pod,
+                transport=self.transport_name,
+                reconnects=self.reconnects,
+            )
         if changed:
             self._on_change(self)
 
+    def _fail(self, error: str) -> None:
+        self._set(FAILED, error)
+        self._drop_waiting()
+
     async def _run(self) -> None:
-        delays = backoff_delays(cap=self.max_backoff)
+        delays = backoff_delays(cap=self.policy.max_backoff)
+        failures = 0  # consecutive failed dials
         while not self._stopping:
             try:
-                await self._dial()
-            except (UpstreamError, Exception) as exc:
-                if isinstance(exc, UpstreamError) and not exc.retryable:
-                    self._set(FAILED, str(exc))
-                    self._drop_waiting()
-                    return
+                dialled = await self._dial()
+            except Exception as exc:
                 if not isinstance(exc, UpstreamError):
                     log.exception("session %s: unexpected error while dialling", self.spec.name)
+                error = str(exc) or type(exc).__name__
+                failures += 1
+                fatal = (
+                    isinstance(exc, UpstreamError)
+                    and not exc.retryable
+                    # Once it was ready, a pod or Service that is gone may come back.
+                    and not (self._ever_ready and exc.status == 404)
+                )
+                if fatal:
+                    self._fail(error)
+                    return
+                if not self.policy.reconnect:
+                    self._fail(f"{error} (reconnect is disabled)")
+                    return
+                limit = self.policy.max_attempts
+                if limit is not None and failures >= limit:
+                    self._fail(f"gave up after {failures} attempt(s): {error}")
+                    return
                 next_status = RECONNECTING if self.status in (READY, RECONNECTING) else PENDING
-                self._set(next_status, str(exc) or type(exc).__name__)
-                await asyncio.sleep(next(delays))
+                self._set(next_status, error)
+                await asyncio.sleep(next(delays))  # interruptible: stop() cancels this task
                 continue
-            delays = backoff_delays(cap=self.max_backoff)
-            await self._link_lost.wait()
+            if dialled is None:  # stopped while dialling
+                return
+            failures = 0
+            delays = backoff_delays(cap=self.policy.max_backoff)
+            await self._while_ready(*dialled)
             if self._stopping:
                 return
             assert self._link is not None
-            self._set(RECONNECTING, self._link.lost_reason)
+            reason = self._link.lost_reason or "upstream connection lost"
+            if not self.policy.reconnect:
+                self._fail(f"{reason} (reconnect is disabled)")
+                return
+            self._lost_at = asyncio.get_running_loop().time()
+            self._set(RECONNECTING, reason)
 
-    async def _dial(self) -> None:
+    async def _while_ready(self, cluster: Cluster, pod: PodInfo) -> None:
+        """Wait for the link to be lost, watching the pod meanwhile."""
+        link = self._link
+        watcher: asyncio.Task[None] | None = None
+        if self.policy.pod_poll_interval > 0 and link is not None:
+            watcher = asyncio.get_running_loop().create_task(
+                self._watch_pod(cluster, pod, link), name=f"pod watch {self.spec.name}"
+            )
+        try:
+            await self._link_lost.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.wait({watcher})  # never swallows a cancellation of ours
+
+    async def _watch_pod(self, cluster: Cluster, pod: PodInfo, link: Link) -> None:
+        try:
+            reason = await wait_until_gone(
+                cluster, self.spec.namespace, pod, poll_interval=self.policy.pod_poll_interval
+            )
+        except Exception:
+            log.exception("session %s: the pod watch failed", self.spec.name)
+            return
+        if link is self._link and not link.closed:
+            log.info("session %s: %s; reconnecting", self.spec.name, reason)
+            link.fail(reason)
+            self._link_lost.set()
+
+    async def _dial(self) -> tuple[Cluster, PodInfo] | None:
         cluster = await self._cluster(self.spec.context)
         # Resolved on every dial: a Service or Deployment may point at another pod by now.
         resolution = await resolve_target(
             cluster, self.spec.namespace, self.target, self.spec.mappings
         )
         pod = resolution.pod
+        previous_pod = self.pod
         self.pod = pod.name
         self.remote_ports = [m.remote_port for m in resolution.mappings]
         self._link_lost.clear()
         link, transport_name = await self._connect(cluster, pod.name)
         if self._stopping:
             link.close()
-            return
+            return None
         if link.closed:  # lost while being attached
             raise UpstreamError(link.lost_reason or "upstream closed the connection")
         self._link = link
         self.transport_name = transport_name
+        reconnected = self.status == RECONNECTING
+        if reconnected:
+            self.reconnects += 1
+        self._ever_ready = True
         self._set(READY, None)
+        if reconnected:
+            outage = None
+            if self._lost_at is not None:
+                outage = round(asyncio.get_running_loop().time() - self._lost_at, 3)
+            self._emit(
+                "reconnect",
+                reconnects=self.reconnects,
+                pod=pod.name,
+                previous_pod=previous_pod,
+                transport=transport_name,
+                outage_seconds=outage,
+            )
         for local, timer in list(self._waiting.items()):
             timer.cancel()
             if not local.closed:
                 local.remote_port = self.remote_ports[local.position]
                 link.open_pair(local)
         self._waiting.clear()
+        return cluster, pod
 
     async def _connect(self, cluster: Cluster, pod: str) -> tuple[Link, str]:
         """Dial the session's transport; `auto` tries the tunnel, then SPDY, like kubectl."""
@@ -227,7 +384,6 @@ class ForwardSession:
                 cluster,
                 namespace,
                 pod,
-                self.counters,
                 on_connection_error=self._connection_error,
             )
             return forwarder, "ws-channel"
@@ -235,12 +391,11 @@ class ForwardSession:
             transport, headers = await cluster.connect_h2()
             endpoint = Endpoint.parse(cluster.server)
             h2 = H2Link(
-                self.counters,
                 namespace,
                 pod,
                 on_lost=self._lost,
                 on_connection_error=self._connection_error,
-                ping_interval=self.ping_interval,
+                ping_interval=self.policy.ping_interval,
             )
             h2.attach(
                 transport,
@@ -253,10 +408,9 @@ class ForwardSession:
 
     def _spdy_link(self) -> SpdyLink:
         return SpdyLink(
-            self.counters,
             on_lost=self._lost,
             on_connection_error=self._connection_error,
-            ping_interval=self.ping_interval,
+            ping_interval=self.policy.ping_interval,
         )
 
     def _lost(self, link: object, reason: str) -> None:
@@ -269,11 +423,18 @@ class ForwardSession:
         message = f"an error occurred forwarding {local.local_port} -> {local.remote_port}: {text}"
         log.info("session %s: %s", self.spec.name, message)
         self.last_error = message
+        self._emit(
+            "connection_error", port=local.local_port, remote_port=local.remote_port, text=text
+        )
         self._on_change(self)
 
     # ----------------------------------------------------- local connections
 
     def _accepted(self, local: LocalConnection) -> None:
+        self._open_connections += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         local.remote_port = self.remote_ports[local.position]
         if self._on_accept is not None:
             self._on_accept(local)
@@ -281,16 +442,29 @@ class ForwardSession:
         if link is not None and link.usable and self.status == READY:
             link.open_pair(local)
             return
-        if self.status == FAILED or self._stopping:
+        if self.status in (FAILED, STOPPED) or self._stopping:
             local.abort()
             return
         # Upstream is (re)connecting: hold the connection, unread, for a bounded time.
-        timer = asyncio.get_running_loop().call_later(self.connect_wait, self._wait_expired, local)
+        timer = asyncio.get_running_loop().call_later(
+            self.policy.connect_wait, self._wait_expired, local
+        )
         self._waiting[local] = timer
+
+    def _local_closed(self, local: LocalConnection) -> None:
+        self._open_connections -= 1
+        if self._open_connections == 0:
+            self._arm_idle()
 
     def _wait_expired(self, local: LocalConnection) -> None:
         self._waiting.pop(local, None)
-        self.counters.connection_errors += 1
+        local.counters.connection_errors += 1
+        self._emit(
+            "connection_error",
+            port=local.local_port,
+            remote_port=local.remote_port,
+            text=f"no connection to the cluster within {self.policy.connect_wait:g} s",
+        )
         local.abort()
 
     def _drop_waiting(self) -> None:
@@ -299,15 +473,59 @@ class ForwardSession:
             local.abort()
         self._waiting.clear()
 
-    async def stop(self, status: str = STOPPED) -> None:
-        """Close listeners, the link and every connection; the session is then inert."""
+    # ----------------------------------------------------------------- expiry
+
+    def _arm_expiry(self) -> None:
+        ttl = self.policy.ttl
+        if ttl is not None:
+            expires_at = self.spec.created_at + timedelta(seconds=ttl)
+            remaining = (expires_at - datetime.now(UTC)).total_seconds()
+            self._ttl_timer = asyncio.get_running_loop().call_later(
+                max(0.0, remaining), self._expire, f"expired: ttl {ttl:g} s reached"
+            )
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        idle = self.policy.idle_timeout
+        if idle is None or self._stopping or self._open_connections:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            idle, self._expire, f"expired: idle for {idle:g} s"
+        )
+
+    def _expire(self, reason: str) -> None:
+        if self._stopping or self._expiry is not None:
+            return
+        self._expiry = asyncio.get_running_loop().create_task(
+            self.expire(reason), name=f"expire {self.spec.name}"
+        )
+        self._expiry.add_done_callback(log_failure)
+
+    async def expire(self, reason: str) -> None:
+        """Stop for good: listeners closed, reported as `stopped` with the reason."""
+        log.info("session %s: %s", self.spec.name, reason)
+        await self.stop()
+        self._set(STOPPED, reason)
+        self._emit("expired", reason=reason)
+
+    async def stop(self, status: str | None = None) -> None:
+        """Close listeners, the link and every connection; the session is then inert.
+
+        The status stays as it was unless `status` is given (a service shutdown must not
+        store `stopped`: stopped sessions are not restored at start-up).
+        """
         self._stopping = True
+        for timer in (self._ttl_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
         self.close_listeners()
         self._drop_waiting()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})
         if self._link is not None:
             self._link.close()
-        self.status = status
+        if status is not None:
+            self.status = status

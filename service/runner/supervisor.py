@@ -2,20 +2,46 @@
 
 The store holds the desired state (what was asked for, and the local ports once bound);
 the supervisor holds the live sessions and writes back the observed state (status, last
-error, pod, transport). On start-up every stored session is bound again on its ports.
+error, pod, transport, counters). On start-up every stored session is bound again on its
+ports and its counters resume from the stored values; `stopped` (expired) sessions stay
+stopped.
+
+Persistence never touches the data path: a status change marks its session dirty and a
+debounced flush writes the dirty sessions in a worker thread; traffic counters are
+compared every `counters_flush_interval` seconds and changed ones are flushed the same
+way. At shutdown everything is written once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from service.ports import PortMapping, parse_listen_addresses
+from service.runner.backoff import log_failure
+from service.runner.events import EventHub
 from service.runner.listeners import ListenError
-from service.runner.session import FAILED, ClusterSource, ForwardSession, SessionSpec
-from service.store import NameConflict, SessionRecord, SessionRepository, new_session_id
+from service.runner.session import (
+    FAILED,
+    STOPPED,
+    ClusterSource,
+    ForwardSession,
+    SessionPolicy,
+    SessionSpec,
+)
+from service.store import (
+    CounterValues,
+    NameConflict,
+    ObservedState,
+    SessionRecord,
+    SessionRepository,
+    new_session_id,
+)
 from service.upstream.targets import parse_target
 
 log = logging.getLogger("podgate.runner")
@@ -33,6 +59,8 @@ class CreateRequest:
     name: str | None = None
     context: str | None = None
     transport: str = "auto"
+    #: Per-session settings, stored in `SessionRecord.options` (see `normalize_options`).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def same_as(self, record: SessionRecord) -> bool:
         """Whether an existing session was created from an equal request."""
@@ -43,7 +71,67 @@ class CreateRequest:
             and list(record.addresses) == list(self.addresses)
             and record.context == self.context
             and record.transport_requested == self.transport
+            and normalize_options(record.options) == normalize_options(self.options)
         )
+
+
+def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The stored shape of a session's settings; None means "the service's default".
+
+    ``{"reconnect": {"enabled", "max_attempts", "max_backoff_seconds"}, "keepalive_seconds",
+    "connect_wait_seconds", "ttl_seconds", "idle_timeout_seconds"}`` (rows from before
+    these settings existed have ``{}``: every default).
+    """
+    options = options or {}
+    reconnect = options.get("reconnect") or {}
+    return {
+        "reconnect": {
+            "enabled": bool(reconnect.get("enabled", True)),
+            "max_attempts": reconnect.get("max_attempts"),
+            "max_backoff_seconds": reconnect.get("max_backoff_seconds"),
+        },
+        "keepalive_seconds": options.get("keepalive_seconds"),
+        "connect_wait_seconds": options.get("connect_wait_seconds"),
+        "ttl_seconds": options.get("ttl_seconds"),
+        "idle_timeout_seconds": options.get("idle_timeout_seconds"),
+    }
+
+
+def _or(value: Any, default: float) -> float:
+    return default if value is None else float(value)
+
+
+def _counter_values(counters: Any) -> CounterValues:
+    return CounterValues(
+        counters.connections_total,
+        counters.connection_errors,
+        counters.bytes_in,
+        counters.bytes_out,
+    )
+
+
+def observed_state(session: ForwardSession) -> ObservedState:
+    return ObservedState(
+        session_id=session.spec.id,
+        status=session.status,
+        last_error=session.last_error,
+        transport=session.transport_name,
+        pod=session.pod,
+        reconnects=session.reconnects,
+        counters=_counter_values(session.counters),
+        mappings=tuple(_counter_values(c) for c in session.port_counters),
+    )
+
+
+def _counters_key(session: ForwardSession) -> tuple[Any, ...]:
+    """What the periodic counter flush compares (cheap: a few ints per mapping)."""
+    return (
+        session.reconnects,
+        *(
+            (c.connections_total, c.connection_errors, c.bytes_in, c.bytes_out)
+            for c in session.port_counters
+        ),
+    )
 
 
 class SessionConflict(Exception):
@@ -77,46 +165,97 @@ class Supervisor:
         connect_wait: float = 30.0,
         ping_interval: float = 5.0,
         max_backoff: float = 30.0,
+        pod_poll_interval: float = 2.0,
+        counters_flush_interval: float = 2.0,
+        events: EventHub | None = None,
     ) -> None:
         self.repository = repository
         self.clusters = clusters
         self.connect_wait = connect_wait
         self.ping_interval = ping_interval
         self.max_backoff = max_backoff
+        self.pod_poll_interval = pod_poll_interval
+        self.counters_flush_interval = counters_flush_interval
+        self.events = events if events is not None else EventHub()
         self.sessions: dict[str, ForwardSession] = {}
         self._dirty: set[str] = set()
+        self._stored: dict[str, tuple[Any, ...]] = {}  # counters as last written
         self._persist_handle: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._closed = False
         self._lock = asyncio.Lock()  # create/delete are serialised: names and ports stay consistent
 
     # -------------------------------------------------------------- sessions
 
-    def _new_session(self, record: SessionRecord) -> ForwardSession:
-        return ForwardSession(
-            _spec_from(record),
-            self.clusters,
-            on_change=self._changed,
-            connect_wait=self.connect_wait,
-            ping_interval=self.ping_interval,
-            max_backoff=self.max_backoff,
+    def policy(self, options: Mapping[str, Any] | None) -> SessionPolicy:
+        """A session's effective settings: its own, else the service's defaults."""
+        stored = normalize_options(options)
+        reconnect = stored["reconnect"]
+        ttl, idle = stored["ttl_seconds"], stored["idle_timeout_seconds"]
+        return SessionPolicy(
+            reconnect=reconnect["enabled"],
+            max_attempts=reconnect["max_attempts"],
+            max_backoff=_or(reconnect["max_backoff_seconds"], self.max_backoff),
+            ping_interval=_or(stored["keepalive_seconds"], self.ping_interval),
+            connect_wait=_or(stored["connect_wait_seconds"], self.connect_wait),
+            ttl=None if ttl is None else float(ttl),
+            idle_timeout=None if idle is None else float(idle),
+            pod_poll_interval=self.pod_poll_interval,
         )
 
+    def _new_session(self, spec: SessionSpec, options: Mapping[str, Any] | None) -> ForwardSession:
+        return ForwardSession(
+            spec,
+            self.clusters,
+            on_change=self._changed,
+            on_event=self._event,
+            policy=self.policy(options),
+        )
+
+    def _restore_observed(self, session: ForwardSession, record: SessionRecord) -> None:
+        session.reconnects = record.reconnects
+        for counters, stored in zip(session.port_counters, record.mappings, strict=True):
+            counters.connections_total = stored.connections_total
+            counters.connection_errors = stored.connection_errors
+            counters.bytes_in = stored.bytes_in
+            counters.bytes_out = stored.bytes_out
+        self._stored[record.id] = _counters_key(session)
+        if record.status == STOPPED:  # expired: stays as it was reported
+            session.status = STOPPED
+            session.last_error = record.last_error
+            session.pod = record.pod
+            session.transport_name = record.transport
+
     async def start(self) -> None:
-        """Restore every stored session on the local ports it had."""
+        """Restore every stored session on the local ports it had (not stopped ones)."""
         records = await asyncio.to_thread(self.repository.list)
+        restored = 0
         for record in records:
-            session = self._new_session(record)
+            session = self._new_session(_spec_from(record), record.options)
+            self._restore_observed(session, record)
+            self.sessions[record.id] = session
+            if session.status == STOPPED:
+                continue
+            expires_at = session.expires_at
+            if expires_at is not None and expires_at <= datetime.now(UTC):
+                await session.expire(f"expired: ttl {session.policy.ttl:g} s reached")
+                continue
             try:
                 session.bind([m.local_port for m in record.mappings])
             except ListenError as exc:
                 log.warning("session %s cannot be restored: %s", record.name, exc)
                 session.status = FAILED
                 session.last_error = f"cannot restore listeners: {exc}"
-                self.sessions[record.id] = session
                 self._changed(session)
                 continue
-            self.sessions[record.id] = session
             await session.start()
-        log.info("restored %d session(s)", len(records))
+            restored += 1
+        self._ticker = asyncio.get_running_loop().create_task(
+            self._flush_counters_periodically(), name="persist counters"
+        )
+        self._ticker.add_done_callback(log_failure)
+        log.info("restored %d session(s) of %d", restored, len(records))
 
     async def create(self, request: CreateRequest) -> tuple[ForwardSession, bool]:
         """Bind, persist, start; returns (session, created). Idempotent by name.
@@ -141,19 +280,13 @@ class Supervisor:
                 transport_requested=request.transport,
                 addresses=list(request.addresses),
                 created_at=datetime.now(UTC),
+                options=normalize_options(request.options),
             )
             if not record.name:
                 record.name = f"{parse_target(request.target).name}-{record.id[:8]}"
             record.mappings = []
             spec = replace(_spec_from(record), mappings=request.mappings)
-            session = ForwardSession(
-                spec,
-                self.clusters,
-                on_change=self._changed,
-                connect_wait=self.connect_wait,
-                ping_interval=self.ping_interval,
-                max_backoff=self.max_backoff,
-            )
+            session = self._new_session(spec, record.options)
             session.bind()  # ListenError propagates: nothing stored yet
             bound = [
                 replace(m, local_port=port)
@@ -170,6 +303,18 @@ class Supervisor:
                 session.close_listeners()
                 raise
             self.sessions[record.id] = session
+            self._stored[record.id] = _counters_key(session)
+            self.events.publish(
+                "created",
+                record.id,
+                {
+                    "name": record.name,
+                    "namespace": record.namespace,
+                    "target": record.target,
+                    "status": session.status,
+                    "local_ports": session.local_ports,
+                },
+            )
             await session.start()
             return session, True
 
@@ -185,39 +330,83 @@ class Supervisor:
             if session is None:
                 return False
             self._dirty.discard(session_id)
+            self._stored.pop(session_id, None)
             await session.stop()
             await asyncio.to_thread(self.repository.delete, session_id)
+            self.events.publish("deleted", session_id, {"name": session.spec.name})
             return True
 
     async def stop(self) -> None:
         """Service shutdown: close everything; stored sessions stay for the next start."""
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.wait({self._ticker})
+        if self._persist_handle is not None:
+            self._persist_handle.cancel()
+            self._persist_handle = None
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
-        self._flush()
+        if self._flush_task is not None:
+            await asyncio.wait({self._flush_task})
+        # Everything once more: the counters since the last periodic flush included.
+        states = [observed_state(s) for s in self.sessions.values()]
+        try:
+            await asyncio.to_thread(self.repository.save_observed, states)
+        except Exception:
+            log.exception("cannot store the final state of %d session(s)", len(states))
         self.sessions.clear()
 
     # ------------------------------------------------------- observed state
 
+    def _event(self, session: ForwardSession, type_: str, data: dict[str, Any]) -> None:
+        self.events.publish(type_, session.spec.id, {"name": session.spec.name, **data})
+
     def _changed(self, session: ForwardSession) -> None:
         self._dirty.add(session.spec.id)
-        if self._persist_handle is None:
-            loop = asyncio.get_running_loop()
-            self._persist_handle = loop.call_later(PERSIST_DELAY, self._flush)
+        self._schedule_flush()
 
-    def _flush(self) -> None:
-        """Write the observed state of changed sessions (rare, small writes)."""
+    def _schedule_flush(self) -> None:
+        if self._closed or self._persist_handle is not None or self._flush_task is not None:
+            return  # a running flush schedules the next one when it is done
+        loop = asyncio.get_running_loop()
+        self._persist_handle = loop.call_later(PERSIST_DELAY, self._start_flush)
+
+    def _start_flush(self) -> None:
         self._persist_handle = None
+        if self._flush_task is not None or self._closed:
+            return
         dirty, self._dirty = self._dirty, set()
+        states = []
         for session_id in dirty:
             session = self.sessions.get(session_id)
-            if session is None:
-                continue
-            try:
-                self.repository.update_status(
-                    session_id,
-                    session.status,
-                    last_error=session.last_error,
-                    transport=session.transport_name,
-                    pod=session.pod,
-                )
-            except Exception:
-                log.exception("cannot store the state of session %s", session.spec.name)
+            if session is not None:
+                states.append(observed_state(session))
+                self._stored[session_id] = _counters_key(session)
+        if states:
+            self._flush_task = asyncio.get_running_loop().create_task(
+                self._write(states), name="persist observed state"
+            )
+            self._flush_task.add_done_callback(log_failure)
+
+    async def _write(self, states: builtins.list[ObservedState]) -> None:
+        """Write in a worker thread: the event loop (and so the data path) never waits."""
+        try:
+            await asyncio.to_thread(self.repository.save_observed, states)
+        except Exception:
+            log.exception("cannot store the observed state of %d session(s)", len(states))
+            for state in states:  # the next periodic check writes them again
+                self._stored.pop(state.session_id, None)
+        finally:
+            self._flush_task = None
+            if self._dirty:
+                self._schedule_flush()
+
+    async def _flush_counters_periodically(self) -> None:
+        """Mark sessions whose counters moved since they were last written, and flush."""
+        while True:
+            await asyncio.sleep(self.counters_flush_interval)  # cancelled at shutdown
+            for session_id, session in self.sessions.items():
+                if _counters_key(session) != self._stored.get(session_id):
+                    self._dirty.add(session_id)
+            if self._dirty:
+                self._schedule_flush()

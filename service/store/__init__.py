@@ -9,12 +9,21 @@ from service.store.models import (
     new_session_id,
     utcnow,
 )
-from service.store.repository import UNSET, NameConflict, SessionRepository, StoreError
+from service.store.repository import (
+    UNSET,
+    CounterValues,
+    NameConflict,
+    ObservedState,
+    SessionRepository,
+    StoreError,
+)
 
 __all__ = [
     "MIGRATIONS_DIR",
     "UNSET",
+    "CounterValues",
     "NameConflict",
+    "ObservedState",
     "PortMappingRecord",
     "SessionRecord",
     "SessionRepository",

@@ -10,7 +10,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Integer,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, Relationship, SQLModel
 
 __all__ = [
@@ -42,6 +52,15 @@ class SessionStatus(enum.StrEnum):
     RECONNECTING = "reconnecting"
     FAILED = "failed"
     STOPPED = "stopped"
+
+
+def _counter(big: bool = False) -> Any:
+    """A traffic counter column: NOT NULL, 0 for rows that predate it (revision 0002)."""
+    return Field(
+        default=0,
+        sa_column_kwargs={"server_default": "0"},
+        sa_type=BigInteger if big else Integer,
+    )
 
 
 def utcnow() -> datetime:
@@ -103,6 +122,12 @@ class SessionRecord(SQLModel, table=True):
     )
     # Per-session settings added later (reconnect policy, ttl, ...) without a migration.
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Observed counters (sums over the port mappings, plus re-dials), flushed periodically.
+    connections_total: int = _counter()
+    connection_errors: int = _counter()
+    bytes_in: int = _counter(big=True)
+    bytes_out: int = _counter(big=True)
+    reconnects: int = _counter()
 
     # Loaded with the session by default so a detached record can always read its ports;
     # the ORM cascade deletes them even where the database does not enforce the FK.
@@ -128,3 +153,8 @@ class PortMappingRecord(SQLModel, table=True):
     local_port: int = 0  # 0 until bound; then the bound port, so a restart reuses it
     remote_port: int
     remote_name: str | None = None  # a named remote port (later issue); None for now
+    # Observed counters of this mapping, flushed periodically (revision 0002).
+    connections_total: int = _counter()
+    connection_errors: int = _counter()
+    bytes_in: int = _counter(big=True)
+    bytes_out: int = _counter(big=True)

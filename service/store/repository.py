@@ -3,9 +3,10 @@ records with their port mappings loaded, so callers never touch a closed ORM ses
 
 import builtins
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, sessionmaker
 from sqlmodel import Session, select
@@ -13,7 +14,14 @@ from sqlmodel import Session, select
 from service.ports import PortMapping
 from service.store.models import PortMappingRecord, SessionRecord, SessionStatus, utcnow
 
-__all__ = ["UNSET", "NameConflict", "SessionRepository", "StoreError"]
+__all__ = [
+    "UNSET",
+    "CounterValues",
+    "NameConflict",
+    "ObservedState",
+    "SessionRepository",
+    "StoreError",
+]
 
 
 class _Unset:
@@ -36,6 +44,44 @@ class NameConflict(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__(f"a session named {name!r} already exists")
         self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValues:
+    """The stored traffic counters of a session or of one of its port mappings."""
+
+    connections_total: int = 0
+    connection_errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def columns(self) -> dict[str, int]:
+        return {
+            "connections_total": self.connections_total,
+            "connection_errors": self.connection_errors,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+    @classmethod
+    def of(cls, record: SessionRecord | PortMappingRecord) -> "CounterValues":
+        return cls(
+            record.connections_total, record.connection_errors, record.bytes_in, record.bytes_out
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState:
+    """What the runner observed of one session, written by ``save_observed``."""
+
+    session_id: str
+    status: str
+    last_error: str | None
+    transport: str | None
+    pod: str | None
+    reconnects: int
+    counters: CounterValues
+    mappings: tuple[CounterValues, ...]  # by position
 
 
 def _mapping_record(
@@ -150,6 +196,44 @@ class SessionRepository:
             record.updated_at = utcnow()
             session.commit()
             return record
+
+    def save_observed(self, states: Sequence[ObservedState]) -> int:
+        """Write the observed state of many sessions in one transaction (sessions that no
+        longer exist are skipped); returns how many sessions were updated."""
+        if not states:
+            return 0
+        now = utcnow()
+        updated = 0
+        with self._session() as session:
+            for state in states:
+                values = {
+                    "status": SessionStatus(state.status).value,
+                    "last_error": state.last_error,
+                    "transport": state.transport,
+                    "pod": state.pod,
+                    "reconnects": state.reconnects,
+                    "updated_at": now,
+                    **state.counters.columns(),
+                }
+                result: Any = session.exec(
+                    update(SessionRecord)
+                    .where(SessionRecord.id == state.session_id)  # type: ignore[arg-type]
+                    .values(**values)
+                )
+                if not result.rowcount:
+                    continue
+                updated += 1
+                for position, counters in enumerate(state.mappings):
+                    session.exec(
+                        update(PortMappingRecord)
+                        .where(
+                            PortMappingRecord.session_id == state.session_id,  # type: ignore[arg-type]
+                            PortMappingRecord.position == position,  # type: ignore[arg-type]
+                        )
+                        .values(**counters.columns())
+                    )
+            session.commit()
+        return updated
 
     def set_local_ports(self, session_id: str, ports: Mapping[int, int]) -> SessionRecord | None:
         """Store the bound local port of each mapping, keyed by position.

@@ -4,7 +4,7 @@ target (pod, service, deployment, …) to a pod, and the HTTP/1.1 SPDY upgrade. 
 
 from .cluster import DEFAULT_TIMEOUT, Cluster, PodInfo, user_agent
 from .endpoint import Endpoint, auth_headers, build_ssl_context, portforward_url
-from .errors import PodNotFound, PodNotRunning, UpstreamError
+from .errors import PodNotFound, PodNotRunning, UpstreamError, WatchExpired, WatchRefused
 from .resolve import (
     InvalidTarget,
     NoRunningPod,
@@ -40,6 +40,8 @@ __all__ = [
     "UnsupportedProtocol",
     "UpgradedConnection",
     "UpstreamError",
+    "WatchExpired",
+    "WatchRefused",
     "WebSocketConnection",
     "auth_headers",
     "build_ssl_context",

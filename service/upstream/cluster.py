@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -27,6 +27,8 @@ from .errors import (
     PodNotFound,
     PodNotRunning,
     UpstreamError,
+    WatchExpired,
+    WatchRefused,
     describe_http_error,
     parse_status,
 )
@@ -43,6 +45,9 @@ REFRESH_INTERVAL = 60.0
 _EXPIRY_SKEW = datetime.timedelta(minutes=5)
 _MAX_POD_BODY = 4 * 1024 * 1024
 _MAX_LIST_BODY = 32 * 1024 * 1024
+_MAX_WATCH_ERROR_BODY = 64 * 1024
+#: How long one watch request lasts before the server ends it (the caller watches again).
+WATCH_TIMEOUT = 300
 
 
 def user_agent() -> str:
@@ -60,6 +65,7 @@ class PodInfo:
     phase: str
     uid: str
     container_ports: list[dict[str, Any]]  # raw spec.containers[].ports, all containers
+    resource_version: str = ""  # where a watch of this pod starts
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PodInfo:
@@ -74,6 +80,7 @@ class PodInfo:
             phase=str((data.get("status") or {}).get("phase") or "Unknown"),
             uid=str(metadata_.get("uid", "")),
             container_ports=ports,
+            resource_version=str(metadata_.get("resourceVersion") or ""),
         )
 
 
@@ -325,6 +332,69 @@ class Cluster:
             raise UpstreamError(f"GET {url} returned an unexpected body", status=status)
         return data
 
+    async def watch_pod(
+        self, namespace: str, name: str, *, resource_version: str = ""
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """Watch one pod: ``GET …/pods?watch=true&fieldSelector=metadata.name=NAME``.
+
+        Yields ``(type, object)`` (ADDED, MODIFIED, DELETED, BOOKMARK; raw JSON), from
+        ``resource_version`` on when given. Ends when the server ends the watch (after
+        :data:`WATCH_TIMEOUT`). Raises :class:`WatchRefused` when the request is answered
+        with an HTTP error (the server will not serve this watch: podgate's agent answers
+        400, an RBAC role without ``watch`` 403), :class:`WatchExpired` for 410 Gone, and
+        :class:`UpstreamError` for connection failures and malformed events.
+
+        The request is kubernetes_asyncio's, but the stream is read here rather than with
+        ``watch.Watch``: that one reads an error answer as events and re-requests forever
+        on an empty body; here the status is checked first and nothing is retried.
+        """
+        url = f"{self.server}/api/v1/namespaces/{namespace}/pods?watch=true"
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._fresh_credentials()
+                response = await self._core.list_namespaced_pod(
+                    namespace,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=resource_version or None,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=WATCH_TIMEOUT,
+                    watch=True,
+                    _preload_content=False,
+                    _request_timeout=aiohttp.ClientTimeout(
+                        sock_connect=self._timeout, sock_read=WATCH_TIMEOUT + self._timeout
+                    ),
+                )
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError(
+                f"timed out after {self._timeout:g} s opening the watch {url}", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise describe_connect_error(exc.os_error, url) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"watch {url} failed: {_describe(exc)}", retryable=True) from exc
+        try:
+            status = int(response.status)
+            if not 200 <= status < 300:
+                body = await _read_bounded(response.content, _MAX_WATCH_ERROR_BODY)
+                text = describe_http_error(status, str(response.reason or ""), body)
+                if status == 410:
+                    raise WatchExpired(f"watch {url}: {text}")
+                raise WatchRefused(f"watch {url}: {text}", status=status)
+            while True:
+                try:
+                    line = await response.content.readline()
+                except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
+                    raise UpstreamError(f"watch {url} broke: {_describe(exc)}") from exc
+                if not line:
+                    return  # the server ended the watch
+                if not line.strip():
+                    continue
+                yield _watch_event(line, url)
+        finally:
+            response.close()
+
     async def upgrade_spdy(
         self,
         namespace: str,
@@ -499,6 +569,24 @@ async def _read_bounded(stream: Any, limit: int) -> bytes:
     while len(body) < limit and (chunk := await stream.read(limit - len(body))):
         body += chunk
     return bytes(body)
+
+
+def _watch_event(line: bytes, url: str) -> tuple[str, dict[str, Any]]:
+    """One line of a watch stream as (type, object); an ERROR event raises."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise UpstreamError(f"watch {url} sent a line that is not JSON") from None
+    kind = event.get("type") if isinstance(event, dict) else None
+    obj = event.get("object") if isinstance(event, dict) else None
+    if not isinstance(kind, str) or not isinstance(obj, dict):
+        raise UpstreamError(f"watch {url} sent an event without type or object")
+    if kind == "ERROR":
+        message = f"watch {url}: {obj.get('code')} {obj.get('reason')}: {obj.get('message')}"
+        if obj.get("code") == 410:
+            raise WatchExpired(message)
+        raise UpstreamError(message)
+    return kind, obj
 
 
 def _names_a_pod(body: bytes) -> bool:

@@ -9,6 +9,8 @@ __all__ = [
     "PodNotFound",
     "PodNotRunning",
     "UpstreamError",
+    "WatchExpired",
+    "WatchRefused",
     "describe_http_error",
     "parse_status",
     "status_is_retryable",
@@ -67,6 +69,17 @@ class PodNotRunning(UpstreamError):
         self.namespace = namespace
         self.name = name
         self.phase = phase
+
+
+class WatchRefused(UpstreamError):
+    """The server answered a watch request with an HTTP error: it will not serve it."""
+
+
+class WatchExpired(UpstreamError):
+    """410 Gone: the resourceVersion a watch started from is too old; read the object again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=410, retryable=True)
 
 
 def parse_status(body: bytes) -> dict[str, Any] | None:

@@ -25,6 +25,9 @@ ROUTES: dict[tuple[str, str], set[str]] = {
     ("get", "/sessions/{session_id}"): {"200", "404"},
     ("delete", "/sessions/{session_id}"): {"204", "404"},
     ("get", "/healthz"): {"200"},
+    # Issue 5: live events (Server-Sent Events).
+    ("get", "/events"): {"200", "422"},
+    ("get", "/sessions/{session_id}/events"): {"200", "404", "422"},
 }
 
 
@@ -86,9 +89,15 @@ def test_problem_schema(document: dict[str, Any]) -> None:
 def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     create = schemas["SessionCreate"]
-    assert {"namespace", "target", "ports", "name", "addresses", "context", "transport"} == set(
-        create["properties"]
-    )
+    assert {
+        "namespace", "target", "ports", "name", "addresses", "context", "transport",
+        # issue 5: per-session policy
+        "reconnect", "keepalive_seconds", "connect_wait_seconds", "ttl_seconds",
+        "idle_timeout_seconds",
+    } == set(create["properties"])  # fmt: skip
+    assert set(schemas["ReconnectPolicy"]["properties"]) == {
+        "enabled", "max_attempts", "max_backoff_seconds",
+    }  # fmt: skip
     assert set(create["required"]) == {"target", "ports"}
     assert create["additionalProperties"] is False
     public = schemas["SessionPublic"]
@@ -99,9 +108,13 @@ def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> N
     assert set(public["properties"]["status"]["enum"]) == {
         "pending", "ready", "reconnecting", "failed", "stopped",
     }  # fmt: skip
-    assert {"spec", "local_port", "remote_port", "addresses"} == set(
+    assert {"spec", "local_port", "remote_port", "addresses", "counters"} == set(
         schemas["PortPublic"]["required"]
     )
+    assert {"reconnects", "connections_total", "bytes_in", "bytes_out"} <= set(public["required"])
+    for path in ("/events", "/sessions/{session_id}/events"):
+        ok = operations(document)[("get", path)]["responses"]["200"]
+        assert set(ok["content"]) == {"text/event-stream"}, path
     assert {"data", "count"} == set(schemas["SessionsPublic"]["required"])
     created = operations(document)[("post", "/sessions")]["responses"]["201"]
     assert created["content"]["application/json"]["schema"] == {

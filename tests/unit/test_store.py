@@ -24,7 +24,9 @@ from sqlmodel import Session, SQLModel
 from service.ports import parse_port_specs
 from service.store import (
     MIGRATIONS_DIR,
+    CounterValues,
     NameConflict,
+    ObservedState,
     PortMappingRecord,
     SessionRecord,
     SessionRepository,
@@ -334,6 +336,36 @@ def test_update_status(repo: SessionRepository) -> None:
     with pytest.raises(ValueError):
         repo.update_status(created.id, "sleeping")
     assert repo.update_status("0" * 32, "ready") is None
+
+
+def test_save_observed_writes_status_and_counters(repo: SessionRepository) -> None:
+    created = repo.create(new_session(), parse_port_specs(["80", "0:81"]))
+    assert (created.bytes_in, created.reconnects, created.mappings[1].bytes_out) == (0, 0, 0)
+    big = 5 * 2**32  # bytes need 64 bits
+    state = ObservedState(
+        session_id=created.id,
+        status="reconnecting",
+        last_error="upstream closed the connection",
+        transport="spdy",
+        pod="mypod",
+        reconnects=2,
+        counters=CounterValues(3, 1, big + 10, 20),
+        mappings=(CounterValues(2, 0, big, 15), CounterValues(1, 1, 10, 5)),
+    )
+    missing = ObservedState("0" * 32, "ready", None, None, None, 0, CounterValues(), ())
+    assert repo.save_observed([state, missing]) == 1
+    loaded = repo.get(created.id)
+    assert loaded is not None
+    assert (loaded.status, loaded.last_error, loaded.pod, loaded.reconnects) == (
+        "reconnecting",
+        "upstream closed the connection",
+        "mypod",
+        2,
+    )
+    assert CounterValues.of(loaded) == state.counters
+    assert [CounterValues.of(m) for m in loaded.mappings] == list(state.mappings)
+    assert loaded.updated_at >= created.updated_at
+    assert repo.save_observed([]) == 0
 
 
 def test_set_local_ports_survives_a_restart(repo: SessionRepository, db_url: str) -> None:

@@ -1,0 +1,130 @@
+"""Noticing at once that the pod a session is connected to went away.
+
+While a session is ready, the pod it dialled is watched (`Cluster.watch_pod`, from the
+resourceVersion the resolution read). A pod that is deleted, replaced (another uid under
+the same name) or no longer Running ends the wait with a reason, and the session closes
+its link with that reason and takes the reconnect path: the target is resolved again.
+
+Servers that refuse the watch (podgate's agent answers `watch` with 400; an RBAC role may
+allow `get` but not `watch`) are polled instead: GET pod every `poll_interval` seconds,
+one request at a time, each bounded by the cluster timeout. Errors other than "not found"
+prove nothing about the pod (the link's keepalive judges the connection), so they are
+logged and the watch or poll goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from service.runner.backoff import backoff_delays
+from service.upstream import (
+    Cluster,
+    PodInfo,
+    PodNotFound,
+    UpstreamError,
+    WatchExpired,
+    WatchRefused,
+)
+
+log = logging.getLogger("podgate.runner")
+
+#: A watch that ends this soon without an event is re-opened only after a backoff delay.
+QUICK_END = 1.0
+
+
+def _deleted(pod: PodInfo) -> str:
+    return f'pod "{pod.name}" was deleted'
+
+
+def judge(pod: PodInfo, current: PodInfo) -> str | None:
+    """Why `current` (the pod read now) is not the pod the session dialled, or None."""
+    if pod.uid and current.uid and current.uid != pod.uid:
+        return f'pod "{pod.name}" was replaced (uid {current.uid})'
+    if current.phase != "Running":
+        return f'pod "{pod.name}" is no longer running (phase {current.phase})'
+    return None
+
+
+async def wait_until_gone(
+    cluster: Cluster, namespace: str, pod: PodInfo, *, poll_interval: float
+) -> str:
+    """Return (only) once `pod` is deleted, replaced or not Running: the reason, for people.
+
+    Runs until cancelled otherwise; every wait in it is interruptible by cancellation.
+    """
+    resource_version = pod.resource_version
+    delays: Iterator[float] | None = None
+    while True:
+        opened = asyncio.get_running_loop().time()
+        events = 0
+        stream = cluster.watch_pod(namespace, pod.name, resource_version=resource_version)
+        try:
+            async with contextlib.aclosing(stream):  # closes the response on an early return
+                async for kind, obj in stream:
+                    events += 1
+                    delays = None
+                    resource_version = _resource_version(obj) or resource_version
+                    if kind == "BOOKMARK":
+                        continue
+                    if kind == "DELETED":
+                        return _deleted(pod)
+                    reason = judge(pod, PodInfo.from_json(obj))
+                    if reason is not None:
+                        return reason
+        except WatchRefused as exc:
+            log.info("pod %s/%s: %s; polling every %g s", namespace, pod.name, exc, poll_interval)
+            return await poll_until_gone(cluster, namespace, pod, poll_interval=poll_interval)
+        except WatchExpired:
+            # Our resourceVersion is too old: look at the pod now, then watch from there.
+            try:
+                reason, resource_version = await _check_now(cluster, namespace, pod)
+            except UpstreamError as exc:
+                log.debug("pod %s/%s: GET failed: %s", namespace, pod.name, exc)
+                reason, resource_version = None, ""
+            if reason is not None:
+                return reason
+            continue
+        except UpstreamError as exc:
+            log.debug("pod %s/%s: watch failed: %s", namespace, pod.name, exc)
+            events = 0
+        # The server ended the watch (its timeout) or it failed: watch again, without
+        # spinning when it keeps ending at once.
+        if events == 0 and asyncio.get_running_loop().time() - opened < QUICK_END:
+            delays = delays or backoff_delays(base=1.0, cap=30.0)
+            await asyncio.sleep(next(delays))
+
+
+async def poll_until_gone(
+    cluster: Cluster, namespace: str, pod: PodInfo, *, poll_interval: float
+) -> str:
+    """The fallback for servers that do not serve watches: GET the pod periodically."""
+    while True:
+        await asyncio.sleep(poll_interval)
+        try:
+            current = await cluster.get_pod(namespace, pod.name)
+        except PodNotFound:
+            return _deleted(pod)
+        except UpstreamError as exc:
+            log.debug("pod %s/%s: poll failed: %s", namespace, pod.name, exc)
+            continue
+        reason = judge(pod, current)
+        if reason is not None:
+            return reason
+
+
+async def _check_now(cluster: Cluster, namespace: str, pod: PodInfo) -> tuple[str | None, str]:
+    try:
+        current = await cluster.get_pod(namespace, pod.name)
+    except PodNotFound:
+        return _deleted(pod), ""
+    return judge(pod, current), current.resource_version
+
+
+def _resource_version(obj: dict[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+    return version if isinstance(version, str) else ""

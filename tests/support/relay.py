@@ -1,0 +1,102 @@
+"""A TCP relay that can be frozen: it stops forwarding bytes, both ways, without closing
+anything, like a hung node or a NAT that silently dropped its mapping. Pings sent
+through it go unanswered until it is thawed; then everything held is delivered.
+
+    with FreezableRelay(("127.0.0.1", agent_port)) as relay:
+        kubeconfig = write_kubeconfig(path, f"http://127.0.0.1:{relay.port}")
+        relay.freeze(); ...; relay.thaw()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+__all__ = ["FreezableRelay"]
+
+_CHUNK = 64 * 1024
+
+
+class FreezableRelay:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
+        self.target = target
+        self._listener = socket.create_server((host, 0))
+        self.host = host
+        self.port: int = self._listener.getsockname()[1]
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def freeze(self) -> None:
+        """Stop forwarding (bytes already read are held, nothing is closed)."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self.accepted += 1
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(
+                    target=self._pump, args=(src, dst), name="relay-pump", daemon=True
+                ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(_CHUNK)
+                self._flowing.wait()  # frozen: hold what was read, forward nothing
+                if self._closed.is_set():
+                    return
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+        except OSError:
+            self._flowing.wait()
+            for sock in (src, dst):  # a reset on one side is passed on as a reset
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._thread.join(10)
+
+    def __enter__(self) -> FreezableRelay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
