@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
@@ -25,6 +26,7 @@ from typing import Any, cast
 from service.protocols.spdy import (
     ConnectionTerminated,
     DataReceived,
+    HeaderBlock,
     PingAcknowledged,
     ProtocolError,
     RstStatus,
@@ -33,6 +35,7 @@ from service.protocols.spdy import (
     StreamRejected,
     StreamReplied,
     StreamReset,
+    encode_header_block,
 )
 from service.runner.tunnel import TunnelPipe, TunnelTransport
 from service.upstream import UpgradedConnection, WebSocketConnection
@@ -55,6 +58,44 @@ class TrafficCounters:
     connection_errors: int = 0
     bytes_in: int = 0  # from the pod to local clients
     bytes_out: int = 0  # from local clients to the pod
+
+
+_U32 = struct.Struct(">I")
+REPLY_SWEEP_INTERVAL = 1.0
+
+
+@functools.cache
+def _pair_header_prefixes(port: int) -> tuple[bytes, bytes]:
+    """The error and data blocks of a port up to the requestid value (it comes last)."""
+    prefixes = []
+    for kind in ("error", "data"):
+        raw = encode_header_block([("streamtype", kind), ("port", str(port)), ("requestid", "")])
+        prefixes.append(raw[:-4])  # drop the empty value's length; added per request
+    return prefixes[0], prefixes[1]
+
+
+def pair_header_blocks(port: int, request_id: int) -> tuple[HeaderBlock, HeaderBlock]:
+    """Uncompressed blocks for one pair (the zlib context is per connection, so only
+    these are cached), byte-identical to encoding the three headers each time."""
+    error_prefix, data_prefix = _pair_header_prefixes(port)
+    rid = str(request_id).encode()
+    tail = _U32.pack(len(rid)) + rid
+    return HeaderBlock(error_prefix + tail), HeaderBlock(data_prefix + tail)
+
+
+_NODELAY_BY_LOOP: dict[type, bool] = {}
+
+
+def _loop_sets_nodelay(loop: asyncio.AbstractEventLoop) -> bool:
+    """asyncio's selector loop and uvloop already set TCP_NODELAY on every TCP transport."""
+    kind = type(loop)
+    known = _NODELAY_BY_LOOP.get(kind)
+    if known is None:
+        known = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) or (
+            kind.__module__.startswith("uvloop")
+        )
+        _NODELAY_BY_LOOP[kind] = known
+    return known
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -96,7 +137,10 @@ class LocalConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
-        set_nodelay(transport)
+        # Why: the per-connection socket object and setsockopt cost µs on the conn/s path,
+        # and the loops we run on have set TCP_NODELAY already.
+        if not _loop_sets_nodelay(asyncio.get_running_loop()):
+            set_nodelay(transport)
         self.transport.set_write_buffer_limits(high=LOCAL_WRITE_HIGH_WATER)
         self.transport.pause_reading()
         self._on_accept(self)
@@ -168,7 +212,6 @@ class StreamPair:
     local_fin: bool = False  # we sent FIN on the data stream
     remote_fin: bool = False  # the pod side sent FIN on the data stream
     error_text: bytearray = field(default_factory=bytearray)
-    timer: asyncio.TimerHandle | None = None
     done: bool = False
 
 
@@ -187,13 +230,23 @@ class SpdyLink(asyncio.Protocol):
         self._on_connection_error = on_connection_error
         self.ping_interval = ping_interval
         self.reply_timeout = reply_timeout
-        self.conn = SpdyConnection(client_side=True, max_data_frame=DATA_FRAME_SIZE)
+        # Why merge_data: one event (and one local write) per stream run per upstream read.
+        self.conn = SpdyConnection(
+            client_side=True, max_data_frame=DATA_FRAME_SIZE, merge_data=True
+        )
+        # Payloads held back during one upstream read, so each local connection gets one
+        # write per read even when streams interleave; written before any other event.
+        self._held: dict[StreamPair, list[bytes]] = {}
         self.transport: asyncio.Transport | None = None
         self.pairs: dict[int, StreamPair] = {}  # by error and by data stream id
         self._next_request_id = 0
         self._write_paused = False
         self._read_blockers: set[object] = set()
         self._ping_handle: asyncio.TimerHandle | None = None
+        # Why: one periodic sweep instead of a call_later per pair (conn/s path). Pairs
+        # waiting for SYN_REPLY, in deadline order (one timeout, so insertion order).
+        self._awaiting: dict[StreamPair, float] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._unanswered_pings = 0
         self.closed = False
         self.lost_reason = ""
@@ -255,10 +308,11 @@ class SpdyLink(asyncio.Protocol):
         assert self.transport is not None
         request_id = self._next_request_id
         self._next_request_id += 1
-        base = [("port", str(local.remote_port)), ("requestid", str(request_id))]
+        # Why: cached uncompressed blocks skip encoding and validating headers per pair.
+        error_block, data_block = pair_header_blocks(local.remote_port, request_id)
         try:
-            error_sid = self.conn.open_stream([("streamtype", "error"), *base])
-            data_sid = self.conn.open_stream([("streamtype", "data"), *base])
+            error_sid = self.conn.open_stream(error_block)
+            data_sid = self.conn.open_stream(data_block)
         except ProtocolError as exc:
             log.info("cannot open streams: %s", exc)
             local.abort()
@@ -270,9 +324,10 @@ class SpdyLink(asyncio.Protocol):
         local.link = self
         local.counters.connections_total += 1
         local.counters.connections_active += 1
-        pair.timer = asyncio.get_running_loop().call_later(
-            self.reply_timeout, self._reply_timed_out, pair
-        )
+        loop = asyncio.get_running_loop()
+        self._awaiting[pair] = loop.time() + self.reply_timeout
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._sweep_interval(), self._sweep)
         self._flush()
 
     def local_data(self, pair: StreamPair, data: bytes) -> None:
@@ -328,9 +383,12 @@ class SpdyLink(asyncio.Protocol):
             self._lose(f"protocol error from upstream: {exc}")
             return
         for event in events:
-            if isinstance(event, DataReceived):
+            if type(event) is DataReceived:
                 self._data(event)
-            elif isinstance(event, StreamReplied):
+                continue
+            if self._held:
+                self._write_held()  # keep order: data reaches the local side before FIN/RST
+            if isinstance(event, StreamReplied):
                 self._replied(event.stream_id)
             elif isinstance(event, StreamEnded):
                 self._ended(event.stream_id)
@@ -344,7 +402,21 @@ class SpdyLink(asyncio.Protocol):
             elif isinstance(event, ConnectionTerminated):
                 self._lose("upstream sent GOAWAY")
                 return
+        if self._held:
+            self._write_held()
         self._flush()
+
+    def _write_held(self) -> None:
+        held, self._held = self._held, {}
+        for pair, chunks in held.items():
+            local = pair.local
+            if pair.done or local.transport is None or local.closed:
+                continue
+            # bytes objects only: the transport may keep references after we return.
+            if len(chunks) == 1:
+                local.transport.write(chunks[0])
+            else:
+                local.transport.writelines(chunks)
 
     def eof_received(self) -> bool:
         self._lose("upstream closed the connection")
@@ -375,9 +447,7 @@ class SpdyLink(asyncio.Protocol):
                 self.conn.end_stream(sid)
             return
         pair.data_replied = True
-        if pair.timer is not None:
-            pair.timer.cancel()
-            pair.timer = None
+        self._awaiting.pop(pair, None)
         pair.local.open_gate()
         if self._write_paused and pair.local.transport is not None:
             pair.local.transport.pause_reading()
@@ -394,7 +464,11 @@ class SpdyLink(asyncio.Protocol):
         local = pair.local
         if local.transport is not None and not local.closed:
             local.counters.bytes_in += len(event.data)
-            local.transport.write(event.data)
+            chunks = self._held.get(pair)
+            if chunks is None:
+                self._held[pair] = [event.data]
+            else:
+                chunks.append(event.data)
 
     def _ended(self, sid: int) -> None:
         pair = self.pairs.get(sid)
@@ -431,8 +505,27 @@ class SpdyLink(asyncio.Protocol):
         elif pair.remote_fin and (pair.local_fin or pair.local.closed):
             self._finish(pair)
 
+    def _sweep_interval(self) -> float:
+        return min(REPLY_SWEEP_INTERVAL, self.reply_timeout)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired = []
+        for pair, deadline in self._awaiting.items():
+            if deadline > now:
+                break
+            expired.append(pair)
+        for pair in expired:
+            self._reply_timed_out(pair)
+        if self._awaiting:
+            self._sweep_handle = loop.call_later(self._sweep_interval(), self._sweep)
+
     def _reply_timed_out(self, pair: StreamPair) -> None:
-        pair.timer = None
+        self._awaiting.pop(pair, None)
         if pair.done or pair.data_replied:
             return
         pair.local.counters.connection_errors += 1
@@ -454,9 +547,7 @@ class SpdyLink(asyncio.Protocol):
         if pair.done:
             return
         pair.done = True
-        if pair.timer is not None:
-            pair.timer.cancel()
-            pair.timer = None
+        self._awaiting.pop(pair, None)
         # client-go resets the data stream unless it already sent FIN or got an RST.
         for sid in (pair.data_sid, pair.error_sid):
             if self.conn.can_send(sid) and not (sid == pair.data_sid and pair.local_fin):
@@ -486,6 +577,8 @@ class SpdyLink(asyncio.Protocol):
         self.lost_reason = reason
         if self._ping_handle is not None:
             self._ping_handle.cancel()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
         for pair in list(set(self.pairs.values())):
             pair.local.reset()  # data may be missing: a reset, not a clean end
             self._finish(pair, abort_local=True)
@@ -509,5 +602,7 @@ class SpdyLink(asyncio.Protocol):
         self.closed = True
         if self._ping_handle is not None:
             self._ping_handle.cancel()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
         if self.transport is not None:
             self.transport.close()

@@ -781,3 +781,44 @@ def test_headers_on_unknown_stream() -> None:
     comp = HeaderCompressor()
     events = server.receive_data(HeadersFrame(1, comp.encode([("a", "b")])).serialize())
     assert rejected(events)[0][1:5] == (1, ProtocolError, RstStatus.INVALID_STREAM, 1)
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_merge_data_joins_runs_of_one_stream_and_keeps_order(mode: str) -> None:
+    client = SpdyConnection(True, merge_data=True)
+    server = SpdyConnection(False, max_data_frame=4)
+    err, data = open_pair(client, server)
+    server.send_data(data, b"abcdefghij")  # 3 frames
+    server.send_data(err, b"oops")
+    server.send_data(data, b"klmn", fin=True)
+    server.ping()
+    events = feed_chunks(client, chunked(server.data_to_send(), mode))
+    # Whatever the read boundaries, payloads per stream and event order are preserved.
+    got: list[tuple[str, int, bytes | bool]] = []
+    for event in events:
+        if isinstance(event, DataReceived):
+            if got and got[-1][0] == "data" and got[-1][1] == event.stream_id:
+                prev = got.pop()
+                assert isinstance(prev[2], bytes)
+                got.append(("data", event.stream_id, prev[2] + event.data))
+            else:
+                got.append(("data", event.stream_id, event.data))
+            if event.fin:
+                got.append(("fin", event.stream_id, True))
+        else:
+            got.append((type(event).__name__, getattr(event, "stream_id", 0), False))
+    assert got == [
+        ("data", data, b"abcdefghij"),
+        ("data", err, b"oops"),
+        ("data", data, b"klmn"),
+        ("fin", data, True),
+        ("StreamEnded", data, False),
+        ("PingReceived", 0, False),
+    ]
+    assert all(type(e.data) is bytes for e in events if isinstance(e, DataReceived))
+    if mode == "whole":
+        assert [e for e in events if isinstance(e, DataReceived)] == [
+            DataReceived(data, b"abcdefghij"),
+            DataReceived(err, b"oops"),
+            DataReceived(data, b"klmn", True),
+        ]

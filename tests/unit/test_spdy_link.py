@@ -1,0 +1,98 @@
+"""SpdyLink without sockets: the SYN_REPLY sweep and one local write per upstream read."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.protocols.spdy import SpdyConnection
+from service.runner.link import LocalConnection, SpdyLink
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.log: list[str] = []
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.log.append("write")
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.writes.append(b"".join(chunks))
+        self.log.append("write")
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.log.append("eof")
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.log.append("close")
+
+    def abort(self) -> None:
+        self.closed = True
+        self.log.append("abort")
+
+
+def make_link(reply_timeout: float) -> tuple[SpdyLink, FakeTransport, list[str]]:
+    errors: list[str] = []
+    link = SpdyLink(
+        on_lost=lambda link, reason: None,
+        on_connection_error=lambda local, text: errors.append(text),
+        ping_interval=0,
+        reply_timeout=reply_timeout,
+    )
+    upstream = FakeTransport()
+    link._adopt(upstream)  # type: ignore[arg-type]
+    return link, upstream, errors
+
+
+def make_local(link: SpdyLink) -> tuple[LocalConnection, FakeTransport]:
+    local = LocalConnection(1234, 0, lambda conn: None)
+    transport = FakeTransport()
+    local.transport = transport  # type: ignore[assignment]
+    local.remote_port = 8080
+    link.open_pair(local)
+    return local, transport
+
+
+async def test_unreplied_pair_times_out_by_the_sweep() -> None:
+    link, _, errors = make_link(reply_timeout=0.05)
+    local, transport = make_local(link)
+    await asyncio.sleep(0.2)
+    assert errors == ["timed out waiting for the upstream to accept the stream pair"]
+    assert transport.log == ["abort"]
+    assert local.counters.connections_active == 0
+    assert not link._awaiting and link._sweep_handle is None
+
+
+async def test_merged_data_is_one_write_before_fin() -> None:
+    link, upstream, errors = make_link(reply_timeout=0.05)
+    _, transport = make_local(link)
+    server = SpdyConnection(False, max_data_frame=4)
+    server.receive_data(b"".join(upstream.writes))
+    server.send_reply(1)
+    server.send_reply(3)
+    server.send_data(3, b"0123456789", fin=True)
+    link.data_received(server.data_to_send())
+    await asyncio.sleep(0.2)  # past the timeout: the replied pair is not swept
+    assert transport.writes == [b"0123456789"]
+    assert transport.log == ["write", "eof"]
+    assert errors == []
+    link.close()
