@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,7 +25,10 @@ DESCRIPTION = """REST-controlled port forwarding for Kubernetes: create, list an
 forward sessions (`oc port-forward`, as a restart-safe service)."""
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_schema) -> FastAPI:
+    """``migrate`` brings the schema to head at start-up (``podgate serve`` passes
+    ``upgrade_schema_isolated``, which runs it in a child process)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         demo = None
@@ -34,7 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
             from service.agent.demo import start_demo_agent
 
             demo, kubeconfig = await start_demo_agent(settings.data_dir)
-        await asyncio.to_thread(upgrade_schema, settings.db_url)
+        await asyncio.to_thread(migrate, settings.db_url)
         engine = make_engine(settings.db_url)
         clusters = ClusterPool(kubeconfig, settings.context)
         supervisor = Supervisor(

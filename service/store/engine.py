@@ -7,15 +7,28 @@ The Alembic scripts are read from ``migrations/`` at the root of the source tree
 podgate runs from a source checkout or an editable install (``pip install -e .``).
 """
 
-from pathlib import Path
-from typing import Any
+from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS_DIR", "alembic_config", "make_engine", "upgrade_schema"]
+if TYPE_CHECKING:  # why: alembic (+12 MB) is imported only where a migration runs
+    from alembic.config import Config
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "make_engine",
+    "upgrade_schema",
+    "upgrade_schema_isolated",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 BUSY_TIMEOUT_MS = 5000
@@ -62,6 +75,8 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
 
 def alembic_config(url: str) -> Config:
     """An Alembic config for ``url`` built in code (no alembic.ini needed)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolates "%": escape it (URL-encoded passwords contain it).
@@ -71,4 +86,42 @@ def alembic_config(url: str) -> Config:
 
 def upgrade_schema(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (``alembic upgrade head``)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
+
+
+def upgrade_schema_isolated(url: str) -> None:
+    """:func:`upgrade_schema` to head in a short child process (``service.store.migrate``),
+    so alembic and the migration scripts never stay resident in the server (about 12 MB).
+
+    In-memory SQLite exists only in this process: that one is upgraded here. The URL goes
+    through stdin, never the command line (``ps`` would show a password). Raises
+    ``RuntimeError`` with the child's last output lines when the upgrade fails.
+    """
+    if _is_memory_sqlite(url):
+        upgrade_schema(url)
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "service.store.migrate"],
+        input=url,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": _pythonpath()},
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"schema upgrade failed (exit {done.returncode}): {tail}")
+
+
+def _is_memory_sqlite(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and _sqlite_file(parsed) is None
+
+
+def _pythonpath() -> str:
+    """This source tree first, so the child imports the same ``service`` package."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (root, rest) if p)

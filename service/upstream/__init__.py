@@ -2,6 +2,8 @@
 target (pod, service, deployment, …) to a pod, and the HTTP/1.1 SPDY upgrade. Imports only
 ``service.protocols`` and ``service.ports`` of the project."""
 
+# Why first: registers kubernetes_asyncio without its ~800 generated model modules (+38 MB).
+from . import _k8s_lazy  # noqa: F401  (isort: keep before .cluster)
 from .cluster import DEFAULT_TIMEOUT, Cluster, PodInfo, user_agent
 from .endpoint import Endpoint, auth_headers, build_ssl_context, portforward_url
 from .errors import PodNotFound, PodNotRunning, UpstreamError, WatchExpired, WatchRefused

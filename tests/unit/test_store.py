@@ -18,6 +18,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event
 from sqlmodel import Session, SQLModel
 
@@ -443,3 +444,32 @@ def test_list_1000_sessions_in_one_query(repo: SessionRepository, engine: Engine
 
 def test_empty_list(repo: SessionRepository) -> None:
     assert repo.list() == []
+
+
+def test_isolated_upgrade_runs_in_a_child_process(tmp_path: Path) -> None:
+    from service.store.engine import upgrade_schema_isolated
+
+    db_url = f"sqlite:///{tmp_path / 'child' / 'podgate.db'}"
+    upgrade_schema_isolated(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        assert current == ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
+    finally:
+        engine.dispose()
+
+
+def test_isolated_upgrade_failure_raises_with_the_child_output(tmp_path: Path) -> None:
+    from service.store.engine import upgrade_schema_isolated
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RuntimeError, match="schema upgrade failed"):
+        upgrade_schema_isolated(f"sqlite:///{blocker / 'sub' / 'podgate.db'}")
+
+
+def test_isolated_upgrade_of_an_in_memory_database_runs_here() -> None:
+    from service.store.engine import upgrade_schema_isolated
+
+    upgrade_schema_isolated("sqlite://")  # nothing to share with a child: must not fail
