@@ -1,4 +1,8 @@
-"""SpdyLink without sockets: the SYN_REPLY sweep and one local write per upstream read."""
+"""SpdyLink without sockets: the SYN_REPLY sweep and one local write per upstream read.
+
+The transports here are recording stand-ins, on purpose: what is checked is the sequence
+of calls a link makes per upstream read (one write, then EOF), which a real socket cannot
+show. The real-socket behaviour is covered by the integration tests."""
 
 from __future__ import annotations
 
@@ -50,11 +54,19 @@ class FakeTransport:
         self.log.append("abort")
 
 
-def make_link(reply_timeout: float) -> tuple[SpdyLink, FakeTransport, list[str]]:
+def make_link(
+    reply_timeout: float, reported: asyncio.Event | None = None
+) -> tuple[SpdyLink, FakeTransport, list[str]]:
     errors: list[str] = []
+
+    def on_error(local: object, text: str) -> None:
+        errors.append(text)
+        if reported is not None:
+            reported.set()
+
     link = SpdyLink(
         on_lost=lambda link, reason: None,
-        on_connection_error=lambda local, text: errors.append(text),
+        on_connection_error=on_error,
         ping_interval=0,
         reply_timeout=reply_timeout,
     )
@@ -73,9 +85,11 @@ def make_local(link: SpdyLink) -> tuple[LocalConnection, FakeTransport]:
 
 
 async def test_unreplied_pair_times_out_by_the_sweep() -> None:
-    link, _, errors = make_link(reply_timeout=0.05)
+    reported = asyncio.Event()
+    link, _, errors = make_link(reply_timeout=0.05, reported=reported)
     local, transport = make_local(link)
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(10):
+        await reported.wait()
     assert errors == ["timed out waiting for the upstream to accept the stream pair"]
     assert transport.log == ["abort"]
     assert local.counters.connections_active == 0
@@ -91,7 +105,8 @@ async def test_merged_data_is_one_write_before_fin() -> None:
     server.send_reply(3)
     server.send_data(3, b"0123456789", fin=True)
     link.data_received(server.data_to_send())
-    await asyncio.sleep(0.2)  # past the timeout: the replied pair is not swept
+    # The scenario, not a synchronisation: time passes the timeout; a replied pair stays.
+    await asyncio.sleep(0.2)
     assert transport.writes == [b"0123456789"]
     assert transport.log == ["write", "eof"]
     assert errors == []
