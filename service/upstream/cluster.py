@@ -182,45 +182,9 @@ class Cluster:
     async def get_pod(self, namespace: str, name: str) -> PodInfo:
         """GET the pod; 404 → :class:`PodNotFound`. Does not check the phase."""
         url = portforward_url(self.server, namespace, name).removesuffix("/portforward")
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._fresh_credentials()
-                response = await self._get(
-                    self._path("api/v1", namespace, "pods", name),
-                    aiohttp.ClientTimeout(total=self._timeout),
-                )
-                try:
-                    body = await _read_bounded(response.content, _MAX_POD_BODY)
-                finally:
-                    response.release()
-        except UpstreamError:
-            raise
-        except TimeoutError:
-            raise UpstreamError(
-                f"timed out after {self._timeout:g} s getting pod {url}", retryable=True
-            ) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise describe_connect_error(exc.certificate_error, url) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise describe_connect_error(exc.os_error, url) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"GET {url} failed: {_describe(exc)}", retryable=True) from exc
-        except OSError as exc:
-            raise describe_connect_error(exc, url) from exc
-        status = int(response.status)
-        if status == 404 and _names_a_pod(body):
+        data = await self._read_object("pods", url, self._path("api/v1", namespace, "pods", name))
+        if data is None:
             raise PodNotFound(namespace, name)
-        if not 200 <= status < 300:
-            text = describe_http_error(status, str(response.reason or ""), body)
-            raise UpstreamError(f"cannot get pod {namespace}/{name}: {text}", status=status)
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise UpstreamError(
-                f"GET {url} returned {status} with a body that is not JSON", status=status
-            ) from None
-        if not isinstance(data, dict):
-            raise UpstreamError(f"GET {url} returned an unexpected body", status=status)
         return PodInfo.from_json(data)
 
     async def require_running(self, namespace: str, name: str) -> PodInfo:
@@ -614,12 +578,6 @@ def _watch_event(line: bytes, url: str) -> tuple[str, dict[str, Any]]:
             raise WatchExpired(message)
         raise UpstreamError(message)
     return kind, obj
-
-
-def _names_a_pod(body: bytes) -> bool:
-    """Whether a 404 is the API server's "pods ... not found" rather than a wrong URL."""
-    details = (parse_status(body) or {}).get("details")
-    return isinstance(details, dict) and details.get("kind") == "pods"
 
 
 def _names_kind(body: bytes, resource: str) -> bool:
