@@ -27,6 +27,7 @@ from service.protocols.h2pair import (
     PingAnswered,
     WindowOpened,
 )
+from service.runner.keepalive import Keepalive
 from service.runner.link import LocalConnection, set_nodelay
 
 log = logging.getLogger("podgate.runner")
@@ -66,15 +67,17 @@ class H2Link(asyncio.Protocol):
         self.pod = pod
         self._on_lost = on_lost
         self._on_connection_error = on_connection_error
-        self.ping_interval = ping_interval
         self.client: H2PairClient | None = None
         self.transport: asyncio.Transport | None = None
         self.headers: list[tuple[str, str]] = []
         self.pairs: dict[int, H2Pair] = {}
         self._next_request_id = 0
         self._write_paused = False
-        self._ping_handle: asyncio.TimerHandle | None = None
-        self._unanswered_pings = 0
+        self.keepalive = Keepalive(
+            ping_interval,
+            send_ping=self._send_ping,
+            on_dead=lambda: self._lose("upstream stopped answering HTTP/2 pings"),
+        )
         self.closed = False
         self.lost_reason = ""
 
@@ -94,7 +97,7 @@ class H2Link(asyncio.Protocol):
         set_nodelay(transport)
         transport.write(self.client.initiate())
         transport.resume_reading()
-        self._schedule_ping()
+        self.keepalive.start()
 
     @property
     def usable(self) -> bool:
@@ -102,21 +105,10 @@ class H2Link(asyncio.Protocol):
 
     # keepalive ------------------------------------------------------------------------
 
-    def _schedule_ping(self) -> None:
-        if self.ping_interval > 0 and not self.closed:
-            loop = asyncio.get_running_loop()
-            self._ping_handle = loop.call_later(self.ping_interval, self._ping)
-
-    def _ping(self) -> None:
-        if self.closed or self.client is None:
-            return
-        if self._unanswered_pings >= 3:
-            self._lose("upstream stopped answering HTTP/2 pings")
-            return
-        self._unanswered_pings += 1
-        self.client.ping()
-        self._flush()
-        self._schedule_ping()
+    def _send_ping(self) -> None:
+        if self.client is not None:
+            self.client.ping()
+            self._flush()
 
     # local side -----------------------------------------------------------------------
 
@@ -221,7 +213,7 @@ class H2Link(asyncio.Protocol):
             elif isinstance(event, WindowOpened):
                 self._window_opened(event.stream_id)
             elif isinstance(event, PingAnswered):
-                self._unanswered_pings = 0
+                self.keepalive.answered()
             elif isinstance(event, LinkTerminated):
                 self._lose(f"upstream sent GOAWAY (code {event.code})")
                 return
@@ -363,8 +355,7 @@ class H2Link(asyncio.Protocol):
             return
         self.closed = True
         self.lost_reason = reason
-        if self._ping_handle is not None:
-            self._ping_handle.cancel()
+        self.keepalive.stop()
         for pair in list(set(self.pairs.values())):
             pair.done = True
             pair.local.counters.connections_active -= 1
@@ -388,7 +379,6 @@ class H2Link(asyncio.Protocol):
                 self.client.close()
         self._flush()
         self.closed = True
-        if self._ping_handle is not None:
-            self._ping_handle.cancel()
+        self.keepalive.stop()
         if self.transport is not None:
             self.transport.close()

@@ -37,6 +37,7 @@ from service.protocols.spdy import (
     StreamReset,
     encode_header_block,
 )
+from service.runner.keepalive import Keepalive
 from service.runner.tunnel import TunnelPipe, TunnelTransport
 from service.upstream import UpgradedConnection, WebSocketConnection
 
@@ -228,7 +229,6 @@ class SpdyLink(asyncio.Protocol):
     ) -> None:
         self._on_lost = on_lost
         self._on_connection_error = on_connection_error
-        self.ping_interval = ping_interval
         self.reply_timeout = reply_timeout
         # Why merge_data: one event (and one local write) per stream run per upstream read.
         self.conn = SpdyConnection(
@@ -242,12 +242,16 @@ class SpdyLink(asyncio.Protocol):
         self._next_request_id = 0
         self._write_paused = False
         self._read_blockers: set[object] = set()
-        self._ping_handle: asyncio.TimerHandle | None = None
+        self.keepalive = Keepalive(
+            ping_interval,
+            send_ping=self._send_ping,
+            on_dead=lambda: self._lose("upstream stopped answering pings"),
+            held=lambda: bool(self._read_blockers),
+        )
         # Why: one periodic sweep instead of a call_later per pair (conn/s path). Pairs
         # waiting for SYN_REPLY, in deadline order (one timeout, so insertion order).
         self._awaiting: dict[StreamPair, float] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
-        self._unanswered_pings = 0
         self.closed = False
         self.lost_reason = ""
 
@@ -270,7 +274,7 @@ class SpdyLink(asyncio.Protocol):
         self.transport = transport
         self.transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
         set_nodelay(self.transport)
-        self._schedule_ping()
+        self.keepalive.start()
 
     @property
     def usable(self) -> bool:
@@ -278,28 +282,9 @@ class SpdyLink(asyncio.Protocol):
 
     # -------------------------------------------------------------- keepalive
 
-    def _schedule_ping(self) -> None:
-        if self.ping_interval > 0 and not self.closed:
-            loop = asyncio.get_running_loop()
-            self._ping_handle = loop.call_later(self.ping_interval, self._ping)
-
-    def _ping(self) -> None:
-        if self.closed:
-            return
-        if self._read_blockers:
-            # Fix: while a slow local reader holds the upstream socket unread (back-pressure),
-            # PING replies cannot reach us; that is not a dead upstream. Counting them tore
-            # the whole link down after 3 intervals and cut every connection on it.
-            self._unanswered_pings = 0
-            self._schedule_ping()
-            return
-        if self._unanswered_pings >= 3:
-            self._lose("upstream stopped answering pings")
-            return
-        self._unanswered_pings += 1
+    def _send_ping(self) -> None:
         self.conn.ping()
         self._flush()
-        self._schedule_ping()
 
     # ------------------------------------------------------------ local side
 
@@ -395,7 +380,7 @@ class SpdyLink(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 self._reset(event.stream_id)
             elif isinstance(event, PingAcknowledged):
-                self._unanswered_pings = 0
+                self.keepalive.answered()
             elif isinstance(event, StreamRejected):
                 log.info("upstream stream %d rejected: %s", event.stream_id, event.error)
                 self._reset(event.stream_id)
@@ -575,8 +560,7 @@ class SpdyLink(asyncio.Protocol):
             return
         self.closed = True
         self.lost_reason = reason
-        if self._ping_handle is not None:
-            self._ping_handle.cancel()
+        self.keepalive.stop()
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
         for pair in list(set(self.pairs.values())):
@@ -600,8 +584,7 @@ class SpdyLink(asyncio.Protocol):
             self.conn.goaway()
         self._flush()
         self.closed = True
-        if self._ping_handle is not None:
-            self._ping_handle.cancel()
+        self.keepalive.stop()
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
         if self.transport is not None:
