@@ -252,6 +252,7 @@ class SpdyLink(asyncio.Protocol):
         # waiting for SYN_REPLY, in deadline order (one timeout, so insertion order).
         self._awaiting: dict[StreamPair, float] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._flush_pending = False
         self.closed = False
         self.lost_reason = ""
 
@@ -313,7 +314,7 @@ class SpdyLink(asyncio.Protocol):
         self._awaiting[pair] = loop.time() + self.reply_timeout
         if self._sweep_handle is None:
             self._sweep_handle = loop.call_later(self._sweep_interval(), self._sweep)
-        self._flush()
+        self._flush_soon()
 
     def local_data(self, pair: StreamPair, data: bytes) -> None:
         if pair.done or pair.local_fin:
@@ -327,7 +328,7 @@ class SpdyLink(asyncio.Protocol):
             return
         pair.local.counters.bytes_out += len(data)
         self.conn.send_data(pair.data_sid, data)
-        self._flush()
+        self._flush_soon()
 
     def local_eof(self, pair: StreamPair) -> None:
         if pair.done or pair.local_fin:
@@ -335,14 +336,14 @@ class SpdyLink(asyncio.Protocol):
         pair.local_fin = True
         if self.conn.can_send(pair.data_sid):  # Fix: see local_data (reset in the same read)
             self.conn.end_stream(pair.data_sid)
-        self._flush()
+        self._flush_soon()
         self._maybe_finish(pair)
 
     def local_lost(self, pair: StreamPair) -> None:
         self.unblock_upstream_reads(pair.local)
         if not pair.done:
             self._finish(pair)
-            self._flush()
+            self._flush_soon()
 
     def block_upstream_reads(self, reason: object) -> None:
         if not self._read_blockers and self.transport is not None and not self.closed:
@@ -548,7 +549,18 @@ class SpdyLink(asyncio.Protocol):
             else:
                 local.transport.close()
 
+    def _flush_soon(self) -> None:
+        """Flush once the loop has run every callback of this I/O poll.
+
+        Why: connections' events that arrive together (a SYN pair, DATA, FIN) then go out in
+        one write, which costs us and the peer one syscall and one wake-up instead of many.
+        """
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_pending = False
         if self.transport is None or self.closed:
             return
         chunks = self.conn.chunks_to_send()

@@ -1,4 +1,5 @@
-"""SpdyLink without sockets: the SYN_REPLY sweep and one local write per upstream read.
+"""SpdyLink without sockets: the SYN_REPLY sweep, one local write per upstream read and
+one upstream write per loop turn.
 
 The transports here are recording stand-ins, on purpose: what is checked is the sequence
 of calls a link makes per upstream read (one write, then EOF), which a real socket cannot
@@ -96,9 +97,28 @@ async def test_unreplied_pair_times_out_by_the_sweep() -> None:
     assert not link._awaiting and link._sweep_handle is None
 
 
+async def flushed() -> None:
+    # One FIFO turn of the loop: the link's call_soon flush, scheduled earlier, runs first.
+    await asyncio.sleep(0)
+
+
+async def test_pairs_opened_together_go_out_in_one_write() -> None:
+    link, upstream, _ = make_link(reply_timeout=30)
+    make_local(link)
+    make_local(link)
+    assert upstream.writes == []  # nothing yet: the flush waits for the end of the turn
+    await flushed()
+    assert len(upstream.writes) == 1
+    server = SpdyConnection(False)
+    events = server.receive_data(upstream.writes[0])
+    assert [e.stream_id for e in events] == [1, 3, 5, 7]  # type: ignore[attr-defined]
+    link.close()
+
+
 async def test_merged_data_is_one_write_before_fin() -> None:
     link, upstream, errors = make_link(reply_timeout=0.05)
     _, transport = make_local(link)
+    await flushed()
     server = SpdyConnection(False, max_data_frame=4)
     server.receive_data(b"".join(upstream.writes))
     server.send_reply(1)
