@@ -310,6 +310,12 @@ class _EchoClient(asyncio.Protocol):
     def send(self, payload: bytes) -> None:
         assert self.transport is not None
         self.started = time.perf_counter()
+        # The forwarder may have closed it since it opened (uvloop raises on such a write):
+        # that connection failed, the run goes on.
+        if self.transport.is_closing():
+            if not self.done.done():
+                self.done.set_exception(ConnectionError("closed by the forwarder before sending"))
+            return
         self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
