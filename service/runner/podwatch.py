@@ -7,9 +7,11 @@ its link with that reason and takes the reconnect path: the target is resolved a
 
 Servers that refuse the watch (podgate's agent answers `watch` with 400; an RBAC role may
 allow `get` but not `watch`) are polled instead: GET pod every `poll_interval` seconds,
-one request at a time, each bounded by the cluster timeout. Errors other than "not found"
-prove nothing about the pod (the link's keepalive judges the connection), so they are
-logged and the watch or poll goes on.
+one request at a time, each bounded by the cluster timeout. Sessions polling the same pod
+share one GET (`SharedPodReads`), and each starts at a random phase of the interval, so
+1000 sessions on one pod cost a few GETs per interval, not 1000 back to back. Errors other
+than "not found" prove nothing about the pod (the link's keepalive judges the connection),
+so they are logged and the watch or poll goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,14 +102,65 @@ async def wait_until_gone(
             await asyncio.sleep(next(delays))
 
 
+class SharedPodReads:
+    """GET pod results shared by every session polling the same pod of one cluster.
+
+    A read younger than `max_age`, or still in flight, is handed to every caller; each
+    caller then judges it against its own pod. Entries of pods nobody asked about for a
+    while are dropped when a new one is added, so the table stays as small as the set of
+    polled pods.
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[tuple[str, str], tuple[float, asyncio.Task[PodInfo]]] = {}
+
+    async def get(self, cluster: Cluster, namespace: str, name: str, max_age: float) -> PodInfo:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        key = (namespace, name)
+        entry = self._reads.get(key)
+        if entry is None or now - entry[0] > max_age:
+            task = loop.create_task(cluster.get_pod(namespace, name))
+            # Why: a failed read that nobody awaits any more must not log "never retrieved".
+            task.add_done_callback(_consume_exception)
+            self._forget_older_than(now - 10 * max_age)
+            self._reads[key] = entry = (now, task)
+        # shield: a cancelled session must not cancel the read other sessions wait on.
+        return await asyncio.shield(entry[1])
+
+    def _forget_older_than(self, limit: float) -> None:
+        for key in [k for k, (started, task) in self._reads.items() if started < limit]:
+            if self._reads[key][1].done():
+                del self._reads[key]
+
+
+def _consume_exception(task: asyncio.Task[PodInfo]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+_shared_reads: weakref.WeakKeyDictionary[Cluster, SharedPodReads] = weakref.WeakKeyDictionary()
+
+
+def shared_reads(cluster: Cluster) -> SharedPodReads:
+    reads = _shared_reads.get(cluster)
+    if reads is None:
+        reads = _shared_reads[cluster] = SharedPodReads()
+    return reads
+
+
 async def poll_until_gone(
     cluster: Cluster, namespace: str, pod: PodInfo, *, poll_interval: float
 ) -> str:
     """The fallback for servers that do not serve watches: GET the pod periodically."""
+    reads = shared_reads(cluster)
+    # A random first phase: sessions started together would otherwise poll in lockstep.
+    delay = poll_interval * random.uniform(0.5, 1.5)
     while True:
-        await asyncio.sleep(poll_interval)
+        await asyncio.sleep(delay)
+        delay = poll_interval
         try:
-            current = await cluster.get_pod(namespace, pod.name)
+            current = await reads.get(cluster, namespace, pod.name, max_age=poll_interval / 2)
         except PodNotFound:
             return _deleted(pod)
         except UpstreamError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ _MAX_WATCH_ERROR_BODY = 64 * 1024
 WATCH_TIMEOUT = 300
 
 
+@functools.cache  # Why: importlib.metadata re-reads the package metadata on every call.
 def user_agent() -> str:
     try:
         version = metadata.version("podgate")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from service.runner.podwatch import wait_until_gone
+from service.runner.podwatch import shared_reads, wait_until_gone
 from service.upstream import Cluster, PodInfo
 from tests.support.kube import write_kubeconfig
 
@@ -189,3 +189,52 @@ async def test_a_refused_watch_falls_back_to_polling(server: ApiServer, cluster:
         server.pod = None
         async with asyncio.timeout(WAIT):
             assert await task == 'pod "web" was deleted'
+
+
+async def test_concurrent_reads_of_one_pod_share_one_get(
+    server: ApiServer, cluster: Cluster
+) -> None:
+    reads = shared_reads(cluster)
+    assert shared_reads(cluster) is reads  # one table per cluster
+    results = await asyncio.gather(
+        *(reads.get(cluster, "default", "web", max_age=60) for _ in range(50))
+    )
+    assert server.gets == 1
+    assert {r.uid for r in results} == {"uid-1"}
+    await reads.get(cluster, "default", "web", max_age=0)  # too old now: read again
+    assert server.gets == 2
+
+
+async def test_a_cancelled_reader_does_not_cancel_the_shared_get(
+    server: ApiServer, cluster: Cluster
+) -> None:
+    reads = shared_reads(cluster)
+    first = asyncio.create_task(reads.get(cluster, "default", "web", max_age=60))
+    second = asyncio.create_task(reads.get(cluster, "default", "web", max_age=60))
+    await asyncio.sleep(0)  # both are waiting on the one read now
+    first.cancel()
+    async with asyncio.timeout(WAIT):
+        assert (await second).uid == "uid-1"
+    assert first.cancelled()
+    assert server.gets == 1
+
+
+async def test_many_pollers_of_one_pod_all_see_it_deleted(
+    server: ApiServer, cluster: Cluster
+) -> None:
+    server.refuse_watches = True
+    pod = await cluster.get_pod("default", "web")
+    tasks = [
+        asyncio.create_task(wait_until_gone(cluster, "default", pod, poll_interval=0.05))
+        for _ in range(20)
+    ]
+    try:
+        await server.wait_for(lambda: server.gets >= 4, "polls")
+        server.pod = None
+        async with asyncio.timeout(WAIT):
+            reasons = await asyncio.gather(*tasks)
+        assert reasons == ['pod "web" was deleted'] * 20
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
