@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import operator
+import re
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from itertools import chain, count
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -68,6 +73,7 @@ def _counters(counters: TrafficCounters) -> Counters:
 
 
 def to_public(session: ForwardSession) -> SessionPublic:
+    # A new field that can change over a session's life must also go into `_state` below.
     spec = session.spec
     ports: list[PortPublic] = []
     forwarding: list[str] = []
@@ -183,38 +189,107 @@ async def create_session(
 
 @router.get("/sessions", response_model=SessionsPublic, summary="List forward sessions")
 async def list_sessions(supervisor: SupervisorDep) -> Response:
-    sessions = [to_public(s) for s in supervisor.list()]
-    # Why a ready Response: FastAPI would re-validate, re-dump and json.dumps 1000 sessions.
-    return Response(
-        render_json(SessionsPublic(data=sessions, count=len(sessions))),
-        media_type="application/json",
+    # Why a ready Response: FastAPI would re-validate and re-dump 1000 sessions.
+    return Response(render_listing(supervisor.list()), media_type="application/json")
+
+
+# ------------------------------------------------- the GET /sessions rendering
+# Each session's JSON is kept as a template with a %d per counter: only the counters
+# are rendered per request; the rest is rebuilt when anything else of the session changes.
+
+#: The counters, in the order of `Counters` (and of the session's own counter fields).
+_COUNTER_FIELDS = tuple(Counters.model_fields)
+_counter_values = operator.attrgetter(*_COUNTER_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hole:
+    """A counter in a template; `index` is its place in `_counter_row`."""
+
+    index: int
+
+
+def _counter_row(session: ForwardSession) -> tuple[int, ...]:
+    """The values of a template's holes: each port's counters, then the session's."""
+    return tuple(
+        chain.from_iterable(map(_counter_values, [*session.port_counters, session.counters]))
     )
 
 
-def _fixed_notation(value: float | None) -> bool:
-    # Python writes 1e-05 / 1e+16 where pydantic writes 0.00001 / 1e16; in between both agree.
-    return value is None or value == 0 or 1e-4 <= abs(value) < 1e16
+def _template(session: ForwardSession) -> bytes:
+    """``to_public(session)`` as FastAPI's JSONResponse renders it (json.dumps), with
+    ``%d`` for each counter (the rest ``%``-escaped)."""
+    doc = to_public(session).model_dump(mode="json")
+    holes = count()
+    for counters in [*(port["counters"] for port in doc["ports"]), doc]:
+        counters.update({name: _Hole(next(holes)) for name in _COUNTER_FIELDS})
+    indices = [str(i) for i in range(next(holes))]
+    # Each hole is rendered as the string MARKER+index, then replaced: take a marker that
+    # occurs nowhere else in the text (with a NUL in it: practically always the first).
+    for salt in count():
+        marker = f"\x00{salt}:"
 
+        def as_text(hole: _Hole, marker: str = marker) -> str:
+            return f"{marker}{hole.index}"
 
-def render_json(listing: SessionsPublic) -> bytes:
-    """The bytes FastAPI's ``JSONResponse`` would send for ``listing``, rendered by
-    pydantic-core in one call when no float needs exponent notation (else as FastAPI does)."""
-    if all(
-        _fixed_notation(f)
-        for s in listing.data
-        for f in (
-            s.keepalive_seconds,
-            s.connect_wait_seconds,
-            s.ttl_seconds,
-            s.idle_timeout_seconds,
-            s.reconnect.max_backoff_seconds,
+        text = json.dumps(
+            doc,
+            default=as_text,
+            ensure_ascii=False,
+            allow_nan=False,
+            indent=None,
+            separators=(",", ":"),
         )
-    ):
-        return listing.__pydantic_serializer__.to_json(listing)
-    content = listing.model_dump(mode="json")
-    return json.dumps(
-        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
+        escaped = json.dumps(marker)[1:-1]
+        if text.count(escaped) == len(indices):
+            break
+    pieces = re.split(f'"{re.escape(escaped)}(\\d+)"', text)
+    if pieces[1::2] != indices:  # a schema change moved the ports after the counters
+        raise RuntimeError("session counters out of the order _counter_row gives them in")
+    return "%d".join(piece.replace("%", "%%") for piece in pieces[::2]).encode()
+
+
+def _state(session: ForwardSession) -> tuple[object, ...]:
+    """What `to_public` reads besides the counters (spec and policy never change).
+
+    ``ready_since`` also by identity (held here, so its id is not reused): equal instants
+    in two time zones render differently.
+    """
+    since = session.ready_since
+    return (
+        session.status,
+        session.pod,
+        session.transport_name,
+        session.last_error,
+        since,
+        id(since),
+        session.reconnects,
+        tuple(session.remote_ports),
+        # The sockets by identity: a socket's address never changes, closing drops it.
+        tuple((b.local_port, *b.sockets) for b in session.bound),
+    )
+
+
+#: Per live session: the `_state` its template was made in, and the template.
+_templates: weakref.WeakKeyDictionary[ForwardSession, tuple[tuple[object, ...], bytes]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def render_session(session: ForwardSession) -> bytes:
+    """The session's JSON, byte for byte what FastAPI's JSONResponse sends for
+    ``to_public(session)``."""
+    state = _state(session)
+    cached = _templates.get(session)
+    if cached is None or cached[0] != state:
+        cached = _templates[session] = (state, _template(session))
+    return cached[1] % _counter_row(session)
+
+
+def render_listing(sessions: Sequence[ForwardSession]) -> bytes:
+    """``SessionsPublic`` of these sessions, as FastAPI's JSONResponse would send it."""
+    data = b",".join([render_session(s) for s in sessions])
+    return b'{"data":[%b],"count":%d}' % (data, len(sessions))
 
 
 def _unknown(session_id: str) -> ProblemError:
