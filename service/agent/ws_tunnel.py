@@ -4,7 +4,7 @@ After the 101 selecting ``SPDY/3.1+portforward.k8s.io`` the concatenated payload
 client's binary messages are the SPDY byte stream; message boundaries mean nothing
 (``wstunnel.TunnelServer`` reassembles them). The existing ``SpdyPortForwardSession``
 runs unchanged on top: it is fed the unwrapped bytes, and each flush of its queued
-frames goes out as one binary message (``TunnelServer.send_chunks``), so a frame is
+frames goes out as one binary message (``TunnelServer.send_pieces``), so a frame is
 never split across messages.
 
 A text message, a bad frame (e.g. an unmasked client frame) or a Close other than 1000
@@ -131,10 +131,10 @@ class WsTunnelSession:
 
     def _send_frames(self, chunks: Sequence[bytes | memoryview]) -> None:
         try:
-            message = self.tunnel.send_chunks(chunks)
+            pieces = self.tunnel.send_pieces(chunks)
         except WebSocketStateError:
             return  # the WebSocket is closing: nothing more may be sent
-        self.transport.write(message)
+        self.transport.writelines(pieces)  # header + SPDY's immutable chunks, unjoined
 
     def write(self, data: bytes) -> None:
         self._send_frames([data])

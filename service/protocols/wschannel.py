@@ -224,7 +224,7 @@ class _ChannelEndpoint(WebSocketEndpoint):
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_message(self, data: bytes | bytearray | str, finished: bool) -> None:
+    def _on_message(self, data: Buffer | str, finished: bool) -> None:
         raw = data.encode("utf-8") if isinstance(data, str) else data
         if self.base64:
             self._append(raw)
@@ -248,7 +248,7 @@ class _ChannelEndpoint(WebSocketEndpoint):
             self._channel = None
             self._whole = bytearray()
 
-    def _append(self, raw: bytes | bytearray) -> None:
+    def _append(self, raw: Buffer) -> None:
         if len(self._whole) + len(raw) > self.max_message:
             raise self._fail(
                 ChannelError(

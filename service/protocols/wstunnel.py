@@ -9,9 +9,11 @@ Division of labour:
 * the HTTP/1.1 handshake is done here with h11 (both roles), so that a rejection keeps
   its status line, headers and a bounded body, and the server can be handed a request
   that another layer already parsed (``TunnelRequested``, ``parse_upgrade_request``);
-* once open, wsproto's ``Connection`` parses every incoming frame and builds the control
-  frames (ping, pong, close); data messages are framed by ``encode_message`` below,
-  because wsproto copies the payload four times and masks it in pure Python.
+* once open, ``FrameParser`` below parses every incoming frame (wsproto's checks, codes
+  and messages, without its per-frame cost and copies) and hands payloads over as slices
+  of what was received; data messages are framed by ``message_pieces`` (header plus
+  chunks masked one by one, for ``writelines``). wsproto's ``FrameProtocol`` still
+  builds the control frames we send (ping, pong, close).
 
 Kubectl-compatible fallback (§3, "How kubectl chooses"): every condition on which
 kubectl falls back to plain SPDY arrives as **one** event, ``TunnelRejected``. A non-101
@@ -29,22 +31,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import enum
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
 import h11
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.connection import ConnectionState
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 from wsproto.utilities import generate_accept_token, generate_nonce
 
 __all__ = [
     "CLOSE_NORMAL",
     "SPDY_TUNNEL_PROTOCOL",
+    "FrameError",
+    "FrameParser",
     "HandshakeError",
     "PongReceived",
     "StreamBytes",
@@ -63,6 +68,7 @@ __all__ = [
     "encode_message",
     "frame_header",
     "mask_payload",
+    "message_pieces",
     "parse_upgrade_request",
     "reject_response",
 ]
@@ -71,6 +77,7 @@ SPDY_TUNNEL_PROTOCOL: Final = "SPDY/3.1+portforward.k8s.io"
 CLOSE_NORMAL: Final = 1000
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_NO_STATUS: Final = 1005  # a Close frame without a status code (never sent as one)
 CLOSE_ABNORMAL: Final = 1006  # no Close frame: the transport ended (never sent on the wire)
 CLOSE_INVALID_DATA: Final = 1007
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
@@ -270,14 +277,285 @@ def frame_header(opcode: int, size: int, mask_bit: int) -> bytes:
     return _HDR_64.pack(first, mask_bit | 127, size)
 
 
+def message_pieces(opcode: int, chunks: Sequence[Buffer], *, mask: bool) -> list[Buffer]:
+    """One unfragmented frame carrying the concatenation of ``chunks``, as pieces for
+    ``writelines``: the header (with the key when masked), then the payload chunks, each
+    masked on its own or, unmasked, passed through. Nothing is joined."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+    if not mask:
+        return [frame_header(opcode, size, 0), *chunks]
+    # RFC 6455 §5.3: a fresh, unpredictable key for every frame.
+    key = os.urandom(4)
+    pieces: list[Buffer] = [frame_header(opcode, size, 0x80) + key]
+    key2 = key + key  # key2[k : k + 4] is the key as seen from payload offset k (mod 4)
+    offset = 0
+    for chunk in chunks:
+        if chunk:
+            k = offset & 3
+            pieces.extend(_masked_pieces(key2[k : k + 4] if k else key, chunk))
+            offset += len(chunk)
+    return pieces
+
+
 def encode_message(opcode: int, payload: Buffer, *, mask: bool) -> bytes:
     """One unfragmented data frame (FIN set) carrying ``payload``; masked for clients."""
-    if mask:
-        # RFC 6455 §5.3: a fresh, unpredictable key for every frame.
-        key = os.urandom(4)
-        header = frame_header(opcode, len(payload), 0x80)
-        return b"".join([header, key, *_masked_pieces(key, payload)])
-    return b"".join((frame_header(opcode, len(payload), 0), payload))
+    return b"".join(message_pieces(opcode, (payload,), mask=mask))
+
+
+# ---------------------------------------------------------------------- frame parser
+
+
+class FrameError(Exception):
+    """A frame that breaks RFC 6455; ``close_code`` is the Close status to answer with.
+
+    The messages are wsproto's, so that a Close reason reads as it did before.
+    """
+
+    def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.close_code = close_code
+
+
+_MAX_CONTROL: Final = 2 + 4 + 125  # a whole control frame (buffered before it is handled)
+_OPCODE_CONTINUATION: Final = 0x0
+_OPCODE_CLOSE: Final = 0x8
+_OPCODE_PING: Final = 0x9
+_OPCODE_PONG: Final = 0xA
+_KNOWN_OPCODES: Final = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
+_KNOWN_CLOSE_CODES: Final = frozenset(int(c) for c in CloseReason)
+_LOCAL_ONLY_CLOSE_CODES: Final = frozenset((CLOSE_NO_STATUS, CLOSE_ABNORMAL, 1015))
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+
+class FrameParser:
+    """Incremental RFC 6455 frame parser for the receiving side of an open WebSocket.
+
+    It replaces wsproto's receive path, which costs a dozen Python calls and four copies
+    per frame: here a data frame costs one header decode, and its payload goes to
+    ``on_data`` as a ``memoryview`` slice of the fed buffer (the fed object itself when a
+    piece spans all of it), unmasked by the C masker on the server side. A slice is only
+    valid until ``feed`` returns (the buffer may be a reused read buffer): copy what you
+    keep. Only an incomplete header or control frame (at most 131 bytes) is copied and
+    carried to the next call.
+
+    Checks, their order, close codes and messages are wsproto 1.3's (``client=True``
+    expects unmasked frames, a server masked ones): bad opcode, fragmented or >125-byte
+    control frame, non-minimal or 2**63+ length, reserved bits, mask bit; continuation
+    rules when a frame's first payload byte (or its empty payload) arrives; UTF-8 of text
+    (1007) and the Close payload rules. A violation raises ``FrameError``.
+    """
+
+    def __init__(
+        self,
+        client: bool,
+        on_data: Callable[[Buffer | str, bool], None],
+        on_ping: Callable[[bytes], None],
+        on_pong: Callable[[bytes], None],
+        on_close: Callable[[int, str], None],
+    ) -> None:
+        self.client = client
+        self.closed = False  # a Close frame was parsed: the rest is ignored
+        # on_data(piece, finished): payload of a data message in order, as a slice of
+        # the fed buffer (binary) or decoded text; finished on its last (maybe empty) piece
+        self._data = on_data
+        self._on_ping = on_ping
+        self._on_pong = on_pong
+        self._on_close = on_close  # a valid Close (1005: no status code); parsing stops
+        self._head = b""  # incomplete header or control frame from the last call
+        # the data frame whose payload is being received
+        self._left = 0  # payload bytes still to come
+        self._fin = False
+        self._opcode = 0
+        self._key = b""  # masking key twice (server side), else empty
+        self._offset = 0  # payload bytes unmasked so far (selects the key rotation)
+        self._fresh = False  # its first payload piece has not been handled yet
+        # the data message in progress
+        self._message = 0  # its opcode, 0 between messages
+        self._decoder: codecs.IncrementalDecoder | None = None  # UTF-8, for text
+
+    def feed(self, data: Buffer) -> None:
+        """Parse ``data``; the handler is called for everything complete in it."""
+        if self.closed or not data:
+            return
+        # bytes are indexed as they are (faster); anything else through a view
+        raw = data if isinstance(data, bytes | memoryview) else memoryview(data)
+        pos = 0
+        if self._head:
+            head = self._head
+            joined = head + raw[:_MAX_CONTROL]
+            after = self._header(joined, 0)
+            if after < 0:
+                self._head = joined  # raw was shorter than what the frame still needs
+                return
+            self._head = b""
+            pos = after - len(head)
+        self._run(raw, pos)
+
+    def _run(self, data: bytes | memoryview, pos: int) -> None:
+        size = len(data)
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        while pos < size and not self.closed:
+            left = self._left
+            if not left:
+                after = self._header(data, pos)
+                if after < 0:
+                    self._head = bytes(data[pos:])
+                    return
+                pos = after
+                continue
+            end = pos + left if left < size - pos else size
+            left -= end - pos
+            self._left = left
+            if self._key or self._fresh or self._decoder is not None:
+                self._piece(view[pos:end])
+            else:  # plain binary payload: handed over as it lies in data
+                finished = not left and self._fin
+                if finished:
+                    self._message = 0
+                self._data(data if end - pos == size else view[pos:end], finished)
+            pos = end
+
+    def _piece(self, piece: Buffer) -> None:
+        """Hand over the next payload piece of the current frame (``_left`` is updated)."""
+        if self._fresh:
+            self._fresh = False
+            self._start_frame()
+        key = self._key
+        if key:
+            k = self._offset & 3
+            self._offset += len(piece)
+            piece = mask_payload(key[k : k + 4], piece)
+        finished = not self._left and self._fin
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                text = decoder.decode(piece, finished)
+            except UnicodeDecodeError as exc:
+                raise FrameError(str(exc), CLOSE_INVALID_DATA) from None
+            if finished:
+                self._message, self._decoder = 0, None
+            self._data(text, finished)
+            return
+        if finished:
+            self._message = 0
+        self._data(piece, finished)
+
+    def _start_frame(self) -> None:
+        """wsproto's message checks, made when the frame's first payload piece arrives."""
+        opcode = self._opcode
+        if not self._message:
+            if opcode == _OPCODE_CONTINUATION:
+                raise FrameError("unexpected CONTINUATION")
+            self._message = opcode
+        elif opcode != _OPCODE_CONTINUATION:
+            raise FrameError(f"expected CONTINUATION, got {Opcode(opcode)!r}")
+        if opcode == OPCODE_TEXT:
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def _header(self, buf: bytes | memoryview, pos: int) -> int:
+        """Parse the frame header at ``pos``: return the offset of its payload (of the
+        next frame after a control frame, handled whole), or -1 if ``buf`` ends first."""
+        avail = len(buf) - pos
+        if avail < 2:
+            return -1
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        opcode = b0 & 0x0F
+        if opcode not in _KNOWN_OPCODES:
+            raise FrameError(f"Invalid opcode {opcode:#x}")
+        control = opcode & 0x08
+        if control and not b0 & 0x80:
+            raise FrameError("Invalid attempt to fragment control frame")
+        size = b1 & 0x7F
+        if control and size > 125:
+            raise FrameError("Control frame with payload len > 125")
+        start = pos + 2
+        if size == 126:
+            if avail < 4:
+                return -1
+            size = _U16.unpack_from(buf, start)[0]
+            start += 2
+            if size <= 125:
+                raise FrameError("Payload length used 2 bytes when 1 would have sufficed")
+        elif size == 127:
+            if avail < 10:
+                return -1
+            size = _U64.unpack_from(buf, start)[0]
+            start += 8
+            if size <= 0xFFFF:
+                raise FrameError("Payload length used 8 bytes when 2 would have sufficed")
+            if size >> 63:
+                raise FrameError("8-byte payload length with non-zero MSB")
+        if b0 & 0x70:
+            raise FrameError("Reserved bit set unexpectedly")
+        masked = b1 & 0x80
+        if masked and self.client:
+            raise FrameError("client received unexpected masked frame")
+        if not masked and not self.client:
+            raise FrameError("server received unexpected unmasked frame")
+        key = b""
+        if masked:
+            if len(buf) < start + 4:
+                return -1
+            key = bytes(buf[start : start + 4])
+            start += 4
+        if control:
+            end = start + size
+            if len(buf) < end:
+                return -1
+            payload = bytes(buf[start:end])
+            self._control(opcode, mask_payload(key, payload) if key else payload)
+            return end
+        self._opcode = opcode
+        self._fin = bool(b0 & 0x80)
+        self._key = key + key
+        self._offset = 0
+        self._left = size
+        # wsproto checks the message when the first payload byte (or an empty payload) is
+        # there, so a header at the very end of buf waits for it.
+        if size and len(buf) == start:
+            self._fresh = True
+        elif self._message or opcode != OPCODE_BINARY:
+            self._start_frame()
+        else:
+            self._message = OPCODE_BINARY
+        if not size:
+            self._piece(b"")  # an empty frame is complete with its header
+        return start
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == _OPCODE_PING:
+            self._on_ping(payload)
+        elif opcode == _OPCODE_PONG:
+            self._on_pong(payload)
+        else:
+            code, reason = _parse_close(payload)
+            self.closed = True
+            self._on_close(code, reason)
+
+
+def _parse_close(payload: bytes) -> tuple[int, str]:
+    """The status and reason of a Close frame (wsproto's rules and messages)."""
+    if not payload:
+        return CLOSE_NO_STATUS, ""
+    if len(payload) == 1:
+        raise FrameError("CLOSE with 1 byte payload")
+    code = _U16.unpack_from(payload)[0]
+    if code < 1000 or code > 4999:
+        raise FrameError("CLOSE with invalid code")
+    if code in _LOCAL_ONLY_CLOSE_CODES:
+        raise FrameError("remote CLOSE with local-only reason")
+    if code <= 2999 and code not in _KNOWN_CLOSE_CODES:
+        raise FrameError("CLOSE with unknown reserved code")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FrameError("Error decoding CLOSE reason: " + str(exc), CLOSE_INVALID_DATA) from None
+    return code, reason
 
 
 # ---------------------------------------------------------------------- handshake helpers
@@ -413,7 +691,12 @@ class WebSocketEndpoint:
         self.request: TunnelRequested | None = None
         self._phase = _Phase.IDLE if client else _Phase.HANDSHAKE
         self._h11 = h11.Connection(h11.CLIENT if client else h11.SERVER)
-        self._ws: Connection | None = None
+        # open state: None until the switch; wsproto's states, REMOTE_CLOSING excepted
+        # (a Close is echoed as soon as it is parsed)
+        self._state: ConnectionState | None = None
+        self._parser: FrameParser | None = None
+        self._frames: FrameProtocol | None = None  # builds our control frames
+        self._pending = b""  # server: frames received before our 101, parsed on next call
         self._out: list[bytes] = []
         self._error: WebSocketError | None = None
         # client handshake
@@ -431,11 +714,7 @@ class WebSocketEndpoint:
     @property
     def is_open(self) -> bool:
         """Whether data messages may be sent now."""
-        return (
-            self._phase is _Phase.OPEN
-            and self._ws is not None
-            and self._ws.state is ConnectionState.OPEN
-        )
+        return self._phase is _Phase.OPEN and self._state is ConnectionState.OPEN
 
     @property
     def phase(self) -> str:
@@ -511,7 +790,7 @@ class WebSocketEndpoint:
                 accepted = self._check_switch(event)
                 if accepted is None:
                     return None
-                self._ws = Connection(ConnectionType.CLIENT)
+                self._open_ws()
                 self._phase = _Phase.OPEN
                 self.subprotocol = accepted.subprotocol
                 self._on_accepted(accepted.subprotocol, accepted.headers)
@@ -606,10 +885,8 @@ class WebSocketEndpoint:
         if self._phase is not _Phase.REQUESTED or self.request is None:
             raise WebSocketStateError(f"cannot accept in phase {self._phase.value}")
         data = accept_response(self.request, subprotocol, extra_headers)
-        self._ws = Connection(ConnectionType.SERVER)
-        if trailing:
-            # Parsed lazily: the events come out of the next receive_data call.
-            self._ws.receive_data(trailing)
+        self._open_ws()
+        self._pending = trailing  # parsed lazily: its events come out of the next call
         self.subprotocol = subprotocol
         self._phase = _Phase.OPEN
         return data
@@ -626,41 +903,66 @@ class WebSocketEndpoint:
 
     # ------------------------------------------------------------------ open state
 
+    def _open_ws(self) -> None:
+        self._state = ConnectionState.OPEN
+        self._parser = FrameParser(
+            self.client, self._on_message, self._frame_ping, self._on_pong, self._frame_close
+        )
+        self._frames = FrameProtocol(self.client, [])
+
+    def _drop_ws(self) -> None:
+        self._state = self._parser = self._frames = None
+
     def _pump(self, data: Buffer | None) -> None:
-        """Feed open-state bytes (None: EOF) to wsproto and dispatch its events."""
-        ws = self._ws
-        assert ws is not None
-        if ws.state is ConnectionState.CLOSED:
+        """Feed open-state bytes (None: EOF) to the frame parser; it calls the hooks."""
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            self._feed(pending)
+        if data is not None:
+            self._feed(data)
+        elif self._state is not ConnectionState.CLOSED:
+            self._state = ConnectionState.CLOSED
+            self._phase = _Phase.CLOSED
+            self._on_close(CLOSE_ABNORMAL, "")
+
+    def _feed(self, data: Buffer) -> None:
+        parser = self._parser
+        assert parser is not None
+        if self._state is ConnectionState.CLOSED:
             return
-        if data is None:
-            ws.receive_data(None)
-        elif data:
-            ws.receive_data(bytes(data))
-        for event in ws.events():
-            if isinstance(event, BytesMessage | TextMessage):
-                self._on_message(event.data, event.message_finished)
-            elif isinstance(event, Ping):
-                if ws.state is ConnectionState.OPEN:
-                    self._out.append(ws.send(event.response()))
-            elif isinstance(event, Pong):
-                self._on_pong(bytes(event.payload))
-            elif isinstance(event, CloseConnection):
-                if ws.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
-                    # wsproto reports a frame it cannot parse (bad mask bit, bad length,
-                    # invalid UTF-8, ...) as a CloseConnection without a state change.
-                    code = event.code or CLOSE_PROTOCOL_ERROR
-                    raise self._fail(self._error_type(event.reason or "bad frame", close_code=code))
-                if ws.state is ConnectionState.REMOTE_CLOSING:
-                    self._out.append(ws.send(event.response()))
-                self._phase = _Phase.CLOSED
-                self._on_close(int(event.code), event.reason or "")
-                return
+        try:
+            parser.feed(data)
+        except FrameError as exc:
+            raise self._fail(self._error_type(exc.message, close_code=exc.close_code)) from None
+
+    def _frame_ping(self, payload: bytes) -> None:
+        if self._state is ConnectionState.OPEN:
+            self._out.append(bytes(self._control_frame().pong(payload)))
+
+    def _frame_close(self, code: int, reason: str) -> None:
+        if self._state is ConnectionState.OPEN:
+            # The echo; no status code (1005) is echoed as an empty Close, as wsproto does.
+            no_status = code == CLOSE_NO_STATUS
+            self._out.append(self._close_frame(None if no_status else code, reason))
+        self._state = ConnectionState.CLOSED
+        self._phase = _Phase.CLOSED
+        self._on_close(code, reason)
+
+    def _control_frame(self) -> FrameProtocol:
+        frames = self._frames
+        assert frames is not None
+        return frames
+
+    def _close_frame(self, code: int | None, reason: str | None) -> bytes:
+        """Our Close frame (wsproto builds it); no data frame may follow it."""
+        self._state = ConnectionState.LOCAL_CLOSING
+        return bytes(self._control_frame().close(code, reason))
 
     def _fail(self, error: WebSocketError) -> WebSocketError:
         """Record ``error``, queue our Close frame if the connection is open, return it."""
         self._error = error
-        if self._ws is not None and self._ws.state is ConnectionState.OPEN:
-            self._out.append(self._ws.send(CloseConnection(error.close_code, error.message[:100])))
+        if self._state is ConnectionState.OPEN:
+            self._out.append(self._close_frame(error.close_code, error.message[:100]))
         self._phase = _Phase.FAILED
         return error
 
@@ -668,7 +970,8 @@ class WebSocketEndpoint:
         if self._error is not None:
             raise self._error
 
-    def _on_message(self, data: bytes | bytearray | str, finished: bool) -> None:
+    def _on_message(self, data: Buffer | str, finished: bool) -> None:
+        """A piece of a data message: bytes (a slice of what was received) or text."""
         raise NotImplementedError
 
     def _on_pong(self, payload: bytes) -> None:
@@ -679,11 +982,9 @@ class WebSocketEndpoint:
 
     # ------------------------------------------------------------------ sending
 
-    def _require_open(self) -> Connection:
-        ws = self._ws
-        if self._phase is not _Phase.OPEN or ws is None or ws.state is not ConnectionState.OPEN:
+    def _require_open(self) -> None:
+        if self._phase is not _Phase.OPEN or self._state is not ConnectionState.OPEN:
             raise WebSocketStateError(f"cannot send data in phase {self._phase.value}")
-        return ws
 
     def _message(self, opcode: int, payload: Buffer) -> bytes:
         self._require_open()
@@ -691,14 +992,14 @@ class WebSocketEndpoint:
 
     def ping(self, payload: bytes = b"") -> bytes:
         """A WebSocket ping (at most 125 bytes); the answer is ``PongReceived``."""
-        return self._require_open().send(Ping(payload=payload))
+        self._require_open()
+        return bytes(self._control_frame().ping(payload))
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> bytes:
         """Our Close frame (1000 = EOF); b"" if one was already sent or it is too late."""
-        ws = self._ws
-        if ws is None or ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+        if self._state is not ConnectionState.OPEN:
             return b""
-        return ws.send(CloseConnection(code=code, reason=reason or None))
+        return self._close_frame(code, reason or None)
 
 
 def _header_tuple(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
@@ -716,21 +1017,24 @@ class _TunnelMixin(WebSocketEndpoint):
     def __init__(self, client: bool, *, max_reject_body: int = DEFAULT_MAX_REJECT_BODY) -> None:
         super().__init__(client, max_reject_body=max_reject_body)
         self._events: list[TunnelEvent] = []
-        self._chunks: list[bytes] = []  # binary payloads of this call, coalesced
+        self._chunks: list[Buffer] = []  # binary payloads of this call, coalesced
 
-    def _on_message(self, data: bytes | bytearray | str, finished: bool) -> None:
+    def _on_message(self, data: Buffer | str, finished: bool) -> None:
         if isinstance(data, str):
             raise self._fail(
                 TunnelError("invalid message type received", close_code=CLOSE_UNSUPPORTED_DATA)
             )
         if data:  # zero-length messages are legal and mean nothing
-            self._chunks.append(bytes(data))
+            self._chunks.append(data)
 
     def _flush_bytes(self) -> None:
+        """One ``StreamBytes`` for the payloads gathered so far: joined in one copy (the
+        SPDY parser wants a frame contiguous), no copy when one payload was a whole read."""
         chunks = self._chunks
         if chunks:
             self._chunks = []
-            self._events.append(StreamBytes(chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._events.append(StreamBytes(data if isinstance(data, bytes) else bytes(data)))
 
     def _on_pong(self, payload: bytes) -> None:
         self._flush_bytes()
@@ -741,7 +1045,11 @@ class _TunnelMixin(WebSocketEndpoint):
         self._events.append(TunnelClosed(code, reason))
 
     def _receive_open(self, data: Buffer | None) -> None:
-        self._pump(data)
+        try:
+            self._pump(data)
+        except WebSocketError:
+            self._chunks = []  # slices of the caller's buffer: never kept past the call
+            raise
         self._flush_bytes()
 
     def _take_events(self) -> list[TunnelEvent]:
@@ -753,16 +1061,15 @@ class _TunnelMixin(WebSocketEndpoint):
         return self._message(OPCODE_BINARY, data)
 
     def send_chunks(self, chunks: Sequence[Buffer]) -> bytes:
-        """One binary message carrying the concatenation of ``chunks``.
+        """One binary message carrying the concatenation of ``chunks``, as one bytes."""
+        return b"".join(self.send_pieces(chunks))
 
-        For ``SpdyConnection.chunks_to_send()``: the pieces are joined once (a server
-        joins them straight into the frame).
-        """
+    def send_pieces(self, chunks: Sequence[Buffer]) -> list[Buffer]:
+        """``send_chunks`` for ``writelines``: the frame header, then the chunks (masked
+        one by one on the client), never joined. For ``SpdyConnection.chunks_to_send()``,
+        whose chunks are immutable, so that a transport may keep them queued."""
         self._require_open()
-        if self.client:
-            return encode_message(OPCODE_BINARY, b"".join(chunks), mask=True)
-        size = sum(len(c) for c in chunks)
-        return b"".join([frame_header(OPCODE_BINARY, size, 0), *chunks])
+        return message_pieces(OPCODE_BINARY, chunks, mask=self.client)
 
 
 class TunnelClient(_TunnelMixin):
@@ -793,7 +1100,7 @@ class TunnelClient(_TunnelMixin):
     def _on_accepted(self, subprotocol: str | None, headers: HeaderList) -> None:
         if subprotocol != SPDY_TUNNEL_PROTOCOL:
             # kubectl falls back on a 101 without the offered subprotocol (§3).
-            self._ws = None
+            self._drop_ws()
             self.subprotocol = None
             self._reject_switch(
                 f"the server selected subprotocol {subprotocol!r}, not {SPDY_TUNNEL_PROTOCOL}",

@@ -45,7 +45,7 @@ class WebSocketConnection:
     events: list[Any]  # events decoded together with the 101 (data already, possibly)
     _dialer: _HandshakeProtocol | None = field(default=None, repr=False)
 
-    def attach(self, protocol: asyncio.Protocol) -> None:
+    def attach(self, protocol: asyncio.Protocol | asyncio.BufferedProtocol) -> None:
         """Install `protocol`; replay an EOF or loss seen before the hand-over; resume."""
         self.transport.set_protocol(protocol)
         dialer = self._dialer

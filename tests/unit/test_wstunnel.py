@@ -149,6 +149,34 @@ def test_client_frames_pipelined_with_the_request_are_parsed_after_accept() -> N
     assert stream_of(server3.receive_data(c2.send_bytes(b"-late"))) == b"early-late"
 
 
+def test_frames_before_the_101_are_delivered_before_an_eof() -> None:
+    client = TunnelClient("h", TARGET)
+    server = TunnelServer()
+    server.receive_data(client.initiate())
+    early = encode_message(OPCODE_BINARY, b"early", mask=True)  # before the 101 came
+    assert server.receive_data(early) == []
+    client.receive_data(server.accept())
+    assert server.receive_data(b"") == [StreamBytes(b"early"), TunnelClosed(1006, "")]
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_stream_bytes_own_their_memory_when_fed_from_a_reused_buffer(mode: str) -> None:
+    # A BufferedProtocol reads every chunk into the same buffer: nothing handed out may
+    # point into it.
+    client, server = open_pair()
+    payloads = [os.urandom(n) for n in (1, 70000, 3, 125, 126, 65536, 9)]
+    wire = b"".join(server.send_bytes(p) for p in payloads) + server.ping(b"p")
+    buffer = bytearray(len(wire))
+    events: list[TunnelEvent] = []
+    for chunk in chunks_of(wire, mode):
+        view = memoryview(buffer)[: len(chunk)]
+        view[:] = chunk
+        events += client.receive_data(view)
+        view[:] = bytes(len(chunk))  # the next read overwrites it
+    assert stream_of(events) == b"".join(payloads)
+    assert all(type(e.data) is bytes for e in events if isinstance(e, StreamBytes))
+
+
 def test_extra_headers_and_subprotocol_offer() -> None:
     client = TunnelClient("h:1", "/x", [("X-Forwarded-For", "1.2.3.4")])
     [req] = TunnelServer().receive_data(client.initiate())
