@@ -4,7 +4,7 @@ one connection, and `auto` negotiating like kubectl (tunnel, else SPDY)."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -105,9 +105,11 @@ def test_20mb_each_way_and_50_concurrent(api: httpx.Client, transport: str) -> N
 def test_an_error_closes_one_connection_only(api: httpx.Client, transport: str) -> None:
     session = _ready(api, ports=[f"0:{ECHO_PORT}", f"0:{DEAD_PORT}"], transport=transport)
     good, dead = (p["local_port"] for p in session["ports"])  # type: ignore[attr-defined]
-    # Closed or reset: either way nothing came back from the dead port.
-    with contextlib.suppress(ConnectionResetError):
+    # Closed or reset, maybe before our half-close: either way nothing came back.
+    try:
         assert roundtrip("127.0.0.1", dead, b"x", timeout=30).received == b""
+    except OSError as exc:
+        assert exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN), exc
     assert roundtrip("127.0.0.1", good, b"still up" * 1000, timeout=30).intact
     after = api.get(f"/sessions/{session['id']}").json()
     assert after["status"] == "ready"
