@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,6 +30,31 @@ def _install_loop_policy() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+#: glibc mallopt parameters, and the value for both: above the largest buffers the data
+#: path frees and allocates again (reads, joined DATA runs, queued writes).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MALLOC_KEEP = 16 * 1024 * 1024
+
+
+def _tune_malloc() -> None:
+    """Keep freed data-path buffers in the heap instead of returning them to the kernel.
+
+    Why: glibc's defaults mmap/trim the 0.25-16 MiB buffers of a bulk transfer on every
+    cycle, and each page is faulted in again: 150-250k minor faults and about 1 CPU-s per
+    GB forwarded (podgate -> agent upload: 1.3-1.7 -> 0.45-0.6 CPU-s/GB). The cost is up
+    to 16 MiB of freed memory kept resident. MALLOC_*_ environment variables win.
+    """
+    if any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    mallopt(_M_MMAP_THRESHOLD, _MALLOC_KEEP)
+    mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP)
 
 
 def _freeze_startup_heap() -> None:
@@ -323,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level.upper() != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     _install_loop_policy()
+    _tune_malloc()
     result: int = asyncio.run(args.func(args))
     return result
 

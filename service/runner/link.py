@@ -38,6 +38,7 @@ from service.protocols.spdy import (
     encode_header_block,
 )
 from service.runner.keepalive import Keepalive
+from service.runner.readbuffer import shared_read_buffer
 from service.runner.tunnel import TunnelPipe, TunnelTransport
 from service.upstream import UpgradedConnection, WebSocketConnection
 
@@ -216,8 +217,12 @@ class StreamPair:
     done: bool = False
 
 
-class SpdyLink(asyncio.Protocol):
-    """One upgraded connection toward the cluster, multiplexing many `StreamPair`s."""
+class SpdyLink(asyncio.BufferedProtocol):
+    """One upgraded connection toward the cluster, multiplexing many `StreamPair`s.
+
+    Buffered: the socket is read into `shared_read_buffer()` (see there why); inside a
+    WebSocket tunnel, `TunnelPipe` reads and calls `data_received` instead.
+    """
 
     def __init__(
         self,
@@ -359,7 +364,13 @@ class SpdyLink(asyncio.Protocol):
 
     # --------------------------------------------------------- upstream side
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return shared_read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(shared_read_buffer()[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.closed:
             return
         try:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from service.protocols.wstunnel import (
     StreamBytes,
@@ -20,6 +19,7 @@ from service.protocols.wstunnel import (
     TunnelClosed,
     WebSocketError,
 )
+from service.runner.readbuffer import shared_read_buffer
 
 
 class TunnelTransport(asyncio.Transport):
@@ -68,31 +68,27 @@ class TunnelTransport(asyncio.Transport):
         self.raw.abort()
 
 
-READ_SIZE = 256 * 1024
-_read_buffers = threading.local()
+class TunnelLink(Protocol):
+    """What the pipe feeds: the stream-protocol callbacks of the link inside."""
 
-
-def _read_buffer() -> memoryview:
-    """This thread's read buffer, shared by its pipes: a read is parsed, and what is kept
-    of it copied, before the loop can start the next read."""
-    view: memoryview | None = getattr(_read_buffers, "view", None)
-    if view is None:
-        view = _read_buffers.view = memoryview(bytearray(READ_SIZE))
-    return view
+    def data_received(self, data: bytes | memoryview) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
 
 
 class TunnelPipe(asyncio.BufferedProtocol):
     """Protocol of the real socket: WebSocket in, SPDY bytes out to `link`.
 
-    Why buffered: the socket is read into one reused buffer instead of a new bytes
-    object per read, one large allocation less per read (they page-fault).
+    Buffered: the socket is read into `shared_read_buffer()` (see there why).
     """
 
-    def __init__(self, client: TunnelClient, link: asyncio.Protocol) -> None:
+    def __init__(self, client: TunnelClient, link: TunnelLink) -> None:
         self.client = client
         self.link = link
         self.raw: asyncio.Transport | None = None
-        self._buffer = _read_buffer()
+        self._buffer = shared_read_buffer()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
