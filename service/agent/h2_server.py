@@ -71,9 +71,10 @@ class H2Pair:
     port: int = 0
     timer: asyncio.TimerHandle | None = None
     pod: H2PodSide | None = None
-    pending: list[bytes] = field(default_factory=list)  # client bytes before the dial
+    pending: list[bytes | memoryview] = field(default_factory=list)  # before the dial
     unacked: int = 0  # flow-controlled bytes received on the data stream, not yet acked
     outq: deque[bytes | memoryview] = field(default_factory=deque)  # waiting for window
+    answered: bool = False  # the data stream got its :status 200: DATA may follow
     client_fin: bool = False
     pod_eof: bool = False
     end_sent: bool = False  # END_STREAM on the data stream
@@ -105,6 +106,10 @@ class H2PodSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.session.pod_data(self.pair, data)
+        if not self.pair.answered and self.transport is not None:
+            # A pod that speaks first, before the dial completed: its bytes wait in outq
+            # until the data stream is answered (DATA may not precede the HEADERS).
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.session.pod_eof(self.pair)
@@ -192,9 +197,9 @@ class H2Session:
         self.close()
 
     def flush(self) -> None:
-        data = self.h2.data_to_send()
+        data = self.h2.buffers_to_send()
         if data and not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.writelines(data)
 
     def pause_writing(self) -> None:
         self.client_write_paused = True
@@ -374,6 +379,7 @@ class H2Session:
         try:
             assert pair.data_sid is not None
             self.h2.respond(pair.data_sid, 200)
+            pair.answered = True
             if pair.pending:
                 pod.transport.writelines(pair.pending)
                 pair.pending.clear()
@@ -381,6 +387,7 @@ class H2Session:
                 self._ack(pair)
             if pair.client_fin:
                 self._pod_write_eof(pair)
+            self._send_out(pair)  # what the pod said first; resumes reading it
         except PairStateError as exc:
             log.info("http/2 stream state: %s", exc)
             self._abort(pair)
@@ -390,12 +397,14 @@ class H2Session:
         if pair.done:
             return
         log.info(message)
+        # The reason first: a client that sees the data stream reset before the error
+        # text would take the failure for a plain reset and not report it.
+        self._end_error_stream(pair, message)
         with contextlib.suppress(PairStateError):
             if pair.data_sid is not None:
                 self.h2.respond(pair.data_sid, 502, end_stream=True)
                 if not pair.client_fin:
                     self.h2.reset_stream(pair.data_sid, ErrorCodes.NO_ERROR)
-        self._end_error_stream(pair, message)
         self._forget(pair)
         self.flush()
 
@@ -417,7 +426,7 @@ class H2Session:
     def _send_out(self, pair: H2Pair) -> None:
         """Send queued pod output as the windows allow; END_STREAM once it is all out."""
         sid = pair.data_sid
-        if sid is None:
+        if sid is None or not pair.answered:
             return
         outq = pair.outq
         try:
@@ -460,10 +469,10 @@ class H2Session:
                 f"error forwarding port {pair.port} to pod {pair.pod_name}: read from pod: {exc}"
             )
             log.info(message)
+            self._end_error_stream(pair, message)  # the reason first, as in _dial_failed
             with contextlib.suppress(PairStateError):
                 if pair.data_sid is not None:
                     self.h2.reset_stream(pair.data_sid, ErrorCodes.CONNECT_ERROR)
-            self._end_error_stream(pair, message)
             self._forget(pair)
         else:
             if not pair.pod_eof:

@@ -11,20 +11,25 @@ acknowledge it even when the bytes are dropped (stream reset, socket gone), or t
 connection window leaks. ``send_data`` accepts what the windows allow now and returns
 the count; retry the rest after ``WindowOpened``.
 
-Both sides advertise ENABLE_PUSH 0, INITIAL_WINDOW_SIZE 1 MiB and raise the connection
-window to 16 MiB with a WINDOW_UPDATE on stream 0.
+Both sides advertise ENABLE_PUSH 0, INITIAL_WINDOW_SIZE 4 MiB, MAX_FRAME_SIZE 1 MiB and
+raise the connection window to 16 MiB with a WINDOW_UPDATE on stream 0.
+
+Output is a list of buffers (``buffers_to_send()``, for ``writelines``): DATA payloads
+are queued as slices of the caller's bytes, never copied (see "DATA without copies").
 """
 
 from __future__ import annotations
 
 import re
+import struct
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import quote, unquote
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -38,15 +43,20 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.events import Event as H2Event
+from h2.exceptions import FrameDataMissingError, StreamClosedError
 from h2.exceptions import ProtocolError as H2ProtocolError
-from h2.exceptions import StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamState
+from h2.stream import StreamInputs, StreamState
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import DataFrame, Frame
+
+if TYPE_CHECKING:
+    from h2._typing import Buffer as _H2Buffer
 
 __all__ = [
     "CONNECTION_WINDOW",
+    "MAX_FRAME_SIZE",
     "STREAM_WINDOW",
     "H2PairClient",
     "H2PairServer",
@@ -66,8 +76,16 @@ __all__ = [
     "validate_pair_headers",
 ]
 
-STREAM_WINDOW: Final = 1 << 20  # SETTINGS_INITIAL_WINDOW_SIZE we advertise
-CONNECTION_WINDOW: Final = 16 << 20  # raised with a WINDOW_UPDATE on stream 0
+# SETTINGS_INITIAL_WINDOW_SIZE we advertise. h2 sends a WINDOW_UPDATE once half a window
+# is acknowledged: with 1 MiB that was a write (and a wake-up of the peer) per 512 KiB,
+# about a third of a bulk receiver's syscall time; with 4 MiB it is one per 2 MiB.
+STREAM_WINDOW: Final = 4 << 20
+# Raised with a WINDOW_UPDATE on stream 0; it bounds the bytes in flight (and so the bytes
+# a receiver may hold unacknowledged) over all streams of a connection.
+CONNECTION_WINDOW: Final = 16 << 20
+# SETTINGS_MAX_FRAME_SIZE we advertise: never the limit (reads are 256 KiB), so one local
+# read is one DATA frame, and h2's per-frame work runs once per read.
+MAX_FRAME_SIZE: Final = 1 << 20
 _DEFAULT_CONNECTION_WINDOW: Final = 65535  # RFC 9113 §6.9.2; SETTINGS cannot change it
 _DEFAULT_MAX_HEADER_LIST: Final = 1 << 16
 PATH_PREFIX: Final = "/v1/portforward/"
@@ -127,10 +145,11 @@ class PairResponse:
 
 @dataclass(frozen=True, slots=True)
 class PairData:
-    """Bytes on a stream; acknowledge ``flow_controlled_length`` once written out."""
+    """Bytes on a stream (often a slice of a received chunk: write it out, or copy it to
+    keep it); acknowledge ``flow_controlled_length`` once written out."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
     flow_controlled_length: int
 
 
@@ -195,10 +214,11 @@ PairEvent = (
 # padding + payload (a full copy) and binascii.hexlify encodes the WHOLE payload, then
 # keeps 20 hex digits. That is two passes and a 3x-size allocation per received frame.
 #
-# The one fix, for our connections only: the frame buffer re-classes each received
-# DataFrame as _QuietDataFrame, whose __repr__ reports only the size, and the dispatch
-# table learns the subclass (h2 dispatches on frame.__class__). Nothing else in h2 looks
-# at the class. tests/unit/test_h2pair.py proves that no serialize/hexlify runs.
+# The one fix, for our connections only: the frame buffer (_FrameBuffer, below) makes
+# each received DATA frame a _QuietDataFrame, whose __repr__ reports only the size, and
+# the dispatch table learns the subclass (h2 dispatches on frame.__class__). Nothing else
+# in h2 looks at the class. tests/unit/test_h2pair.py proves that no serialize/hexlify
+# runs.
 
 
 class _QuietDataFrame(DataFrame):
@@ -208,22 +228,170 @@ class _QuietDataFrame(DataFrame):
         return f"DataFrame(stream_id={self.stream_id}): <{len(self.data)} bytes>"
 
 
-class _QuietFrameBuffer(FrameBuffer):
+# ---------------------------------------------------------------------- DATA without copies
+#
+# h2 4.4.1 copies every payload several times, and at bulk rates each large copy is a
+# fresh allocation that page-faults (measured: ~200k minor faults per GB received):
+#
+# * Sending: H2Stream.send_data's memoryview.tobytes(), DataFrame.serialize_body's join
+#   with the padding, Frame.serialize's header + body, _prepare_for_sending's bytearray +=
+#   and data_to_send's bytes(): five copies. _H2Connection.queue_data does what
+#   H2Connection.send_data does for an unpadded DATA frame without END_STREAM -- the same
+#   state machine inputs on the connection and the stream (which raise as h2's would),
+#   the same decrements of both outbound windows -- and queues a 9-byte header (RFC 9113
+#   §4.1) plus a slice of the caller's bytes, in order with h2's own output.
+# * Receiving: FrameBuffer.add_data's bytearray +=, __next__'s slice of the body and
+#   DataFrame.parse_body's tobytes(): three copies. _FrameBuffer keeps the received
+#   chunks as they came and cuts an unpadded DATA payload out of them: a slice of one
+#   chunk, or one join when the frame spans reads. The frame then goes through h2's
+#   dispatch like any other (state machines, inbound windows, events).
+#
+# Everything else (HEADERS, END_STREAM, WINDOW_UPDATE, RST_STREAM, PING, GOAWAY, padded
+# DATA) is still parsed and built by h2. tests/unit/test_h2pair.py checks both directions
+# against a stock H2Connection.
+
+_FRAME_HEADER: Final = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, id
+_DATA: Final = 0x0
+_END_STREAM: Final = 0x1
+_PADDED: Final = 0x8
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame buffer over the received chunks themselves (see above)."""
+
+    def __init__(self, server: bool) -> None:
+        super().__init__(server)
+        self._parts: deque[memoryview] = deque()
+        self._size = 0
+
+    def add_data(self, data: _H2Buffer) -> None:
+        # A bytes object cannot change under the views cut from it; anything else is
+        # copied once (the event loops hand us bytes).
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if self._preamble_len:  # server: the client preface first, checked as h2 does
+            n = min(self._preamble_len, len(view))
+            if view[:n] != self._preamble[:n]:
+                raise H2ProtocolError("Invalid HTTP/2 preamble.")
+            self._preamble, self._preamble_len = self._preamble[n:], self._preamble_len - n
+            view = view[n:]
+        if view:
+            self._parts.append(view)
+            self._size += len(view)
+
+    def _peek(self, n: int) -> bytes:
+        out = b""
+        for part in self._parts:
+            out += part[: n - len(out)]
+            if len(out) == n:
+                break
+        return out
+
+    def _take(self, n: int) -> Buffer:
+        """The next ``n`` bytes: a slice of one received chunk, or one join."""
+        if not n:
+            return b""
+        self._size -= n
+        parts = self._parts
+        first = parts[0]
+        if len(first) >= n:
+            if len(first) == n:
+                parts.popleft()
+            else:
+                parts[0] = first[n:]
+            piece = first[:n]
+            # A view keeps its whole read alive while the payload waits in a buffer: only
+            # for at least half of that read, so held memory stays within 2x the payload.
+            return piece if 2 * n >= len(cast(bytes, piece.obj)) else piece.tobytes()
+        pieces: list[memoryview] = []
+        while n:
+            part = parts.popleft()
+            if len(part) > n:
+                parts.appendleft(part[n:])
+                part = part[:n]
+            pieces.append(part)
+            n -= len(part)
+        return b"".join(pieces)
+
     def __next__(self) -> Frame:
-        frame = super().__next__()
+        if self._size < 9:
+            raise StopIteration
+        header = self._peek(9)
+        length = int.from_bytes(header[:3], "big")
+        # Checked before the body arrives, so a peer cannot make us buffer a huge frame.
+        self._validate_frame_length(length)
+        if self._size < 9 + length:
+            raise StopIteration
+        self._take(9)
+        body = self._take(length)
+        kind, flags = header[3], header[4]
+        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        frame: Frame
+        if kind == _DATA and stream_id and not flags & _PADDED:
+            frame = _QuietDataFrame(stream_id)
+            if flags & _END_STREAM:
+                frame.flags.add("END_STREAM")
+            frame.data = cast(bytes, body)  # a view is fine: h2 only takes its len()
+            frame.body_len = length
+        else:
+            frame = self._parse(header, body)
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
+
+    @staticmethod
+    def _parse(header: bytes, body: Buffer) -> Frame:
+        """Any other frame, parsed by hyperframe with h2's error mapping."""
+        try:
+            frame, _ = Frame.parse_frame_header(memoryview(header))
+        except (InvalidDataError, InvalidFrameError) as err:
+            raise H2ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        try:
+            frame.parse_body(memoryview(body))
+        except InvalidDataError as err:
+            raise H2ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
         if frame.__class__ is DataFrame:
             frame.__class__ = _QuietDataFrame
         return frame
 
 
 class _H2Connection(H2Connection):
-    """h2's connection, with received DATA frames made cheap to repr (see above)."""
+    """h2's connection, with received DATA frames made cheap to repr and DATA payloads
+    neither copied when sent nor when received (see above)."""
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
-        self.incoming_buffer = _QuietFrameBuffer(server=not config.client_side)
+        self.incoming_buffer = _FrameBuffer(server=not config.client_side)
         table = self._frame_dispatch_table
         table[_QuietDataFrame] = table[DataFrame]
+        # Output queued before whatever is in h2's own buffer (_data_to_send), in order.
+        self._out: list[Buffer] = []
+
+    def queue_data(self, stream_id: int, view: memoryview) -> None:
+        """Queue all of ``view`` as DATA frames (no padding, no END_STREAM); the caller
+        checked the windows and keeps the bytes unchanged until they are written."""
+        stream = self._get_stream_by_id(stream_id)
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        out = self._out
+        if self._data_to_send:
+            out.append(super().data_to_send())  # frames h2 queued earlier go first
+        size = len(view)
+        step = self.max_outbound_frame_size
+        for start in range(0, size, step):
+            n = min(step, size - start)
+            out.append(_FRAME_HEADER.pack(n >> 8, n & 0xFF, _DATA, 0, stream_id))
+            out.append(view[start : start + n])
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+
+    def take_output(self) -> list[Buffer]:
+        """Every queued frame, in order, as buffers for ``writelines``."""
+        out = self._out
+        if self._data_to_send:
+            out.append(super().data_to_send())
+        self._out = []
+        return out
 
 
 # ---------------------------------------------------------------------- helpers
@@ -301,26 +469,31 @@ class _PairEndpoint:
 
     # ------------------------------------------------------------------ output
 
+    def buffers_to_send(self) -> list[Buffer]:
+        """Everything queued, for ``writelines``: our frames and h2's automatic ones
+        (SETTINGS ACK, PING ACK, WINDOW_UPDATE after ``acknowledge``, GOAWAY after a
+        protocol error). DATA payloads are slices of the bytes given to ``send_data``."""
+        return self._conn.take_output()
+
     def data_to_send(self) -> bytes:
-        """Everything queued: our frames and h2's automatic ones (SETTINGS ACK, PING ACK,
-        WINDOW_UPDATE after ``acknowledge``, GOAWAY after a protocol error)."""
-        return self._conn.data_to_send()
+        """``buffers_to_send()`` joined into one bytes object."""
+        return b"".join(self.buffers_to_send())
 
     # ------------------------------------------------------------------ sending
 
     def send_data(self, stream_id: int, data: Buffer) -> int:
         """Queue as much of ``data`` as the windows allow now, in frames of at most the
         peer's MAX_FRAME_SIZE; return how many bytes were taken (0: wait for
-        ``WindowOpened``)."""
+        ``WindowOpened``). Read-only data (bytes) is queued without a copy: it is
+        referenced until written out; writable buffers are copied."""
         conn = self._conn
         try:
             allowed = min(len(data), conn.local_flow_control_window(stream_id))
             if allowed <= 0:
                 return 0
-            step = conn.max_outbound_frame_size
             view = memoryview(data)
-            for start in range(0, allowed, step):
-                conn.send_data(stream_id, view[start : min(start + step, allowed)])
+            view = view[:allowed] if view.readonly else memoryview(bytes(view[:allowed]))
+            conn.queue_data(stream_id, view)
         except H2ProtocolError as exc:
             raise PairStateError(f"cannot send on stream {stream_id}: {exc}") from exc
         return allowed
@@ -417,7 +590,7 @@ class H2PairClient(_PairEndpoint):
         authority: str,
         scheme: str = "http",
         *,
-        max_frame_size: int = 1 << 16,
+        max_frame_size: int = MAX_FRAME_SIZE,
     ) -> None:
         super().__init__(True, 100, max_frame_size)
         self.authority = authority
@@ -430,7 +603,7 @@ class H2PairClient(_PairEndpoint):
         if self._initiated:
             raise PairStateError("initiate() was already called")
         self._initiate()
-        return self._conn.data_to_send()
+        return self.data_to_send()
 
     def open_pair(
         self,
@@ -486,7 +659,7 @@ class H2PairServer(_PairEndpoint):
     write ``data_to_send()`` as soon as the connection is accepted."""
 
     def __init__(
-        self, *, max_concurrent_streams: int = 1024, max_frame_size: int = 1 << 16
+        self, *, max_concurrent_streams: int = 1024, max_frame_size: int = MAX_FRAME_SIZE
     ) -> None:
         super().__init__(False, max_concurrent_streams, max_frame_size)
         self._initiate()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,7 +42,8 @@ class H2Pair:
     error_sid: int
     data_sid: int
     local: LocalConnection
-    backlog: bytearray = field(default_factory=bytearray)  # local bytes waiting for window
+    # Local bytes waiting for window, as read (send_data queues them without a copy).
+    backlog: deque[bytes | memoryview] = field(default_factory=deque)
     local_eof: bool = False  # the local client half-closed (END_STREAM once backlog is out)
     remote_fin: bool = False
     unacked: int = 0  # received and written while the local socket was above high water
@@ -140,22 +142,26 @@ class H2Link(asyncio.Protocol):
         if pair.done:
             return
         pair.local.counters.bytes_out += len(data)
-        if pair.backlog:
-            pair.backlog += data
-        else:
-            sent = self._send(pair, data)
-            if sent < len(data):
-                pair.backlog += data[sent:]
-        if pair.backlog and pair.local.transport is not None:
+        pair.backlog.append(data)
+        if not self._send_backlog(pair) and pair.local.transport is not None:
             pair.local.transport.pause_reading()  # bounded: wait for the peer's window
         self._flush()
 
-    def _send(self, pair: H2Pair, data: bytes | bytearray | memoryview) -> int:
+    def _send_backlog(self, pair: H2Pair) -> bool:
+        """Send queued local bytes as the windows allow; True once all are out."""
         assert self.client is not None
-        try:
-            return self.client.send_data(pair.data_sid, data)
-        except PairStateError:
-            return len(data)  # the stream is gone; its end is reported by events
+        backlog = pair.backlog
+        while backlog:
+            chunk = backlog[0]
+            try:
+                sent = self.client.send_data(pair.data_sid, chunk)
+            except PairStateError:
+                sent = len(chunk)  # the stream is gone; its end is reported by events
+            if sent < len(chunk):
+                backlog[0] = memoryview(chunk)[sent:]
+                return False
+            backlog.popleft()
+        return True
 
     def local_eof(self, pair: H2Pair) -> None:
         if pair.done or pair.local_eof:
@@ -226,9 +232,8 @@ class H2Link(asyncio.Protocol):
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         if event.stream_id == pair.error_sid:
-            pair.error_text = (pair.error_text + event.data.decode("utf-8", "replace"))[
-                :MAX_ERROR_TEXT
-            ]
+            text = bytes(event.data).decode("utf-8", "replace")
+            pair.error_text = (pair.error_text + text)[:MAX_ERROR_TEXT]
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         local = pair.local
@@ -282,9 +287,7 @@ class H2Link(asyncio.Protocol):
         for pair in targets:
             if pair is None or pair.done or not pair.backlog:
                 continue
-            sent = self._send(pair, pair.backlog)
-            del pair.backlog[:sent]
-            if not pair.backlog:
+            if self._send_backlog(pair):
                 local = pair.local
                 if local.transport is not None and not local.closed and not pair.local_eof:
                     local.transport.resume_reading()
@@ -321,9 +324,9 @@ class H2Link(asyncio.Protocol):
     def _flush(self) -> None:
         if self.transport is None or self.client is None or self.closed:
             return
-        data = self.client.data_to_send()
+        data = self.client.buffers_to_send()
         if data:
-            self.transport.write(data)
+            self.transport.writelines(data)
 
     def eof_received(self) -> bool:
         self._lose("upstream closed the connection")

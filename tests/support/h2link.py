@@ -293,7 +293,7 @@ class H2Link:
                 event = stream.chunks.popleft()
                 self.client.acknowledge(sid, event.flow_controlled_length)
                 self._flush_nowait()
-                return event.data
+                return bytes(event.data)  # often a view of a received chunk
             if stream.ended:
                 return b""
             if stream.reset_code is not None:

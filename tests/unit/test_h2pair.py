@@ -11,9 +11,12 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+from h2.events import DataReceived, StreamEnded
+from h2.settings import SettingCodes
 
 from service.protocols.h2pair import (
     CONNECTION_WINDOW,
+    MAX_FRAME_SIZE,
     STREAM_WINDOW,
     H2PairClient,
     H2PairServer,
@@ -89,7 +92,8 @@ def test_initiate_advertises_the_settings_and_connection_window() -> None:
     settings = next(e for e in events if type(e).__name__ == "RemoteSettingsChanged")
     values = {int(k): v.new_value for k, v in settings.changed_settings.items()}  # type: ignore[attr-defined]
     assert values[0x2] == 0  # ENABLE_PUSH
-    assert values[0x4] == STREAM_WINDOW  # INITIAL_WINDOW_SIZE, 1 MiB
+    assert values[0x4] == STREAM_WINDOW  # INITIAL_WINDOW_SIZE, 4 MiB
+    assert values[0x5] == MAX_FRAME_SIZE  # 1 MiB
     update = next(e for e in events if type(e).__name__ == "WindowUpdated")
     assert (update.stream_id, update.delta) == (0, CONNECTION_WINDOW - 65535)  # type: ignore[attr-defined]
     with pytest.raises(PairStateError):
@@ -106,6 +110,7 @@ def test_server_queues_its_preface_at_once() -> None:
     settings = next(e for e in events if type(e).__name__ == "RemoteSettingsChanged")
     values = {int(k): v.new_value for k, v in settings.changed_settings.items()}  # type: ignore[attr-defined]
     assert values[0x3] == 1024 and values[0x4] == STREAM_WINDOW
+    assert values[0x5] == MAX_FRAME_SIZE
     assert observer.outbound_flow_control_window == CONNECTION_WINDOW
     assert any(type(e).__name__ == "WindowUpdated" for e in events)
 
@@ -183,7 +188,7 @@ def test_flow_control_bounds_sends_and_acknowledge_releases_more(direction: str)
     sender: H2PairClient | H2PairServer = client if direction == "up" else server
     receiver: H2PairClient | H2PairServer = server if direction == "up" else client
     payload = os.urandom(3 * STREAM_WINDOW + 12345)
-    # Nothing is acknowledged yet: the stream window (1 MiB) caps what is taken.
+    # Nothing is acknowledged yet: the stream window (4 MiB) caps what is taken.
     taken = sender.send_data(data_id, payload)
     assert taken == STREAM_WINDOW
     assert sender.window(data_id) == 0
@@ -225,6 +230,148 @@ def test_frames_respect_the_peers_max_frame_size() -> None:
     events = server.receive_data(client.data_to_send())
     sizes = [len(e.data) for e in events if isinstance(e, PairData)]
     assert sizes == [16384, 16384, 16384, 50000 - 3 * 16384]
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_a_256k_read_is_one_frame_between_our_two_sides(direction: str) -> None:
+    client, server, _, data_id, _ = opened_pair()
+    server.respond(data_id, 200)
+    client.receive_data(server.data_to_send())
+    sender: H2PairClient | H2PairServer = client if direction == "up" else server
+    receiver: H2PairClient | H2PairServer = server if direction == "up" else client
+    payload = os.urandom(256 * 1024)
+    assert sender.send_data(data_id, payload) == len(payload)
+    events = receiver.receive_data(sender.data_to_send())
+    assert [len(e.data) for e in events if isinstance(e, PairData)] == [len(payload)]
+    assert data_of(events, data_id) == payload
+
+
+# ---------------------------------------------------------------- DATA without copies
+
+
+STOCK_WINDOW = 1 << 20
+
+
+def _stock(client_side: bool) -> H2Connection:
+    """A plain H2Connection (16 KiB frames), with 1 MiB windows to have room to send."""
+    conn = H2Connection(H2Configuration(client_side=client_side, header_encoding=None))
+    conn.initiate_connection()
+    conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: STOCK_WINDOW})
+    conn.increment_flow_control_window(STOCK_WINDOW - 65535)
+    return conn
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_sent_data_frames_are_what_stock_h2_expects(mode: str) -> None:
+    """Our DATA frames, interleaved with h2's own (HEADERS, PING, END_STREAM), read by a
+    stock H2Connection with the default 16 KiB frames: same bytes, same order, same
+    windows on both sides."""
+    client, stock = H2PairClient("a"), _stock(client_side=False)
+    stock.receive_data(client.initiate())
+    client.receive_data(stock.data_to_send())
+    rng = random.Random(mode)
+    payloads = {sid: b"" for sid in client.open_pair("n", "p", 80, 0)[1:]}
+    sent: list[tuple[int, bytes]] = []
+    for i in range(12):
+        if i == 4:
+            payloads[client.open_pair("n", "p", 80, 1)[1]] = b""
+        if i == 7:
+            client.ping()
+        sid = rng.choice(list(payloads))
+        chunk = rng.randbytes(rng.choice([1, 100, 16384, 16385, 70000]))
+        assert client.send_data(sid, chunk) == len(chunk)
+        payloads[sid] += chunk
+        sent.append((sid, chunk))
+    last = sent[-1][0]
+    client.end_stream(last)
+    events = feed(stock.receive_data, client.data_to_send(), mode)
+    got: dict[int, bytes] = {sid: b"" for sid in payloads}
+    for ev in events:
+        if isinstance(ev, DataReceived):
+            assert ev.stream_id is not None and ev.data is not None
+            assert len(ev.data) <= 16384
+            got[ev.stream_id] += ev.data
+    assert got == payloads
+    assert isinstance(events[-1], StreamEnded) and events[-1].stream_id == last
+    total = sum(len(d) for d in payloads.values())
+    for sid, data in payloads.items():
+        stock_window = stock._get_stream_by_id(sid)._inbound_window_manager.current_window_size
+        assert stock_window == STOCK_WINDOW - len(data)
+        if sid != last:  # the smaller of the stream's and the connection's window
+            assert client.window(sid) == min(STOCK_WINDOW - len(data), STOCK_WINDOW - total)
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_received_data_from_stock_h2_padded_or_not(mode: str) -> None:
+    """A stock client's DATA frames, padded (h2's path) and unpadded (ours), split
+    anywhere: the payload, END_STREAM, and flow control counted with the padding."""
+    stock, server = _stock(client_side=True), H2PairServer()
+    server.receive_data(stock.data_to_send())
+    stock.receive_data(server.data_to_send())
+    sid = stock.get_next_available_stream_id()
+    stock.send_headers(
+        sid, [(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "a")]
+    )
+    rng = random.Random(mode)
+    payload, flow = b"", 0
+    for i in range(10):
+        chunk = rng.randbytes(rng.choice([0, 1, 5000, 16384]))
+        pad = rng.choice([None, 0, 17]) if i % 2 else None
+        stock.send_data(sid, chunk, end_stream=i == 9, pad_length=pad)
+        payload += chunk
+        flow += len(chunk) + (0 if pad is None else pad + 1)
+    events = feed(server.receive_data, stock.data_to_send(), mode)
+    assert data_of(events, sid) == payload
+    assert sum(e.flow_controlled_length for e in events if isinstance(e, PairData)) == flow
+    assert events[-1] == PairEnded(sid)
+    assert stock.outbound_flow_control_window == CONNECTION_WINDOW - flow
+    inbound = server._conn._inbound_flow_control_window_manager.current_window_size
+    assert inbound == CONNECTION_WINDOW - flow
+
+
+def test_received_payloads_never_hold_much_more_memory_than_they_carry() -> None:
+    """A payload may be a view of the read it came in (no copy), which keeps that whole
+    read alive while it waits in a buffer: only when it is at least half of it."""
+    client, server, _, data_id, _ = opened_pair()
+    for size in (10, 300, 120_000, 5, 200_000):
+        client.send_data(data_id, os.urandom(size))
+    wire = client.data_to_send()
+    events = server.receive_data(wire)
+    datas = [e.data for e in events if isinstance(e, PairData)]
+    assert [len(d) for d in datas] == [10, 300, 120_000, 5, 200_000]
+    assert any(isinstance(d, memoryview) for d in datas)  # the big ones: not copied
+    for d in datas:
+        if isinstance(d, memoryview):
+            assert 2 * len(d) >= len(d.obj)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_the_client_preface_is_checked_however_it_is_split(mode: str) -> None:
+    client, server = H2PairClient("a"), H2PairServer()
+    wire = client.initiate()
+    assert feed(server.receive_data, wire, mode)  # SETTINGS and WINDOW_UPDATE seen
+    bad = wire.replace(b"SM", b"SN", 1)
+    with pytest.raises(PairProtocolError):
+        feed(H2PairServer().receive_data, bad, mode)
+
+
+def test_an_oversized_frame_is_refused_at_its_header() -> None:
+    client, server = connected()
+    header = (MAX_FRAME_SIZE + 1).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big")
+    with pytest.raises(PairProtocolError) as info:
+        server.receive_data(header)  # no body sent: refused before we would buffer it
+    assert info.value.error_code == ErrorCodes.FRAME_SIZE_ERROR
+    assert client.receive_data(server.data_to_send())[-1] == LinkTerminated(
+        ErrorCodes.FRAME_SIZE_ERROR, 0
+    )
+
+
+def test_writable_buffers_are_copied_when_queued() -> None:
+    client, server, _, data_id, _ = opened_pair()
+    buffer = bytearray(b"before")
+    assert client.send_data(data_id, buffer) == 6
+    buffer[:] = b"AFTER!"  # the caller reuses its buffer before the frame is written
+    assert data_of(server.receive_data(client.data_to_send()), data_id) == b"before"
 
 
 def test_reset_stream() -> None:
