@@ -13,6 +13,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
@@ -101,6 +109,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
         stream_creation_timeout=args.stream_creation_timeout,
         websocket_tunnel=args.websocket_tunnel,
         ssl_context=ssl_context,
+        h2_max_streams=args.h2_max_streams,
     )
     try:
         await agent.start()
@@ -294,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="refuse SPDY tunnelled in a WebSocket, like an older kubelet (kubectl falls "
         "back to plain SPDY); v4 WebSocket channels are still served",
+    )
+    agent.add_argument(
+        "--h2-max-streams",
+        type=_positive_int,
+        default=MAX_CONCURRENT_STREAMS,
+        metavar="N",
+        help="HTTP/2 streams one client connection may have open, two per forwarded "
+        f"connection (default {MAX_CONCURRENT_STREAMS}); podgate's h2 transport queues "
+        "connections past it",
     )
     agent.add_argument(
         "--tls-cert",

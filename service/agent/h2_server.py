@@ -42,6 +42,7 @@ from hyperframe.frame import GoAwayFrame
 from service.agent.dialer import DialError, PodDialer
 from service.agent.registry import PodRegistry
 from service.protocols.h2pair import (
+    MAX_CONCURRENT_STREAMS,
     H2PairServer,
     LinkTerminated,
     PairData,
@@ -136,12 +137,13 @@ class H2Session:
         dialer: PodDialer,
         *,
         stream_creation_timeout: float = 30.0,
+        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
     ) -> None:
         self.transport = transport
         self.registry = registry
         self.dialer = dialer
         self.stream_creation_timeout = stream_creation_timeout
-        self.h2 = H2PairServer()
+        self.h2 = H2PairServer(max_concurrent_streams=max_concurrent_streams)
         self.pairs: dict[str, H2Pair] = {}
         self.by_stream: dict[int, H2Pair] = {}
         self.client_write_paused = False

@@ -34,6 +34,7 @@ from service.agent.registry import PodEntry, PodRegistry
 from service.agent.spdy_server import SpdyPortForwardSession, set_nodelay
 from service.agent.ws_channel import WsChannelSession
 from service.agent.ws_tunnel import WsTunnelSession
+from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 from service.protocols.wschannel import ChannelServer
 from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
 
@@ -169,6 +170,7 @@ class AgentConnection(asyncio.Protocol):
             self.agent.registry,
             self.agent.dialer,
             stream_creation_timeout=self.agent.stream_creation_timeout,
+            max_concurrent_streams=self.agent.h2_max_streams,
         )
         self.session = session
         session.start(how)
@@ -424,6 +426,7 @@ class Agent:
         stream_creation_timeout: float = 30.0,
         websocket_tunnel: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        h2_max_streams: int = MAX_CONCURRENT_STREAMS,
     ) -> None:
         self.registry = registry
         self.host = host
@@ -432,6 +435,7 @@ class Agent:
         self.stream_creation_timeout = stream_creation_timeout
         self.websocket_tunnel = websocket_tunnel
         self.ssl_context = ssl_context
+        self.h2_max_streams = h2_max_streams
         self.connections: set[AgentConnection] = set()
         self._server: asyncio.Server | None = None
 

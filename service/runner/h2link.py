@@ -73,6 +73,7 @@ class H2Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.headers: list[tuple[str, str]] = []
         self.pairs: dict[int, H2Pair] = {}
+        self._waiting: deque[LocalConnection] = deque()  # accepted at the stream limit
         self._next_request_id = 0
         self._write_paused = False
         self.keepalive = Keepalive(
@@ -116,6 +117,10 @@ class H2Link(asyncio.Protocol):
 
     def open_pair(self, local: LocalConnection) -> None:
         assert self.client is not None
+        if not self.client.can_open_pair():
+            # At the agent's stream limit: the connection waits, unread, for pairs to end.
+            self._waiting.append(local)
+            return
         request_id = self._next_request_id
         self._next_request_id += 1
         try:
@@ -223,7 +228,17 @@ class H2Link(asyncio.Protocol):
             elif isinstance(event, LinkTerminated):
                 self._lose(f"upstream sent GOAWAY (code {event.code})")
                 return
+        if self._waiting:
+            self._open_waiting()
         self._flush()
+
+    def _open_waiting(self) -> None:
+        """Streams may have closed: open pairs for connections queued at the limit."""
+        assert self.client is not None
+        while self._waiting and self.client.can_open_pair():
+            local = self._waiting.popleft()
+            if not local.closed:
+                self.open_pair(local)
 
     def _data(self, event: PairData) -> None:
         assert self.client is not None
@@ -320,6 +335,8 @@ class H2Link(asyncio.Protocol):
                 local.transport.abort()
             else:
                 local.transport.close()
+        if self._waiting:
+            self._open_waiting()
 
     def _flush(self) -> None:
         if self.transport is None or self.client is None or self.closed:
@@ -364,6 +381,8 @@ class H2Link(asyncio.Protocol):
             pair.local.counters.connections_active -= 1
             pair.local.reset()  # data may be missing: a reset, not a clean end
         self.pairs.clear()
+        while self._waiting:
+            self._waiting.popleft().abort()
         if self.transport is not None:
             self.transport.abort()
         self._on_lost(self, reason)
@@ -377,6 +396,8 @@ class H2Link(asyncio.Protocol):
             return
         for pair in list(set(self.pairs.values())):
             self._finish(pair, abort_local=True)
+        while self._waiting:
+            self._waiting.popleft().abort()
         if self.client is not None:
             with contextlib.suppress(PairStateError, PairProtocolError):
                 self.client.close()

@@ -8,6 +8,9 @@ way (bounded by the tcp_wmem/tcp_rmem maxima). The pod sends far more than all o
 together, so without back-pressure it would not stall. A stall is no progress for
 ``STALL`` seconds; nothing waits by sleeping.
 
+Past the agent's stream limit (--h2-max-streams), connections wait for pairs to end
+instead of failing.
+
 Both pods speak first (they send as soon as they accept): the agent must hold those bytes
 until it has answered the data stream, since DATA may not precede the response HEADERS.
 """
@@ -223,3 +226,34 @@ async def test_a_pod_that_speaks_first_and_closes_gets_through() -> None:
                     server.close()
     finally:
         listener.close()
+
+
+async def test_connections_past_the_stream_limit_wait_for_pairs_to_end() -> None:
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    echo_port = echo.sockets[0].getsockname()[1]
+    payloads = [os.urandom(64 * 1024 + i) for i in range(12)]
+
+    async def roundtrip(port: int, payload: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        writer.write_eof()
+        data = await reader.read()
+        writer.close()
+        return data
+
+    try:
+        # 4 streams: two pairs at a time, twelve connections at once.
+        with run_agent(
+            ["default/local=host:127.0.0.1"], extra_args=["--h2-max-streams", "4"]
+        ) as agent:
+            async with _link(agent.url) as link:
+                server, port = await _listen(link, echo_port)
+                try:
+                    async with asyncio.timeout(30):
+                        echoed = await asyncio.gather(*(roundtrip(port, p) for p in payloads))
+                    assert echoed == payloads
+                    assert not link._waiting
+                finally:
+                    server.close()
+    finally:
+        echo.close()

@@ -94,9 +94,11 @@ class Podgate:
 
 
 @contextlib.contextmanager
-def run_agent(pods: Sequence[str], *, timeout: float = START_TIMEOUT) -> Iterator[Podgate]:
+def run_agent(
+    pods: Sequence[str], *, extra_args: Sequence[str] = (), timeout: float = START_TIMEOUT
+) -> Iterator[Podgate]:
     """`podgate agent --listen 127.0.0.1:0 --pod NS/NAME=TARGET ...` until the block ends."""
-    args = [*PODGATE, "agent", "--listen", "127.0.0.1:0"]
+    args = [*PODGATE, "agent", "--listen", "127.0.0.1:0", *extra_args]
     for pod in pods:
         args += ["--pod", pod]
     with ManagedProcess(args, env=podgate_env(), name="podgate-agent") as proc:
