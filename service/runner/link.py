@@ -258,6 +258,7 @@ class SpdyLink(asyncio.BufferedProtocol):
         self._awaiting: dict[StreamPair, float] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._flush_pending = False
+        self._unflushed = 0  # local payload bytes queued since the last flush
         self.closed = False
         self.lost_reason = ""
 
@@ -333,7 +334,13 @@ class SpdyLink(asyncio.BufferedProtocol):
             return
         pair.local.counters.bytes_out += len(data)
         self.conn.send_data(pair.data_sid, data)
-        self._flush_soon()
+        self._unflushed += len(data)
+        # Bulk data goes out at once: libuv reads a socket up to 32 times per poll, and
+        # holding it all (8 MiB) would bypass the write buffer's back-pressure.
+        if self._unflushed >= DATA_FRAME_SIZE:
+            self._flush()
+        else:
+            self._flush_soon()
 
     def local_eof(self, pair: StreamPair) -> None:
         if pair.done or pair.local_fin:
@@ -572,6 +579,7 @@ class SpdyLink(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._unflushed = 0
         if self.transport is None or self.closed:
             return
         chunks = self.conn.chunks_to_send()

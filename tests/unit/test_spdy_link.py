@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from service.protocols.spdy import SpdyConnection
-from service.runner.link import LocalConnection, SpdyLink
+from service.runner.link import DATA_FRAME_SIZE, LocalConnection, SpdyLink
 
 
 class FakeTransport:
@@ -112,6 +112,24 @@ async def test_pairs_opened_together_go_out_in_one_write() -> None:
     server = SpdyConnection(False)
     events = server.receive_data(upstream.writes[0])
     assert [e.stream_id for e in events] == [1, 3, 5, 7]  # type: ignore[attr-defined]
+    link.close()
+
+
+async def test_bulk_local_data_is_written_at_once() -> None:
+    link, upstream, _ = make_link(reply_timeout=30)
+    local, _ = make_local(link)
+    await flushed()
+    server = SpdyConnection(False)
+    server.receive_data(upstream.writes.pop())
+    server.send_reply(1)
+    server.send_reply(3)
+    link.data_received(server.data_to_send())
+    upstream.writes.clear()
+    link.local_data(local.pair, b"s" * 100)
+    assert upstream.writes == []  # small: waits for the end of the loop turn
+    link.local_data(local.pair, b"b" * DATA_FRAME_SIZE)
+    # Bulk: written now, so that the transport's back-pressure sees it at once.
+    assert len(upstream.writes) == 1 and len(upstream.writes[0]) > DATA_FRAME_SIZE
     link.close()
 
 
