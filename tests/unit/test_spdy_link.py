@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from service.protocols.spdy import SpdyConnection
-from service.runner.link import DATA_FRAME_SIZE, LocalConnection, SpdyLink
+from service.runner.link import DATA_FRAME_SIZE, GATED_READ, LocalConnection, SpdyLink
 
 
 class FakeTransport:
@@ -148,4 +148,19 @@ async def test_merged_data_is_one_write_before_fin() -> None:
     assert transport.writes == [b"0123456789"]
     assert transport.log == ["write", "eof"]
     assert errors == []
+    link.close()
+
+
+async def test_a_connection_waiting_for_its_pair_reads_only_a_little() -> None:
+    link, upstream, _ = make_link(reply_timeout=30)
+    local, _ = make_local(link)
+    assert len(local.get_buffer(-1)) == GATED_READ  # uvloop's one read before the pause
+    await flushed()
+    server = SpdyConnection(False)
+    server.receive_data(upstream.writes.pop())
+    server.send_reply(1)
+    server.send_reply(3)
+    link.data_received(server.data_to_send())
+    assert not local.gated
+    assert len(local.get_buffer(-1)) > GATED_READ
     link.close()
