@@ -465,6 +465,9 @@ class _PairEndpoint:
         conn.max_inbound_frame_size = max_frame_size
         self._conn = conn
         self._initiated = False
+        # Until the peer's SETTINGS arrive its limits are h2's defaults (100 streams), not
+        # what it will enforce: streams opened before could be refused.
+        self.settings_received = False
 
     def _initiate(self) -> None:
         self._conn.initiate_connection()
@@ -573,6 +576,7 @@ class _PairEndpoint:
             elif isinstance(ev, StreamReset):
                 out.append(PairReset(ev.stream_id, int(ev.error_code or 0), ev.remote_reset))
             elif isinstance(ev, RemoteSettingsChanged):
+                self.settings_received = True
                 if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     out.append(WindowOpened(0))
             elif isinstance(ev, PingAckReceived):
@@ -610,9 +614,13 @@ class H2PairClient(_PairEndpoint):
         return self.data_to_send()
 
     def can_open_pair(self) -> bool:
-        """Whether the agent's MAX_CONCURRENT_STREAMS leaves room for two more streams."""
+        """Whether the agent's SETTINGS arrived and its MAX_CONCURRENT_STREAMS leaves room
+        for two more streams."""
         conn = self._conn
-        return conn.open_outbound_streams + 2 <= conn.remote_settings.max_concurrent_streams
+        return (
+            self.settings_received
+            and conn.open_outbound_streams + 2 <= conn.remote_settings.max_concurrent_streams
+        )
 
     def open_pair(
         self,
@@ -627,6 +635,8 @@ class H2PairClient(_PairEndpoint):
         if not 0 < port <= 0xFFFF:
             raise ValueError(f"port {port} is not in 1..65535")
         conn = self._conn
+        if not self.settings_received:
+            raise PairStateError("the agent's SETTINGS have not arrived yet")
         if not self.can_open_pair():
             limit = conn.remote_settings.max_concurrent_streams
             raise PairStateError(f"the agent allows {limit} concurrent streams")

@@ -135,11 +135,18 @@ class H2Link:
         writer.write(client.initiate())
         link = cls(reader, writer, client, drain_after_goaway=drain_after_goaway)
         try:
+            await link._settings_exchanged()  # pairs may only be opened after the agent's SETTINGS
             yield link
         finally:
             await link.aclose()
 
     # ------------------------------------------------------------------ plumbing
+
+    async def _settings_exchanged(self) -> None:
+        async with asyncio.timeout(10):
+            while not self.client.settings_received and not self.closed:
+                self._changed.clear()
+                await self._changed.wait()
 
     async def flush(self) -> None:
         data = self.client.data_to_send()

@@ -518,6 +518,17 @@ def test_protocol_error_queues_goaway_and_raises() -> None:
         H2PairServer().receive_data(b"GET / HTTP/1.1\r\n\r\n")
 
 
+def test_no_pair_before_the_agents_settings() -> None:
+    client = H2PairClient("a")
+    server = H2PairServer(max_concurrent_streams=2)
+    server.receive_data(client.initiate())
+    assert not client.can_open_pair()  # h2 would assume 100 streams until then
+    with pytest.raises(PairStateError, match="SETTINGS"):
+        client.open_pair("n", "p", 80, 0)
+    client.receive_data(server.data_to_send())
+    assert client.can_open_pair()
+
+
 def test_too_many_streams_is_refused_locally() -> None:
     client = H2PairClient("a")
     server = H2PairServer(max_concurrent_streams=2)
@@ -587,6 +598,7 @@ def test_the_repr_counter_catches_plain_h2(repr_counter: dict[str, int]) -> None
     plain = H2Connection(H2Configuration(client_side=False))
     plain.initiate_connection()
     plain.receive_data(sender.initiate())
+    sender.receive_data(plain.data_to_send())  # its SETTINGS
     _, data_id = sender.open_pair("n", "p", 80, 0)
     plain.receive_data(sender.data_to_send())
     assert sender.send_data(data_id, b"\xab" * 4096) == 4096
