@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -1118,9 +1117,6 @@ async def test_sigterm_drain_timeout_ends_a_stuck_pair_and_exits_0() -> None:
 # ----------------------------------------------------------------- 7. network namespace
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
-)
 async def test_missing_netns_is_reported_and_the_next_pair_works(agent: AgentUnderTest) -> None:
     uid = await pod_uid(agent.port, name="ghost")
     path = f"/run/netns/{GHOST_NETNS}"
