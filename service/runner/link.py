@@ -38,7 +38,7 @@ from service.protocols.spdy import (
     encode_header_block,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.readbuffer import shared_read_buffer
+from service.runner.readbuffer import SharedBufferReader, shared_read_buffer
 from service.runner.tunnel import TunnelPipe, TunnelTransport
 from service.upstream import UpgradedConnection, WebSocketConnection
 
@@ -232,7 +232,7 @@ class StreamPair:
     done: bool = False
 
 
-class SpdyLink(asyncio.BufferedProtocol):
+class SpdyLink(SharedBufferReader):
     """One upgraded connection toward the cluster, multiplexing many `StreamPair`s.
 
     Buffered: the socket is read into `shared_read_buffer()` (see there why); inside a
@@ -385,12 +385,6 @@ class SpdyLink(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     # --------------------------------------------------------- upstream side
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return shared_read_buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(shared_read_buffer()[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.closed:

@@ -8,6 +8,7 @@ the next read.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 READ_SIZE = 256 * 1024
@@ -20,3 +21,17 @@ def shared_read_buffer() -> memoryview:
     if view is None:
         view = _buffers.view = memoryview(bytearray(READ_SIZE))
     return view
+
+
+class SharedBufferReader(asyncio.BufferedProtocol):
+    """A protocol read into `shared_read_buffer()`; `data_received` gets a view of each
+    read, valid until it returns (copy what is kept)."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return shared_read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(shared_read_buffer()[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        raise NotImplementedError

@@ -19,7 +19,7 @@ from service.protocols.wstunnel import (
     TunnelClosed,
     WebSocketError,
 )
-from service.runner.readbuffer import shared_read_buffer
+from service.runner.readbuffer import SharedBufferReader
 
 
 class TunnelTransport(asyncio.Transport):
@@ -78,7 +78,7 @@ class TunnelLink(Protocol):
     def resume_writing(self) -> None: ...
 
 
-class TunnelPipe(asyncio.BufferedProtocol):
+class TunnelPipe(SharedBufferReader):
     """Protocol of the real socket: WebSocket in, SPDY bytes out to `link`.
 
     Buffered: the socket is read into `shared_read_buffer()` (see there why).
@@ -88,13 +88,6 @@ class TunnelPipe(asyncio.BufferedProtocol):
         self.client = client
         self.link = link
         self.raw: asyncio.Transport | None = None
-        self._buffer = shared_read_buffer()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes])
 
     def process(self, events: Iterable[object]) -> None:
         for event in events:
