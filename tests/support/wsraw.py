@@ -18,6 +18,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.protocols.wstunnel import mask_payload
+
 __all__ = [
     "OPCODE_BINARY",
     "OPCODE_CLOSE",
@@ -26,6 +28,7 @@ __all__ = [
     "client_frame",
     "parse_frames",
     "read_frames",
+    "ws_frames",
     "ws_handshake",
 ]
 
@@ -151,3 +154,27 @@ def read_frames(sock: socket.socket, rest: bytes = b"", timeout: float = 10.0) -
             break
         buf += chunk
     return parse_frames(bytes(buf))
+
+
+def ws_frames(wire: bytes) -> list[tuple[bool, int, bool, bytes]]:
+    """(fin, opcode, masked, unmasked payload) for every frame in ``wire``, either role;
+    the whole of ``wire`` must be frames."""
+    out = []
+    pos = 0
+    while pos < len(wire):
+        b0, b1 = wire[pos], wire[pos + 1]
+        size, pos = b1 & 0x7F, pos + 2
+        if size == 126:
+            size, pos = struct.unpack_from("!H", wire, pos)[0], pos + 2
+        elif size == 127:
+            size, pos = struct.unpack_from("!Q", wire, pos)[0], pos + 8
+        masked = bool(b1 & 0x80)
+        key = b""
+        if masked:
+            key, pos = wire[pos : pos + 4], pos + 4
+        payload = wire[pos : pos + size]
+        pos += size
+        out.append(
+            (bool(b0 & 0x80), b0 & 0x0F, masked, mask_payload(key, payload) if key else payload)
+        )
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import random
-import struct
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -35,8 +34,8 @@ from service.protocols.wstunnel import (
     TunnelServer,
     WebSocketStateError,
     encode_message,
-    mask_payload,
 )
+from tests.support.wsraw import ws_frames
 
 TARGET = "/api/v1/namespaces/default/pods/web-0/portforward"
 SPLIT_MODES = ["whole", "bytewise", *(f"random-{seed}" for seed in range(6))]
@@ -65,29 +64,6 @@ def data_of(events: Sequence[ChannelEvent], port_index: int) -> bytes:
     return b"".join(
         e.data for e in events if isinstance(e, ChannelData) and e.port_index == port_index
     )
-
-
-def ws_frames(wire: bytes) -> list[tuple[bool, int, bool, bytes]]:
-    """(fin, opcode, masked, unmasked payload) for every frame in ``wire``."""
-    out = []
-    pos = 0
-    while pos < len(wire):
-        b0, b1 = wire[pos], wire[pos + 1]
-        size, pos = b1 & 0x7F, pos + 2
-        if size == 126:
-            size, pos = struct.unpack_from("!H", wire, pos)[0], pos + 2
-        elif size == 127:
-            size, pos = struct.unpack_from("!Q", wire, pos)[0], pos + 8
-        masked = bool(b1 & 0x80)
-        key = b""
-        if masked:
-            key, pos = wire[pos : pos + 4], pos + 4
-        payload = wire[pos : pos + size]
-        pos += size
-        out.append(
-            (bool(b0 & 0x80), b0 & 0x0F, masked, mask_payload(key, payload) if key else payload)
-        )
-    return out
 
 
 def request_for(client: ChannelClient) -> tuple[TunnelRequested, bytes]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -32,6 +31,7 @@ from service.protocols.wstunnel import (
     mask_payload,
     parse_upgrade_request,
 )
+from tests.support.wsraw import ws_frames
 
 from .spdy_vectors import V5_SYN_STREAM_1, V5_SYN_STREAM_3, V6_SYN_REPLY_1, V6_SYN_REPLY_3, V8
 
@@ -61,29 +61,6 @@ def feed(receive: Receiver, wire: bytes, mode: str = "whole") -> list[TunnelEven
 
 def stream_of(events: Sequence[TunnelEvent]) -> bytes:
     return b"".join(e.data for e in events if isinstance(e, StreamBytes))
-
-
-def ws_frames(wire: bytes) -> list[tuple[bool, int, bool, bytes]]:
-    """(fin, opcode, masked, unmasked payload) for every frame in ``wire``."""
-    out = []
-    pos = 0
-    while pos < len(wire):
-        b0, b1 = wire[pos], wire[pos + 1]
-        size, pos = b1 & 0x7F, pos + 2
-        if size == 126:
-            size, pos = struct.unpack_from("!H", wire, pos)[0], pos + 2
-        elif size == 127:
-            size, pos = struct.unpack_from("!Q", wire, pos)[0], pos + 8
-        masked = bool(b1 & 0x80)
-        key = b""
-        if masked:
-            key, pos = wire[pos : pos + 4], pos + 4
-        payload = wire[pos : pos + size]
-        pos += size
-        out.append(
-            (bool(b0 & 0x80), b0 & 0x0F, masked, mask_payload(key, payload) if key else payload)
-        )
-    return out
 
 
 def open_pair(mode: str = "whole") -> tuple[TunnelClient, TunnelServer]:
