@@ -35,27 +35,7 @@ from service.protocols.h2pair import (
     parse_pair_path,
     validate_pair_headers,
 )
-
-SPLIT_MODES = ["whole", "bytewise", *(f"random-{seed}" for seed in range(4))]
-
-
-def chunks_of(wire: bytes, mode: str) -> list[bytes]:
-    if mode == "whole" or len(wire) < 2:
-        return [wire]
-    if mode == "bytewise":
-        return [wire[i : i + 1] for i in range(len(wire))]
-    rng = random.Random(int(mode.split("-")[1]))
-    cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(1, 25))))
-    return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
-
-
-def feed(
-    receive: Callable[[bytes], list[PairEvent]], wire: bytes, mode: str = "whole"
-) -> list[PairEvent]:
-    events: list[PairEvent] = []
-    for chunk in chunks_of(wire, mode):
-        events += receive(chunk)
-    return events
+from tests.support.splits import SPLIT_MODES, chunks_of, feed
 
 
 def connected(mode: str = "whole") -> tuple[H2PairClient, H2PairServer]:

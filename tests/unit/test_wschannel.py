@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -35,29 +34,10 @@ from service.protocols.wstunnel import (
     WebSocketStateError,
     encode_message,
 )
+from tests.support.splits import SPLIT_MODES, feed
 from tests.support.wsraw import ws_frames
 
 TARGET = "/api/v1/namespaces/default/pods/web-0/portforward"
-SPLIT_MODES = ["whole", "bytewise", *(f"random-{seed}" for seed in range(6))]
-
-
-def chunks_of(wire: bytes, mode: str) -> list[bytes]:
-    if mode == "whole" or len(wire) < 2:
-        return [wire]
-    if mode == "bytewise":
-        return [wire[i : i + 1] for i in range(len(wire))]
-    rng = random.Random(int(mode.split("-")[1]))
-    cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(1, 25))))
-    return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
-
-
-def feed(
-    receive: Callable[[bytes], list[ChannelEvent]], wire: bytes, mode: str = "whole"
-) -> list[ChannelEvent]:
-    events: list[ChannelEvent] = []
-    for chunk in chunks_of(wire, mode):
-        events += receive(chunk)
-    return events
 
 
 def data_of(events: Sequence[ChannelEvent], port_index: int) -> bytes:

@@ -31,32 +31,12 @@ from service.protocols.wstunnel import (
     mask_payload,
     parse_upgrade_request,
 )
+from tests.support.splits import SPLIT_MODES, chunks_of, feed
 from tests.support.wsraw import ws_frames
 
 from .spdy_vectors import V5_SYN_STREAM_1, V5_SYN_STREAM_3, V6_SYN_REPLY_1, V6_SYN_REPLY_3, V8
 
 TARGET = "/api/v1/namespaces/default/pods/web-0/portforward"
-SPLIT_MODES = ["whole", "bytewise", *(f"random-{seed}" for seed in range(6))]
-
-
-def chunks_of(wire: bytes, mode: str) -> list[bytes]:
-    if mode == "whole" or len(wire) < 2:
-        return [wire]
-    if mode == "bytewise":
-        return [wire[i : i + 1] for i in range(len(wire))]
-    rng = random.Random(int(mode.split("-")[1]))
-    cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(1, 25))))
-    return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
-
-
-Receiver = Callable[[bytes], list[TunnelEvent]]
-
-
-def feed(receive: Receiver, wire: bytes, mode: str = "whole") -> list[TunnelEvent]:
-    events: list[TunnelEvent] = []
-    for chunk in chunks_of(wire, mode):
-        events += receive(chunk)
-    return events
 
 
 def stream_of(events: Sequence[TunnelEvent]) -> bytes:
