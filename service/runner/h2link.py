@@ -29,7 +29,8 @@ from service.protocols.h2pair import (
     WindowOpened,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.link import LocalConnection, set_nodelay
+from service.runner.link import LocalConnection
+from service.upstream import set_nodelay
 
 log = logging.getLogger("podgate.runner")
 

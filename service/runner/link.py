@@ -40,7 +40,7 @@ from service.protocols.spdy import (
 from service.runner.keepalive import Keepalive
 from service.runner.readbuffer import SharedBufferReader, shared_read_buffer
 from service.runner.tunnel import TunnelPipe, TunnelTransport
-from service.upstream import UpgradedConnection, WebSocketConnection
+from service.upstream import UpgradedConnection, WebSocketConnection, set_nodelay
 
 log = logging.getLogger("podgate.runner")
 
@@ -99,13 +99,6 @@ def _loop_sets_nodelay(loop: asyncio.AbstractEventLoop) -> bool:
         )
         _NODELAY_BY_LOOP[kind] = known
     return known
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class LocalConnection(asyncio.BufferedProtocol):

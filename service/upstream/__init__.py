@@ -19,7 +19,7 @@ from .resolve import (
 )
 from .targets import Target, TargetError, parse_target
 from .upgrade import PORTFORWARD_PROTOCOL, SPDY_UPGRADE, UpgradedConnection, dial_spdy
-from .websocket import TunnelRefused, WebSocketConnection
+from .websocket import TunnelRefused, WebSocketConnection, set_nodelay
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -51,5 +51,6 @@ __all__ = [
     "parse_target",
     "portforward_url",
     "resolve_target",
+    "set_nodelay",
     "user_agent",
 ]

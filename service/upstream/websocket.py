@@ -57,7 +57,8 @@ class WebSocketConnection:
             self.transport.resume_reading()
 
 
-def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on a TCP transport (a no-op for others and on failure)."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
@@ -78,7 +79,7 @@ class _HandshakeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop: not a subclass
-        _set_nodelay(transport)
+        set_nodelay(transport)
         self.transport.write(self.client.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -218,7 +219,7 @@ class _Paused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        _set_nodelay(transport)
+        set_nodelay(transport)
         self.transport.pause_reading()
 
 
