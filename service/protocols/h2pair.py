@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECTION_WINDOW",
+    "MAX_CONCURRENT_STREAMS",
     "MAX_FRAME_SIZE",
     "STREAM_WINDOW",
     "H2PairClient",
@@ -64,6 +65,7 @@ __all__ = [
     "PairData",
     "PairEnded",
     "PairEvent",
+    "PairLimitReached",
     "PairProtocolError",
     "PairRequestError",
     "PairReset",
@@ -113,6 +115,11 @@ class PairProtocolError(Exception):
 
 class PairStateError(Exception):
     """Local misuse: the stream is closed or unknown, or no stream can be opened."""
+
+
+class PairLimitReached(PairStateError):
+    """No pair can be opened now: the agent's SETTINGS have not arrived, or its
+    MAX_CONCURRENT_STREAMS is reached. Retry once streams close."""
 
 
 class PairRequestError(Exception):
@@ -636,10 +643,10 @@ class H2PairClient(_PairEndpoint):
             raise ValueError(f"port {port} is not in 1..65535")
         conn = self._conn
         if not self.settings_received:
-            raise PairStateError("the agent's SETTINGS have not arrived yet")
+            raise PairLimitReached("the agent's SETTINGS have not arrived yet")
         if not self.can_open_pair():
             limit = conn.remote_settings.max_concurrent_streams
-            raise PairStateError(f"the agent allows {limit} concurrent streams")
+            raise PairLimitReached(f"the agent allows {limit} concurrent streams")
         path = f"{PATH_PREFIX}{quote(namespace, safe='')}/{quote(pod, safe='')}"
         base = [
             (":method", "POST"),

@@ -21,6 +21,7 @@ from service.protocols.h2pair import (
     LinkTerminated,
     PairData,
     PairEnded,
+    PairLimitReached,
     PairProtocolError,
     PairReset,
     PairResponse,
@@ -118,20 +119,20 @@ class H2Link(asyncio.Protocol):
 
     def open_pair(self, local: LocalConnection) -> None:
         assert self.client is not None
-        if not self.client.can_open_pair():
-            # At the agent's stream limit: the connection waits, unread, for pairs to end.
-            self._waiting.append(local)
-            return
         request_id = self._next_request_id
-        self._next_request_id += 1
         try:
             error_sid, data_sid = self.client.open_pair(
                 self.namespace, self.pod, local.remote_port, request_id, self.headers
             )
+        except PairLimitReached:
+            # At the agent's stream limit: the connection waits, unread, for pairs to end.
+            self._waiting.append(local)
+            return
         except (PairStateError, PairProtocolError, ValueError) as exc:
             log.info("cannot open HTTP/2 streams: %s", exc)
             local.abort()
             return
+        self._next_request_id += 1
         pair = H2Pair(error_sid, data_sid, local)
         self.pairs[error_sid] = pair
         self.pairs[data_sid] = pair
