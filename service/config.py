@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     #: When the cluster refuses to watch a session's pod, GET it this often (<= 0: no
     #: pod watch at all; the keepalive still notices a dead link).
     pod_poll_interval_seconds: float = 2.0
+    #: How long one pod watch request lasts before the server ends it and it is renewed.
+    pod_watch_timeout_seconds: int = 300
     #: How often changed traffic counters are written to the store.
     counters_flush_seconds: float = 2.0
     #: Events kept for `Last-Event-ID` resumption.

@@ -39,9 +39,11 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError as H2ProtocolError
 from hyperframe.frame import GoAwayFrame
 
+from service import __version__
 from service.agent.dialer import DialError, PodDialer
 from service.agent.registry import PodRegistry
 from service.protocols.h2pair import (
+    AGENT_PATH,
     MAX_CONCURRENT_STREAMS,
     H2PairServer,
     LinkTerminated,
@@ -238,6 +240,11 @@ class H2Session:
         self._last_stream_id = max(self._last_stream_id, sid)
         if self._goaway_sent:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if headers.get(":path") == AGENT_PATH and headers.get(":method") == "GET":
+            self.h2.answer_agent_query(sid, __version__)
+            if not event.end_stream:
+                self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
             return
         try:
             namespace, pod_name = parse_pair_path(headers.get(":path", ""))

@@ -20,6 +20,7 @@ are queued as slices of the caller's bytes, never copied (see "DATA without copi
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections import deque
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from h2._typing import Buffer as _H2Buffer
 
 __all__ = [
+    "AGENT_KIND",
+    "AGENT_PATH",
     "CONNECTION_WINDOW",
     "MAX_CONCURRENT_STREAMS",
     "MAX_FRAME_SIZE",
@@ -74,6 +77,7 @@ __all__ = [
     "PairStreamOpened",
     "PingAnswered",
     "WindowOpened",
+    "agent_identity",
     "parse_pair_path",
     "validate_pair_headers",
 ]
@@ -95,6 +99,11 @@ MAX_CONCURRENT_STREAMS: Final = 16384
 _DEFAULT_CONNECTION_WINDOW: Final = 65535  # RFC 9113 §6.9.2; SETTINGS cannot change it
 _DEFAULT_MAX_HEADER_LIST: Final = 1 << 16
 PATH_PREFIX: Final = "/v1/portforward/"
+#: ``GET`` here is the agent handshake: a podgate agent answers 200 with a JSON body whose
+#: ``kind`` is AGENT_KIND. Any other server (an API server answers 403 or 404) is not one,
+#: and its answers must never be taken for pod data.
+AGENT_PATH: Final = "/v1/agent"
+AGENT_KIND: Final = "PodgateAgent"
 _DIGITS = re.compile(r"[0-9]+")
 _SENDABLE: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
@@ -451,6 +460,21 @@ def parse_pair_path(path: str) -> tuple[str, str]:
     raise PairRequestError(404, f"no port-forward endpoint at {path!r}")
 
 
+def agent_identity(status: int, body: bytes) -> str | None:
+    """The agent's version from its answer to ``GET AGENT_PATH``, or None when the answer
+    is not a podgate agent's."""
+    if status != 200:
+        return None
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("kind") != AGENT_KIND:
+        return None
+    version = info.get("version")
+    return version if isinstance(version, str) else ""
+
+
 # ---------------------------------------------------------------------- shared endpoint
 
 
@@ -665,6 +689,25 @@ class H2PairClient(_PairEndpoint):
             raise PairStateError(f"cannot open a stream pair: {exc}") from exc
         return error_id, data_id
 
+    def query_agent(self, extra_headers: Sequence[tuple[str, str]] = ()) -> int:
+        """Open the handshake stream (``GET AGENT_PATH``, END_STREAM); return its id. The
+        answer comes as ``PairResponse``, ``PairData`` and ``PairEnded`` on it: judge it
+        with ``agent_identity``. Needs no SETTINGS from the peer (one stream)."""
+        conn = self._conn
+        headers = [
+            (":method", "GET"),
+            (":scheme", self.scheme),
+            (":authority", self.authority),
+            (":path", AGENT_PATH),
+            *((k.lower(), v) for k, v in extra_headers),
+        ]
+        try:
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, headers, end_stream=True)
+        except H2ProtocolError as exc:
+            raise PairStateError(f"cannot open the handshake stream: {exc}") from exc
+        return stream_id
+
     def ping(self) -> bytes:
         """Queue a PING; ``PingAnswered`` carries the returned 8 bytes."""
         self._ping_counter += 1
@@ -717,6 +760,13 @@ class H2PairServer(_PairEndpoint):
         sent = self.send_data(stream_id, text.encode("utf-8")) if text else 0
         self.end_stream(stream_id)
         return sent
+
+    def answer_agent_query(self, stream_id: int, version: str) -> None:
+        """Answer ``GET AGENT_PATH``: 200, the agent's identity as JSON, END_STREAM."""
+        body = json.dumps({"kind": AGENT_KIND, "version": version}).encode()
+        self.respond(stream_id, 200, headers=[("content-type", "application/json")])
+        self.send_data(stream_id, body)
+        self.end_stream(stream_id)
 
     def reject_stream(self, stream_id: int, error: PairRequestError) -> None:
         """Answer a stream that failed validation: status, text body, END_STREAM."""

@@ -117,11 +117,13 @@ class ChannelForwarder:
         namespace: str,
         pod: str,
         *,
+        on_lost: Callable[[ChannelForwarder, str], None],
         on_connection_error: Callable[[LocalConnection, str], None],
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.pod = pod
+        self._on_lost = on_lost
         self._on_connection_error = on_connection_error
         self.connections: set[ChannelConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,6 +152,10 @@ class ChannelForwarder:
         except UpstreamError as exc:
             conn.error_text = str(exc)
             self.finished(conn)
+            if exc.status in (401, 403, 404):
+                # What every next connection would get too: the session re-dials (and
+                # re-resolves its target) instead of failing each connection alone.
+                self.fail(str(exc))
             return
         conn.client = ws.client
         conn.raw = ws.transport
@@ -206,10 +212,11 @@ class ChannelForwarder:
         conn.close()
 
     def fail(self, reason: str) -> None:
-        """Give up on this pod (it is gone): close every connection."""
+        """Give up on this pod (it is gone, or refused us): close every connection."""
         if not self.closed:
             self.lost_reason = reason
             self.close()
+            self._on_lost(self, reason)
 
     def close(self) -> None:
         self.closed = True

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.protocols.h2pair import (
+    AGENT_PATH,
     H2PairClient,
     LinkTerminated,
     PairData,
@@ -28,14 +29,16 @@ from service.protocols.h2pair import (
     PairStateError,
     PingAnswered,
     WindowOpened,
+    agent_identity,
 )
 from service.runner.keepalive import Keepalive
 from service.runner.link import LocalConnection
-from service.upstream import set_nodelay
+from service.upstream import UpstreamError, describe_http_error, set_nodelay
 
 log = logging.getLogger("podgate.runner")
 
 MAX_ERROR_TEXT = 64 * 1024
+MAX_HANDSHAKE_BODY = 64 * 1024
 UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
 
 
@@ -53,6 +56,16 @@ class H2Pair:
     status: int = 0
     error_text: str = ""
     done: bool = False
+
+
+@dataclass(slots=True)
+class AgentHandshake:
+    """The answer to ``GET /v1/agent`` (the h2 link is used only once it proved to be a
+    podgate agent's)."""
+
+    stream_id: int
+    status: int = 0
+    body: bytearray = field(default_factory=bytearray)
 
 
 class H2Link(asyncio.Protocol):
@@ -85,6 +98,11 @@ class H2Link(asyncio.Protocol):
         )
         self.closed = False
         self.lost_reason = ""
+        self._handshake: AgentHandshake | None = None
+        self._verified: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        # Why: a link lost before anyone awaited the handshake must not log "never retrieved".
+        self._verified.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._server = ""
 
     def attach(
         self,
@@ -95,14 +113,66 @@ class H2Link(asyncio.Protocol):
         headers: list[tuple[str, str]],
     ) -> None:
         self.transport = transport
-        self.headers = [(k.lower(), v) for k, v in headers if k.lower() != "user-agent"]
+        self.headers = [(k.lower(), v) for k, v in headers]
         self.client = H2PairClient(authority, scheme)
+        self._server = f"{scheme}://{authority}"
         transport.set_protocol(self)
         transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
         set_nodelay(transport)
-        transport.write(self.client.initiate())
+        preface = self.client.initiate()
+        self._handshake = AgentHandshake(self.client.query_agent(self.headers))
+        transport.writelines([preface, *self.client.buffers_to_send()])
         transport.resume_reading()
         self.keepalive.start()
+
+    async def verified(self, timeout: float) -> str:
+        """Wait for the agent handshake; return the agent's version. Raises UpstreamError
+        (not retryable) when the server is not a podgate agent, retryable ones when the
+        connection is lost or the answer does not come within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._verified)
+        except TimeoutError:
+            raise UpstreamError(
+                f"{self._server} did not answer the podgate agent handshake "
+                f"(GET {AGENT_PATH}) within {timeout:g} s"
+            ) from None
+
+    def _handshake_event(self, event: object) -> bool:
+        """Consume an event of the handshake stream; True when it was one."""
+        hello = self._handshake
+        if hello is None or getattr(event, "stream_id", None) != hello.stream_id:
+            return False
+        assert self.client is not None
+        if isinstance(event, PairResponse):
+            hello.status = event.status
+        elif isinstance(event, PairData):
+            self.client.acknowledge(hello.stream_id, event.flow_controlled_length)
+            room = MAX_HANDSHAKE_BODY - len(hello.body)
+            hello.body += bytes(event.data[:room])
+        elif isinstance(event, PairEnded | PairReset):
+            self._handshake = None
+            self._judge_handshake(hello, reset=isinstance(event, PairReset))
+        return True
+
+    def _judge_handshake(self, hello: AgentHandshake, *, reset: bool) -> None:
+        if self._verified.done():
+            return
+        version = None if reset else agent_identity(hello.status, bytes(hello.body))
+        if version is not None:
+            self._verified.set_result(version)
+            return
+        if reset and not hello.status:
+            answer = "reset the handshake stream"
+        else:
+            answer = "answered " + describe_http_error(hello.status, "", bytes(hello.body), 300)
+        self._verified.set_exception(
+            UpstreamError(
+                f"{self._server} is not a podgate agent: GET {AGENT_PATH} {answer} "
+                "(the h2 transport needs `podgate agent` as the server)",
+                retryable=False,
+            )
+        )
 
     @property
     def usable(self) -> bool:
@@ -215,6 +285,8 @@ class H2Link(asyncio.Protocol):
             self._lose(f"HTTP/2 protocol error from upstream: {exc}")
             return
         for event in events:
+            if self._handshake is not None and self._handshake_event(event):
+                continue
             if isinstance(event, PairData):
                 self._data(event)
             elif isinstance(event, PairResponse):
@@ -378,6 +450,8 @@ class H2Link(asyncio.Protocol):
         self.closed = True
         self.lost_reason = reason
         self.keepalive.stop()
+        if not self._verified.done():
+            self._verified.set_exception(UpstreamError(reason))
         for pair in list(set(self.pairs.values())):
             pair.done = True
             pair.local.counters.connections_active -= 1
@@ -406,5 +480,7 @@ class H2Link(asyncio.Protocol):
         self._flush()
         self.closed = True
         self.keepalive.stop()
+        if not self._verified.done():
+            self._verified.cancel()
         if self.transport is not None:
             self.transport.close()

@@ -26,6 +26,7 @@ from typing import Any
 
 from service.runner.backoff import backoff_delays
 from service.upstream import (
+    WATCH_TIMEOUT,
     Cluster,
     PodInfo,
     PodNotFound,
@@ -54,7 +55,12 @@ def judge(pod: PodInfo, current: PodInfo) -> str | None:
 
 
 async def wait_until_gone(
-    cluster: Cluster, namespace: str, pod: PodInfo, *, poll_interval: float
+    cluster: Cluster,
+    namespace: str,
+    pod: PodInfo,
+    *,
+    poll_interval: float,
+    watch_timeout: int = WATCH_TIMEOUT,
 ) -> str:
     """Return (only) once `pod` is deleted, replaced or not Running: the reason, for people.
 
@@ -65,7 +71,9 @@ async def wait_until_gone(
     while True:
         opened = asyncio.get_running_loop().time()
         events = 0
-        stream = cluster.watch_pod(namespace, pod.name, resource_version=resource_version)
+        stream = cluster.watch_pod(
+            namespace, pod.name, resource_version=resource_version, timeout_seconds=watch_timeout
+        )
         try:
             async with contextlib.aclosing(stream):  # closes the response on an early return
                 async for kind, obj in stream:
@@ -81,22 +89,32 @@ async def wait_until_gone(
                         return reason
         except WatchRefused as exc:
             log.info("pod %s/%s: %s; polling every %g s", namespace, pod.name, exc, poll_interval)
-            return await poll_until_gone(cluster, namespace, pod, poll_interval=poll_interval)
-        except WatchExpired:
-            # Our resourceVersion is too old: look at the pod now, then watch from there.
-            try:
-                reason, resource_version = await _check_now(cluster, namespace, pod)
-            except UpstreamError as exc:
-                log.debug("pod %s/%s: GET failed: %s", namespace, pod.name, exc)
-                reason, resource_version = None, ""
+            reason = await poll_until_gone(
+                cluster, namespace, pod, poll_interval=poll_interval, duration=watch_timeout
+            )
             if reason is not None:
                 return reason
-            continue
+            continue  # polled for a watch timeout: the watch may be served by now
+        except WatchExpired:
+            # Our resourceVersion is older than the server's watch cache (after every API
+            # server restart for a pod that has not changed since). Like client-go's
+            # reflector: list, then watch from the list's resourceVersion.
+            try:
+                current, listed_at = await cluster.list_pod(namespace, pod.name)
+            except UpstreamError as exc:
+                log.debug("pod %s/%s: list failed: %s", namespace, pod.name, exc)
+            else:
+                if current is None:
+                    return _deleted(pod)
+                reason = judge(pod, current)
+                if reason is not None:
+                    return reason
+                resource_version = listed_at or current.resource_version
         except UpstreamError as exc:
             log.debug("pod %s/%s: watch failed: %s", namespace, pod.name, exc)
             events = 0
-        # The server ended the watch (its timeout) or it failed: watch again, without
-        # spinning when it keeps ending at once.
+        # The server ended the watch (its timeout), it failed or it expired: watch again,
+        # after a growing delay while it keeps ending at once without an event.
         if events == 0 and asyncio.get_running_loop().time() - opened < QUICK_END:
             delays = delays or backoff_delays(base=1.0, cap=30.0)
             await asyncio.sleep(next(delays))
@@ -150,13 +168,21 @@ def shared_reads(cluster: Cluster) -> SharedPodReads:
 
 
 async def poll_until_gone(
-    cluster: Cluster, namespace: str, pod: PodInfo, *, poll_interval: float
-) -> str:
-    """The fallback for servers that do not serve watches: GET the pod periodically."""
+    cluster: Cluster,
+    namespace: str,
+    pod: PodInfo,
+    *,
+    poll_interval: float,
+    duration: float | None = None,
+) -> str | None:
+    """The fallback for servers that do not serve watches: GET the pod periodically, for
+    ``duration`` seconds (None: until it is gone), then None."""
     reads = shared_reads(cluster)
+    loop = asyncio.get_running_loop()
+    end = None if duration is None else loop.time() + duration
     # A random first phase: sessions started together would otherwise poll in lockstep.
     delay = poll_interval * random.uniform(0.5, 1.5)
-    while True:
+    while end is None or loop.time() + delay < end:
         await asyncio.sleep(delay)
         delay = poll_interval
         try:
@@ -169,14 +195,7 @@ async def poll_until_gone(
         reason = judge(pod, current)
         if reason is not None:
             return reason
-
-
-async def _check_now(cluster: Cluster, namespace: str, pod: PodInfo) -> tuple[str | None, str]:
-    try:
-        current = await cluster.get_pod(namespace, pod.name)
-    except PodNotFound:
-        return _deleted(pod), ""
-    return judge(pod, current), current.resource_version
+    return None
 
 
 def _resource_version(obj: dict[str, Any]) -> str:

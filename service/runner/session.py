@@ -36,7 +36,15 @@ from service.runner.h2link import H2Link
 from service.runner.link import LocalConnection, SpdyLink, TrafficCounters
 from service.runner.listeners import BoundMapping, bind_mappings
 from service.runner.podwatch import wait_until_gone
-from service.upstream import Cluster, PodInfo, TunnelRefused, UpstreamError, resolve_target
+from service.runner.recovery import cluster_recovery
+from service.upstream import (
+    DEFAULT_TIMEOUT,
+    Cluster,
+    PodInfo,
+    TunnelRefused,
+    UpstreamError,
+    resolve_target,
+)
 from service.upstream.endpoint import Endpoint
 from service.upstream.targets import parse_target
 
@@ -99,6 +107,7 @@ class SessionPolicy:
     ttl: float | None = None  # stopped this long after creation
     idle_timeout: float | None = None  # stopped after this long without a local connection
     pod_poll_interval: float = 2.0  # GET pod period when the server refuses watches; <= 0: off
+    pod_watch_timeout: int = 300  # seconds one pod watch request lasts before it is renewed
 
 
 class ForwardSession:
@@ -137,6 +146,7 @@ class ForwardSession:
         self._link_lost = asyncio.Event()
         self._lost_at: float | None = None
         self._ever_ready = False
+        self._cluster_seen: Cluster | None = None  # of the last dial
         self._waiting: dict[LocalConnection, asyncio.TimerHandle] = {}
         self._open_connections = 0
         self._task: asyncio.Task[None] | None = None
@@ -255,8 +265,10 @@ class ForwardSession:
                 fatal = (
                     isinstance(exc, UpstreamError)
                     and not exc.retryable
-                    # Once it was ready, a pod or Service that is gone may come back.
-                    and not (self._ever_ready and exc.status == 404)
+                    # Once it was ready, a pod or Service that is gone may come back, and a
+                    # 401/403 may be an API server that restarts (its RBAC caches not synced
+                    # yet), a credential being rotated or an RBAC change rolling out.
+                    and not (self._ever_ready and exc.status in (401, 403, 404))
                 )
                 if fatal:
                     self._fail(error)
@@ -270,7 +282,11 @@ class ForwardSession:
                     return
                 next_status = RECONNECTING if self.status in (READY, RECONNECTING) else PENDING
                 self._set(next_status, error)
-                await asyncio.sleep(next(delays))  # interruptible: stop() cancels this task
+                delay = next(delays)
+                if self._cluster_seen is None:
+                    await asyncio.sleep(delay)  # interruptible: stop() cancels this task
+                else:  # the same, or less once the cluster is back from an outage
+                    await cluster_recovery(self._cluster_seen).wait(delay)
                 continue
             if dialled is None:  # stopped while dialling
                 return
@@ -305,7 +321,11 @@ class ForwardSession:
     async def _watch_pod(self, cluster: Cluster, pod: PodInfo, link: Link) -> None:
         try:
             reason = await wait_until_gone(
-                cluster, self.spec.namespace, pod, poll_interval=self.policy.pod_poll_interval
+                cluster,
+                self.spec.namespace,
+                pod,
+                poll_interval=self.policy.pod_poll_interval,
+                watch_timeout=self.policy.pod_watch_timeout,
             )
         except Exception:
             log.exception("session %s: the pod watch failed", self.spec.name)
@@ -316,7 +336,7 @@ class ForwardSession:
             self._link_lost.set()
 
     async def _dial(self) -> tuple[Cluster, PodInfo] | None:
-        cluster = await self._cluster(self.spec.context)
+        cluster = self._cluster_seen = await self._cluster(self.spec.context)
         # Resolved on every dial: a Service or Deployment may point at another pod by now.
         resolution = await resolve_target(
             cluster, self.spec.namespace, self.target, self.spec.mappings
@@ -380,10 +400,13 @@ class ForwardSession:
             link.attach(upgraded)
             return link, "spdy"
         if mode == "ws-channel":
+            # No connection is made until a local client comes: ask now whether one may be.
+            await cluster.check_portforward(namespace, pod)
             forwarder = ChannelForwarder(
                 cluster,
                 namespace,
                 pod,
+                on_lost=self._lost,
                 on_connection_error=self._connection_error,
             )
             return forwarder, "ws-channel"
@@ -403,6 +426,11 @@ class ForwardSession:
                 scheme="https" if endpoint.tls else "http",
                 headers=headers,
             )
+            try:
+                await h2.verified(DEFAULT_TIMEOUT)
+            except BaseException:
+                h2.close()
+                raise
             return h2, "h2"
         raise UpstreamError(f"unknown transport {mode!r}", retryable=False)
 

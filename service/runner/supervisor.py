@@ -166,6 +166,7 @@ class Supervisor:
         ping_interval: float = 5.0,
         max_backoff: float = 30.0,
         pod_poll_interval: float = 2.0,
+        pod_watch_timeout: int = 300,
         counters_flush_interval: float = 2.0,
         events: EventHub | None = None,
     ) -> None:
@@ -175,6 +176,7 @@ class Supervisor:
         self.ping_interval = ping_interval
         self.max_backoff = max_backoff
         self.pod_poll_interval = pod_poll_interval
+        self.pod_watch_timeout = pod_watch_timeout
         self.counters_flush_interval = counters_flush_interval
         self.events = events if events is not None else EventHub()
         self.sessions: dict[str, ForwardSession] = {}
@@ -202,6 +204,7 @@ class Supervisor:
             ttl=None if ttl is None else float(ttl),
             idle_timeout=None if idle is None else float(idle),
             pod_poll_interval=self.pod_poll_interval,
+            pod_watch_timeout=self.pod_watch_timeout,
         )
 
     def _new_session(self, spec: SessionSpec, options: Mapping[str, Any] | None) -> ForwardSession:

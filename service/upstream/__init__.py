@@ -4,9 +4,16 @@ target (pod, service, deployment, …) to a pod, and the HTTP/1.1 SPDY upgrade. 
 
 # Why first: registers kubernetes_asyncio without its ~800 generated model modules (+38 MB).
 from . import _k8s_lazy  # noqa: F401  (isort: keep before .cluster)
-from .cluster import DEFAULT_TIMEOUT, Cluster, PodInfo, user_agent
+from .cluster import DEFAULT_TIMEOUT, WATCH_TIMEOUT, Cluster, PodInfo, user_agent
 from .endpoint import Endpoint, auth_headers, build_ssl_context, portforward_url
-from .errors import PodNotFound, PodNotRunning, UpstreamError, WatchExpired, WatchRefused
+from .errors import (
+    PodNotFound,
+    PodNotRunning,
+    UpstreamError,
+    WatchExpired,
+    WatchRefused,
+    describe_http_error,
+)
 from .resolve import (
     InvalidTarget,
     NoRunningPod,
@@ -25,6 +32,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PORTFORWARD_PROTOCOL",
     "SPDY_UPGRADE",
+    "WATCH_TIMEOUT",
     "Cluster",
     "Endpoint",
     "InvalidTarget",
@@ -47,6 +55,7 @@ __all__ = [
     "WebSocketConnection",
     "auth_headers",
     "build_ssl_context",
+    "describe_http_error",
     "dial_spdy",
     "parse_target",
     "portforward_url",

@@ -37,7 +37,7 @@ from .errors import (
 from .upgrade import UpgradedConnection, dial_spdy
 from .websocket import WebSocketConnection, connect_raw, dial_websocket
 
-__all__ = ["DEFAULT_TIMEOUT", "Cluster", "PodInfo", "user_agent"]
+__all__ = ["DEFAULT_TIMEOUT", "WATCH_TIMEOUT", "Cluster", "PodInfo", "user_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -241,16 +241,9 @@ class Cluster:
             raise UpstreamError(f"GET {url} returned a list without items", retryable=False)
         return [item for item in items if isinstance(item, dict)]
 
-    async def _read_object(
-        self,
-        resource: str,
-        url: str,
-        path: str,
-        *,
-        limit: int = _MAX_POD_BODY,
-    ) -> dict[str, Any] | None:
-        """Run one read request with get_pod's bounds and error mapping; None for a 404
-        whose Status names ``resource`` (the object does not exist)."""
+    async def _request(self, url: str, path: str, limit: int) -> tuple[int, str, bytes]:
+        """GET ``path`` with get_pod's bounds and error mapping; ``(status, reason, body)``
+        for any HTTP answer (the body cut at ``limit``)."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._fresh_credentials()
@@ -273,11 +266,23 @@ class Cluster:
             raise UpstreamError(f"GET {url} failed: {_describe(exc)}", retryable=True) from exc
         except OSError as exc:
             raise describe_connect_error(exc, url) from exc
-        status = int(response.status)
+        return int(response.status), str(response.reason or ""), body
+
+    async def _read_object(
+        self,
+        resource: str,
+        url: str,
+        path: str,
+        *,
+        limit: int = _MAX_POD_BODY,
+    ) -> dict[str, Any] | None:
+        """Run one read request with get_pod's bounds and error mapping; None for a 404
+        whose Status names ``resource`` (the object does not exist)."""
+        status, reason, body = await self._request(url, path, limit)
         if status == 404 and _names_kind(body, resource):
             return None
         if not 200 <= status < 300:
-            text = describe_http_error(status, str(response.reason or ""), body)
+            text = describe_http_error(status, reason, body)
             raise UpstreamError(f"GET {url}: {text}", status=status)
         try:
             data = json.loads(body)
@@ -289,14 +294,61 @@ class Cluster:
             raise UpstreamError(f"GET {url} returned an unexpected body", status=status)
         return data
 
+    async def list_pod(self, namespace: str, name: str) -> tuple[PodInfo | None, str]:
+        """LIST the pods named ``name`` (a field selector, as client-go's reflector does):
+        ``(the pod or None, the list's resourceVersion)``. A watch from that version is
+        served even when the pod's own version is older than the server's watch cache (after
+        an API server restart a watch from it gets 410 Gone)."""
+        query = urlencode({"fieldSelector": f"metadata.name={name}"})
+        url = f"{self.server}/api/v1/namespaces/{namespace}/pods?{query}"
+        data = await self._read_object(
+            "pods", url, self._path("api/v1", namespace, "pods") + "?" + query
+        )
+        if data is None:
+            return None, ""
+        items = data.get("items")
+        if not isinstance(items, list):
+            raise UpstreamError(f"GET {url} returned a list without items", retryable=False)
+        pods = [PodInfo.from_json(item) for item in items if isinstance(item, dict)]
+        version = (data.get("metadata") or {}).get("resourceVersion")
+        return (pods[0] if pods else None), str(version or "")
+
+    async def check_portforward(self, namespace: str, pod: str) -> None:
+        """GET …/pods/{pod}/portforward without an upgrade: the API server authorizes the
+        request (and finds the pod) before it answers 400 "Upgrade request required", so a
+        401/403/404 here is what every upgrade would get. For transports that dial per
+        connection (ws-channel), which would otherwise only learn it per connection."""
+        url = portforward_url(self.server, namespace, pod)
+        path = self._path("api/v1", namespace, "pods", pod) + "/portforward"
+        status, reason, body = await self._request(url, path, _MAX_WATCH_ERROR_BODY)
+        if status == 404 and _names_kind(body, "pods"):
+            raise PodNotFound(namespace, pod)
+        if status in (401, 403, 404) or status >= 500 or status in (408, 429):
+            text = describe_http_error(status, reason, body)
+            raise UpstreamError(f"GET {url}: {text}", status=status)
+
+    async def ready(self) -> bool:
+        """Whether the API server answers ``GET /readyz`` with 200 (a server that does not
+        serve /readyz, such as podgate's agent, counts as ready once it answers at all)."""
+        try:
+            status, _, _ = await self._request(f"{self.server}/readyz", "/readyz", 4096)
+        except UpstreamError:
+            return False
+        return status == 200 or (400 <= status < 500 and status not in (408, 429))
+
     async def watch_pod(
-        self, namespace: str, name: str, *, resource_version: str = ""
+        self,
+        namespace: str,
+        name: str,
+        *,
+        resource_version: str = "",
+        timeout_seconds: int = WATCH_TIMEOUT,
     ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """Watch one pod: ``GET …/pods?watch=true&fieldSelector=metadata.name=NAME``.
 
         Yields ``(type, object)`` (ADDED, MODIFIED, DELETED, BOOKMARK; raw JSON), from
         ``resource_version`` on when given. Ends when the server ends the watch (after
-        :data:`WATCH_TIMEOUT`). Raises :class:`WatchRefused` when the request is answered
+        ``timeout_seconds``). Raises :class:`WatchRefused` when the request is answered
         with an HTTP error (the server will not serve this watch: podgate's agent answers
         400, an RBAC role without ``watch`` 403), :class:`WatchExpired` for 410 Gone, and
         :class:`UpstreamError` for connection failures and malformed events.
@@ -315,11 +367,11 @@ class Cluster:
                 }
                 if resource_version:
                     query["resourceVersion"] = resource_version
-                query |= {"timeoutSeconds": str(WATCH_TIMEOUT), "watch": "true"}
+                query |= {"timeoutSeconds": str(timeout_seconds), "watch": "true"}
                 response = await self._get(
                     self._path("api/v1", namespace, "pods") + "?" + urlencode(query),
                     aiohttp.ClientTimeout(
-                        sock_connect=self._timeout, sock_read=WATCH_TIMEOUT + self._timeout
+                        sock_connect=self._timeout, sock_read=timeout_seconds + self._timeout
                     ),
                 )
         except UpstreamError:

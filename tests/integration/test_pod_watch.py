@@ -54,7 +54,12 @@ class ApiServer:
     def __init__(self) -> None:
         self.pod: dict[str, Any] | None = pod_json()
         self.refuse_watches = False
+        #: Watches from an older resourceVersion get 410 Gone, as from an API server whose
+        #: watch cache started (after a restart) later than the pod's last change.
+        self.oldest_watchable: int | None = None
+        self.list_version = "100"  # the list's metadata.resourceVersion
         self.watches: list[dict[str, str]] = []  # the query of every watch request
+        self.lists: list[dict[str, str]] = []  # the query of every list request
         self.gets = 0
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.changed = asyncio.Event()
@@ -70,12 +75,22 @@ class ApiServer:
     async def list_pods(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         if query.get("watch", "").lower() not in ("true", "1"):
-            return web.json_response({"kind": "PodList", "items": []})
+            self.lists.append(query)
+            self.changed.set()
+            assert query.get("fieldSelector") == "metadata.name=web"
+            items = [] if self.pod is None else [self.pod]
+            metadata = {"resourceVersion": self.list_version}
+            return web.json_response({"kind": "PodList", "metadata": metadata, "items": items})
         self.watches.append(query)
         self.changed.set()
         if self.refuse_watches:  # what podgate's agent answers
             body = {"kind": "Status", "code": 400, "message": "watch is not supported"}
             return web.json_response(body, status=400)
+        version = int(query.get("resourceVersion") or 0)
+        if self.oldest_watchable is not None and version < self.oldest_watchable:
+            message = f"too old resource version: {version} ({self.oldest_watchable})"
+            body = {"kind": "Status", "code": 410, "reason": "Expired", "message": message}
+            return web.json_response(body, status=410)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -166,7 +181,7 @@ async def test_a_pod_that_stops_or_is_replaced_ends_the_watch(
             assert await task == reason
 
 
-async def test_410_gone_reads_the_pod_again(server: ApiServer, cluster: Cluster) -> None:
+async def test_410_gone_lists_the_pod_again(server: ApiServer, cluster: Cluster) -> None:
     pod = await cluster.get_pod("default", "web")
     gets = server.gets
     async with watching(cluster, pod) as task:
@@ -176,7 +191,28 @@ async def test_410_gone_reads_the_pod_again(server: ApiServer, cluster: Cluster)
         await server.events.put({"type": "ERROR", "object": gone})
         async with asyncio.timeout(WAIT):
             assert await task == 'pod "web" was replaced (uid uid-3)'
-    assert server.gets == gets + 1
+    assert len(server.lists) == 1
+    assert server.gets == gets
+
+
+async def test_410_for_an_unchanged_pod_watches_from_the_lists_version(
+    server: ApiServer, cluster: Cluster
+) -> None:
+    """After an API server restart its watch cache starts later than the pod's own
+    resourceVersion: watching from that again and again was a storm of requests (hundreds
+    per second per session). The list's resourceVersion is served."""
+    server.oldest_watchable = 50
+    pod = await cluster.get_pod("default", "web")
+    assert pod.resource_version == "5"
+    async with watching(cluster, pod) as task:
+        await server.wait_for(lambda: len(server.watches) >= 2, "a second watch")
+        # The second watch is being served (held open): nothing more is requested.
+        await server.events.put({"type": "MODIFIED", "object": pod_json(version="101")})
+        await server.events.put({"type": "DELETED", "object": pod_json(version="102")})
+        async with asyncio.timeout(WAIT):
+            assert await task == 'pod "web" was deleted'
+    assert [w.get("resourceVersion") for w in server.watches] == ["5", "100"]
+    assert len(server.lists) == 1
 
 
 async def test_a_refused_watch_falls_back_to_polling(server: ApiServer, cluster: Cluster) -> None:
@@ -189,6 +225,30 @@ async def test_a_refused_watch_falls_back_to_polling(server: ApiServer, cluster:
         server.pod = None
         async with asyncio.timeout(WAIT):
             assert await task == 'pod "web" was deleted'
+
+
+async def test_a_refused_watch_is_tried_again_after_a_watch_timeout_of_polling(
+    server: ApiServer, cluster: Cluster
+) -> None:
+    """A refusal may be passing (an RBAC change, a server starting up): polling is not
+    for ever; the watch is asked for again after one watch timeout."""
+    server.refuse_watches = True
+    pod = await cluster.get_pod("default", "web")
+    task = asyncio.create_task(
+        wait_until_gone(cluster, "default", pod, poll_interval=0.05, watch_timeout=1)
+    )
+    try:
+        await server.wait_for(lambda: server.gets >= 3, "polls")
+        server.refuse_watches = False
+        await server.wait_for(lambda: len(server.watches) >= 2, "the watch asked for again")
+        polls = server.gets
+        await server.events.put({"type": "DELETED", "object": pod_json(version="8")})
+        async with asyncio.timeout(WAIT):
+            assert await task == 'pod "web" was deleted'
+        assert server.gets == polls  # ended by the watch, not by a poll
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
 
 
 async def test_concurrent_reads_of_one_pod_share_one_get(
