@@ -18,8 +18,9 @@ What kubectl does (k8s.io/kubectl ``cmd/portforward``, ``polymorphichelpers``,
 - **Choosing the pod** (``GetFirstPod`` with ``sort.Reverse(podutils.ActivePods)``), best
   first: scheduled before unscheduled; Running before Unknown before anything else; Ready
   before not Ready; ready for longer first; fewer container restarts first; older first.
-  One deliberate addition: among otherwise equal Ready pods, one that is not being deleted
-  comes first, so a session follows a rolling update instead of picking the dying pod.
+  Like kubectl, a pod being deleted (Terminating: ``deletionTimestamp`` set, still Running)
+  is not set apart: in a rolling update the old pod, ready for longer, is chosen. The
+  session's pod watch sees it go and the session resolves again (runner/podwatch.py).
 - **UDP**: a remote port that is UDP only (declared UDP and not also TCP) is refused, as
   kubectl's ``checkUDPPortInService`` / ``checkUDPPortInPod`` do. For a Service both the
   service port and the container port it leads to are checked.
@@ -236,7 +237,6 @@ def pod_rank(pod: Mapping[str, Any]) -> tuple[Any, ...]:
         not spec.get("nodeName"),
         _PHASE_RANK.get(str(status.get("phase")), 2),
         not ready,
-        ready and bool(metadata.get("deletionTimestamp")),
         ready_since or _NEVER,  # ready for longer first; no time counts as "just now"
         restarts,
         created or _NEVER,

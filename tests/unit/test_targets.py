@@ -124,9 +124,13 @@ def test_pod_order_follows_kubectl_active_pods_reversed() -> None:
     assert _order(_pod("pending", phase="Pending"), _pod("running", ready=False))[0] == "running"
 
 
-def test_a_pod_being_deleted_loses_to_an_equal_ready_one() -> None:
-    assert _order(_pod("dying", deleting=True), _pod("new")) == ["new", "dying"]
-    # …but still beats a pod that is not ready yet, as in kubectl.
+def test_a_pod_being_deleted_is_chosen_as_kubectl_chooses_it() -> None:
+    # kubectl's ActivePods does not look at deletionTimestamp: a Terminating pod that has
+    # been ready for longer wins over its replacement, and equal pods keep the list order.
+    replacement = _pod("new", ready_since="2026-01-03T00:00:00Z")
+    assert _order(replacement, _pod("dying", deleting=True)) == ["dying", "new"]
+    assert _order(_pod("dying", deleting=True), _pod("new")) == ["dying", "new"]
+    assert _order(_pod("new"), _pod("dying", deleting=True)) == ["new", "dying"]
     assert _order(_pod("dying", deleting=True), _pod("starting", ready=False))[0] == "dying"
 
 
