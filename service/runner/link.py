@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from service.aio.readbuffer import SharedBufferReader, shared_read_buffer
 from service.protocols.spdy import (
     ConnectionTerminated,
     DataReceived,
@@ -38,7 +39,6 @@ from service.protocols.spdy import (
     encode_header_block,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.readbuffer import SharedBufferReader, shared_read_buffer
 from service.runner.tunnel import TunnelPipe, TunnelTransport
 from service.upstream import UpgradedConnection, WebSocketConnection, set_nodelay
 

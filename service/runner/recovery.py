@@ -16,7 +16,7 @@ import asyncio
 import random
 import weakref
 
-from service.runner.backoff import log_failure
+from service.aio.tasks import log_failure
 from service.upstream import Cluster
 
 #: Seconds between readiness probes while the server is not ready.

@@ -29,8 +29,9 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from service.aio.tasks import log_failure
 from service.ports import PortMapping
-from service.runner.backoff import backoff_delays, log_failure
+from service.runner.backoff import backoff_delays
 from service.runner.channel import ChannelForwarder
 from service.runner.h2link import H2Link
 from service.runner.link import LocalConnection, SpdyLink, TrafficCounters

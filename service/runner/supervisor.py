@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from service.aio.tasks import log_failure
 from service.ports import PortMapping, parse_listen_addresses
-from service.runner.backoff import log_failure
 from service.runner.events import EventHub
 from service.runner.listeners import ListenError
 from service.runner.session import (

@@ -13,13 +13,13 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from service.aio.readbuffer import SharedBufferReader
 from service.protocols.wstunnel import (
     StreamBytes,
     TunnelClient,
     TunnelClosed,
     WebSocketError,
 )
-from service.runner.readbuffer import SharedBufferReader
 
 
 class TunnelTransport(asyncio.Transport):

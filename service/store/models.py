@@ -5,7 +5,6 @@ change needs an Alembic revision in ``migrations/versions``; ``tests/unit/test_s
 fails when the models and the migrations disagree.
 """
 
-import enum
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlmodel import Field, Relationship, SQLModel
+
+from service.model import SessionStatus
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -42,16 +43,6 @@ NAMING_CONVENTION: dict[str, str] = {
     "pk": "pk_%(table_name)s",
 }
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
-
-
-class SessionStatus(enum.StrEnum):
-    """What a client reads in ``status``; stored as plain text (no database enum type)."""
-
-    PENDING = "pending"
-    READY = "ready"
-    RECONNECTING = "reconnecting"
-    FAILED = "failed"
-    STOPPED = "stopped"
 
 
 def _counter(big: bool = False) -> Any:
