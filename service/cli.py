@@ -183,40 +183,27 @@ async def _run_serve(args: argparse.Namespace) -> int:
 async def _run_forward(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from service.ports import (
-        ListenAddressError,
-        PortSpecError,
-        format_forwarding_lines,
-        parse_listen_addresses,
-        parse_port_specs,
-        require_local_port_for_names,
-    )
+    from service.model import SessionStatus
+    from service.ports import format_forwarding_lines
     from service.runner.clusters import ClusterPool
     from service.runner.listeners import ListenError
-    from service.runner.session import FAILED, READY, ForwardSession, SessionSpec
-    from service.upstream.targets import TargetError, parse_target
+    from service.runner.session import ForwardSession
+    from service.runner.spec import RequestError, build_request
+    from service.upstream.targets import parse_target
 
     addresses = [a for value in args.address for a in value.split(",") if a]
     try:
-        target = parse_target(args.target)
-        mappings = parse_port_specs(args.ports, allow_names=True)
-        require_local_port_for_names(mappings)
-        listen = parse_listen_addresses(addresses or ["localhost"])
-    except (TargetError, PortSpecError, ListenAddressError) as exc:
+        request = build_request(
+            args.namespace,
+            args.target,
+            args.ports,
+            addresses or ["localhost"],
+            context=args.context,
+        )
+    except RequestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    spec = SessionSpec(
-        id="cli",
-        name=target.name,
-        namespace=args.namespace,
-        target=args.target,
-        mappings=tuple(mappings),
-        addresses=tuple(a.host for a in listen),
-        optional_addresses=tuple(a.host for a in listen if not a.required),
-        context=args.context,
-        transport="auto",
-        created_at=datetime.now(UTC),
-    )
+    spec = request.spec("cli", parse_target(args.target).name, datetime.now(UTC))
     changed = asyncio.Event()
 
     def on_change(session: ForwardSession) -> None:
@@ -235,10 +222,10 @@ async def _run_forward(args: argparse.Namespace) -> int:
     await session.start()
     try:
         # Like kubectl, a first dial that fails ends the command; later drops are re-dialled.
-        while session.status != READY:
+        while session.status != SessionStatus.READY:
             await changed.wait()
             changed.clear()
-            if session.status == FAILED or session.last_error:
+            if session.status == SessionStatus.FAILED or session.last_error:
                 print(f"error: {session.last_error}", file=sys.stderr)
                 return 1
         for bound, remote_port in zip(session.bound, session.remote_ports, strict=True):

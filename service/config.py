@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +15,7 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Everything the service needs; passed down explicitly, never read at import time."""
 
-    model_config = SettingsConfigDict(env_prefix="PODGATE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PODGATE_", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -29,8 +30,17 @@ class Settings(BaseSettings):
     demo: bool = False
     #: How long a local connection may wait for the upstream connection before it is closed.
     connect_wait_seconds: float = 30.0
-    #: Seconds between keepalive pings on each upstream connection.
-    ping_interval_seconds: float = 5.0
+    #: Seconds between keepalive pings on each upstream connection (a session's default).
+    #: PODGATE_PING_INTERVAL_SECONDS, its earlier name, is still read.
+    keepalive_seconds: float = Field(
+        default=5.0,
+        validation_alias=AliasChoices(
+            "keepalive_seconds", "PODGATE_KEEPALIVE_SECONDS", "PODGATE_PING_INTERVAL_SECONDS"
+        ),
+    )
+    #: ws-channel: after a local half-close, how long the pod may be quiet before the
+    #: WebSocket is closed (a session's default).
+    channel_linger_seconds: float = 0.5
     #: Upper bound of the redial backoff.
     max_backoff_seconds: float = 30.0
     #: When the cluster refuses to watch a session's pod, GET it this often (<= 0: no

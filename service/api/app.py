@@ -43,12 +43,7 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
         supervisor = Supervisor(
             SessionRepository(engine),
             clusters,
-            connect_wait=settings.connect_wait_seconds,
-            ping_interval=settings.ping_interval_seconds,
-            max_backoff=settings.max_backoff_seconds,
-            pod_poll_interval=settings.pod_poll_interval_seconds,
-            pod_watch_timeout=settings.pod_watch_timeout_seconds,
-            counters_flush_interval=settings.counters_flush_seconds,
+            settings,
             events=EventHub(settings.event_buffer_size, settings.event_queue_size),
         )
         app.state.supervisor = supervisor

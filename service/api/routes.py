@@ -28,20 +28,13 @@ from service.api.schemas import (
     SessionsPublic,
 )
 from service.config import Settings
-from service.ports import (
-    ListenAddressError,
-    PortSpecError,
-    format_forwarding_lines,
-    parse_listen_addresses,
-    parse_port_specs,
-    require_local_port_for_names,
-)
+from service.ports import format_forwarding_lines
 from service.runner.events import EventHub, Subscription
-from service.runner.link import TrafficCounters
 from service.runner.listeners import ListenError
+from service.runner.local import TrafficCounters
 from service.runner.session import ForwardSession
-from service.runner.supervisor import CreateRequest, SessionConflict, Supervisor
-from service.upstream.targets import TargetError, parse_target
+from service.runner.spec import OPTION_FIELDS, RequestError, SessionRequest, build_request
+from service.runner.supervisor import SessionConflict, Supervisor
 
 router = APIRouter()
 
@@ -105,8 +98,8 @@ def to_public(session: ForwardSession) -> SessionPublic:
         namespace=spec.namespace,
         target=spec.target,
         pod=session.pod,
-        status=session.status,  # type: ignore[arg-type]
-        transport=session.transport_name,
+        status=session.status,
+        transport=session.transport,
         last_error=session.last_error,
         created_at=spec.created_at,
         ready_since=session.ready_since,
@@ -123,41 +116,29 @@ def to_public(session: ForwardSession) -> SessionPublic:
             max_attempts=policy.max_attempts,
             max_backoff_seconds=policy.max_backoff,
         ),
-        keepalive_seconds=policy.ping_interval,
+        keepalive_seconds=policy.keepalive,
         connect_wait_seconds=policy.connect_wait,
         ttl_seconds=policy.ttl,
         idle_timeout_seconds=policy.idle_timeout,
+        channel_linger_seconds=policy.channel_linger,
         expires_at=session.expires_at,
     )
 
 
-def _create_request(body: SessionCreate) -> CreateRequest:
+def _create_request(body: SessionCreate) -> SessionRequest:
     try:
-        target = parse_target(body.target)
-        mappings = parse_port_specs(body.ports, allow_names=True)
-        require_local_port_for_names(mappings)
-        parse_listen_addresses(body.addresses)
-    except (TargetError, PortSpecError, ListenAddressError) as exc:
+        return build_request(
+            body.namespace,
+            body.target,
+            body.ports,
+            body.addresses,
+            name=body.name,
+            context=body.context,
+            transport=body.transport,
+            options=body.model_dump(include=set(OPTION_FIELDS)),
+        )
+    except RequestError as exc:
         raise ProblemError(422, str(exc)) from None
-    del target  # validated here; the runner resolves it to a pod
-    return CreateRequest(
-        namespace=body.namespace,
-        target=body.target,
-        mappings=tuple(mappings),
-        addresses=tuple(body.addresses),
-        name=body.name,
-        context=body.context,
-        transport=body.transport,
-        options=body.model_dump(
-            include={
-                "reconnect",
-                "keepalive_seconds",
-                "connect_wait_seconds",
-                "ttl_seconds",
-                "idle_timeout_seconds",
-            }
-        ),
-    )
 
 
 @router.post(
@@ -259,7 +240,7 @@ def _state(session: ForwardSession) -> tuple[object, ...]:
     return (
         session.status,
         session.pod,
-        session.transport_name,
+        session.transport,
         session.last_error,
         since,
         id(since),

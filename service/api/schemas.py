@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Transport = Literal["auto", "spdy", "websocket", "ws-channel", "h2"]
-Status = Literal["pending", "ready", "reconnecting", "failed", "stopped"]
+from service.model import SessionStatus, Transport
 
 
 class ReconnectPolicy(BaseModel):
@@ -85,7 +84,7 @@ class SessionCreate(BaseModel):
         default=None, min_length=1, max_length=253, description="kubeconfig context."
     )
     transport: Transport = Field(
-        default="auto",
+        default=Transport.AUTO,
         description="Upstream transport: `auto` (WebSocket-tunnelled SPDY, falling back to "
         "SPDY/3.1 like kubectl), `spdy`, `websocket` (tunnel only), `ws-channel` (one "
         "v4.channel.k8s.io WebSocket per connection) or `h2` (HTTP/2, podgate agents only).",
@@ -119,6 +118,14 @@ class SessionCreate(BaseModel):
         gt=0,
         le=10 * 365 * 86400,
         description="Stop the session once it has had no open local connection for this long.",
+    )
+    channel_linger_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="`ws-channel` only (v4 channels have no half-close): after a local client "
+        "half-closes, the WebSocket stays open while the pod sends and is closed once the pod "
+        "has been quiet this long. Null: the service's default (0.5 s).",
     )
 
 
@@ -155,8 +162,8 @@ class SessionPublic(BaseModel):
     namespace: str
     target: str
     pod: str | None = Field(description="The pod the target resolved to, once known.")
-    status: Status
-    transport: str | None = Field(description="The negotiated transport, once connected.")
+    status: SessionStatus
+    transport: Transport | None = Field(description="The negotiated transport, once connected.")
     last_error: str | None
     created_at: datetime
     ready_since: datetime | None
@@ -178,6 +185,7 @@ class SessionPublic(BaseModel):
     connect_wait_seconds: float
     ttl_seconds: float | None
     idle_timeout_seconds: float | None
+    channel_linger_seconds: float
     expires_at: datetime | None = Field(description="When the TTL stops the session, if set.")
 
 

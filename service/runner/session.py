@@ -24,91 +24,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 from service.aio.tasks import log_failure
-from service.ports import PortMapping
+from service.model import SessionStatus, Transport
 from service.runner.backoff import backoff_delays
-from service.runner.channel import ChannelForwarder
-from service.runner.h2link import H2Link
-from service.runner.link import LocalConnection, SpdyLink, TrafficCounters
+from service.runner.links import DIALERS, Link, LinkHooks
 from service.runner.listeners import BoundMapping, bind_mappings
+from service.runner.local import LocalConnection, TrafficCounters
 from service.runner.podwatch import wait_until_gone
 from service.runner.recovery import cluster_recovery
-from service.upstream import (
-    DEFAULT_TIMEOUT,
-    Cluster,
-    PodInfo,
-    TunnelRefused,
-    UpstreamError,
-    resolve_target,
-)
-from service.upstream.endpoint import Endpoint
+from service.runner.spec import SessionPolicy, SessionSpec
+from service.upstream import Cluster, PodInfo, UpstreamError, resolve_target
 from service.upstream.targets import parse_target
 
-__all__ = [
-    "FAILED",
-    "PENDING",
-    "READY",
-    "RECONNECTING",
-    "STOPPED",
-    "ClusterSource",
-    "ForwardSession",
-    "SessionPolicy",
-    "SessionSpec",
-    "backoff_delays",
-]
+__all__ = ["ClusterSource", "EventSink", "ForwardSession"]
 
 log = logging.getLogger("podgate.runner")
-
-PENDING = "pending"
-READY = "ready"
-RECONNECTING = "reconnecting"
-FAILED = "failed"
-STOPPED = "stopped"
-
-#: What carries a session's connections: one SPDY link (plain or tunnelled), one HTTP/2
-#: link, or a WebSocket per connection.
-Link = SpdyLink | H2Link | ChannelForwarder
 
 #: Gives the cluster for a kubeconfig context (None: the default one).
 ClusterSource = Callable[[str | None], Awaitable[Cluster]]
 #: Receives (session, event type, event data) for the live event stream.
 EventSink = Callable[["ForwardSession", str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSpec:
-    """What a client asked for; immutable for the session's life."""
-
-    id: str
-    name: str
-    namespace: str
-    target: str  # as given: NAME, pod/NAME, svc/NAME, deploy/NAME, ...
-    mappings: tuple[PortMapping, ...]
-    addresses: tuple[str, ...]  # resolved IPs (localhost → 127.0.0.1, ::1)
-    optional_addresses: tuple[str, ...]  # may fail to bind alone (kubectl's localhost rule)
-    context: str | None
-    transport: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SessionPolicy:
-    """How a session behaves (per session: the POST body, else the service's defaults)."""
-
-    reconnect: bool = True  # off: the first failure (dial or drop) makes the session failed
-    max_attempts: int | None = None  # consecutive failed dials before failing; None: no limit
-    max_backoff: float = 30.0  # cap of the redial backoff, seconds
-    ping_interval: float = 5.0  # keepalive; the peer is dead after 3 unanswered pings
-    connect_wait: float = 30.0  # how long a connection accepted while not ready is held
-    ttl: float | None = None  # stopped this long after creation
-    idle_timeout: float | None = None  # stopped after this long without a local connection
-    pod_poll_interval: float = 2.0  # GET pod period when the server refuses watches; <= 0: off
-    pod_watch_timeout: int = 300  # seconds one pod watch request lasts before it is renewed
 
 
 class ForwardSession:
@@ -131,9 +71,9 @@ class ForwardSession:
         self._on_change = on_change
         self._on_accept = on_accept
         self._on_event = on_event
-        self.status = PENDING
+        self.status = SessionStatus.PENDING
         self.last_error: str | None = None
-        self.transport_name: str | None = None
+        self.transport: Transport | None = None  # negotiated
         self.pod: str | None = None
         # The pod port of each mapping, from the last resolution (0: a name not resolved yet).
         self.remote_ports = [m.remote_port for m in spec.mappings]
@@ -150,7 +90,8 @@ class ForwardSession:
         self._cluster_seen: Cluster | None = None  # of the last dial
         self._waiting: dict[LocalConnection, asyncio.TimerHandle] = {}
         self._open_connections = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # owns the dial loop and the pod watch
+        self._tasks: asyncio.TaskGroup | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._ttl_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -161,11 +102,7 @@ class ForwardSession:
         """The session's totals (the sum over its port mappings)."""
         total = TrafficCounters()
         for counters in self.port_counters:
-            total.connections_total += counters.connections_total
-            total.connections_active += counters.connections_active
-            total.connection_errors += counters.connection_errors
-            total.bytes_in += counters.bytes_in
-            total.bytes_out += counters.bytes_out
+            total.add(counters)
         return total
 
     @property
@@ -208,8 +145,8 @@ class ForwardSession:
                     backlog=1024,
                 )
                 self._servers.append(server)
-        self._task = loop.create_task(self._run(), name=f"session {self.spec.name}")
-        self._task.add_done_callback(log_failure)
+        self._task = loop.create_task(self._main(), name=f"session {self.spec.name}")
+        self._task.add_done_callback(self._main_ended)
         self._arm_expiry()
 
     def close_listeners(self) -> None:
@@ -225,13 +162,15 @@ class ForwardSession:
         if self._on_event is not None:
             self._on_event(self, type_, data)
 
-    def _set(self, status: str, error: str | None = None, *, keep_error: bool = False) -> None:
+    def _set(
+        self, status: SessionStatus, error: str | None = None, *, keep_error: bool = False
+    ) -> None:
         old = self.status
         changed = status != old or (not keep_error and error != self.last_error)
         self.status = status
         if not keep_error:
             self.last_error = error
-        if status == READY:
+        if status == SessionStatus.READY:
             self.ready_since = datetime.now().astimezone()
         else:
             self.ready_since = None
@@ -242,15 +181,26 @@ class ForwardSession:
                 new=status,
                 last_error=self.last_error,
                 pod=self.pod,
-                transport=self.transport_name,
+                transport=self.transport,
                 reconnects=self.reconnects,
             )
         if changed:
             self._on_change(self)
 
     def _fail(self, error: str) -> None:
-        self._set(FAILED, error)
+        self._set(SessionStatus.FAILED, error)
         self._drop_waiting()
+
+    async def _main(self) -> None:
+        # Every task of the session is in this group: stop() cancels them all with it.
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self._run(), name=f"session {self.spec.name}: dial loop")
+
+    def _main_ended(self, task: asyncio.Task[None]) -> None:
+        log_failure(task)
+        if not task.cancelled() and task.exception() is not None and not self._stopping:
+            self._fail(f"internal error: {task.exception()!r}")  # said, not swallowed
 
     async def _run(self) -> None:
         delays = backoff_delays(cap=self.policy.max_backoff)
@@ -281,7 +231,11 @@ class ForwardSession:
                 if limit is not None and failures >= limit:
                     self._fail(f"gave up after {failures} attempt(s): {error}")
                     return
-                next_status = RECONNECTING if self.status in (READY, RECONNECTING) else PENDING
+                next_status = (
+                    SessionStatus.RECONNECTING
+                    if self.status in (SessionStatus.READY, SessionStatus.RECONNECTING)
+                    else SessionStatus.PENDING
+                )
                 self._set(next_status, error)
                 delay = next(delays)
                 if self._cluster_seen is None:
@@ -302,15 +256,15 @@ class ForwardSession:
                 self._fail(f"{reason} (reconnect is disabled)")
                 return
             self._lost_at = asyncio.get_running_loop().time()
-            self._set(RECONNECTING, reason)
+            self._set(SessionStatus.RECONNECTING, reason)
 
     async def _while_ready(self, cluster: Cluster, pod: PodInfo) -> None:
         """Wait for the link to be lost, watching the pod meanwhile."""
         link = self._link
         watcher: asyncio.Task[None] | None = None
-        if self.policy.pod_poll_interval > 0 and link is not None:
-            watcher = asyncio.get_running_loop().create_task(
-                self._watch_pod(cluster, pod, link), name=f"pod watch {self.spec.name}"
+        if self.policy.pod_poll_interval > 0 and link is not None and self._tasks is not None:
+            watcher = self._tasks.create_task(
+                self._watch_pod(cluster, pod, link), name=f"session {self.spec.name}: pod watch"
             )
         try:
             await self._link_lost.wait()
@@ -332,9 +286,7 @@ class ForwardSession:
             log.exception("session %s: the pod watch failed", self.spec.name)
             return
         if link is self._link and not link.closed:
-            log.info("session %s: %s; reconnecting", self.spec.name, reason)
-            link.fail(reason)
-            self._link_lost.set()
+            link.fail(reason)  # reported through _lost
 
     async def _dial(self) -> tuple[Cluster, PodInfo] | None:
         cluster = self._cluster_seen = await self._cluster(self.spec.context)
@@ -347,19 +299,25 @@ class ForwardSession:
         self.pod = pod.name
         self.remote_ports = [m.remote_port for m in resolution.mappings]
         self._link_lost.clear()
-        link, transport_name = await self._connect(cluster, pod.name)
+        hooks = LinkHooks(
+            on_lost=self._lost,
+            on_connection_error=self._connection_error,
+            keepalive=self.policy.keepalive,
+            linger=self.policy.channel_linger,
+        )
+        link = await DIALERS[self.spec.transport](cluster, self.spec.namespace, pod.name, hooks)
         if self._stopping:
             link.close()
             return None
         if link.closed:  # lost while being attached
             raise UpstreamError(link.lost_reason or "upstream closed the connection")
         self._link = link
-        self.transport_name = transport_name
-        reconnected = self.status == RECONNECTING
+        self.transport = link.kind
+        reconnected = self.status == SessionStatus.RECONNECTING
         if reconnected:
             self.reconnects += 1
         self._ever_ready = True
-        self._set(READY, None)
+        self._set(SessionStatus.READY, None)
         if reconnected:
             outage = None
             if self._lost_at is not None:
@@ -369,7 +327,7 @@ class ForwardSession:
                 reconnects=self.reconnects,
                 pod=pod.name,
                 previous_pod=previous_pod,
-                transport=transport_name,
+                transport=link.kind,
                 outage_seconds=outage,
             )
         for local, timer in list(self._waiting.items()):
@@ -380,71 +338,9 @@ class ForwardSession:
         self._waiting.clear()
         return cluster, pod
 
-    async def _connect(self, cluster: Cluster, pod: str) -> tuple[Link, str]:
-        """Dial the session's transport; `auto` tries the tunnel, then SPDY, like kubectl."""
-        namespace, mode = self.spec.namespace, self.spec.transport
-        if mode in ("auto", "websocket"):
-            try:
-                ws = await cluster.upgrade_tunnel(namespace, pod)
-            except TunnelRefused as exc:
-                # kubectl falls back on any refused upgrade (403 too), never on TCP/TLS errors.
-                if mode == "websocket":
-                    raise
-                log.info("session %s: tunnel refused, using SPDY: %s", self.spec.name, exc)
-            else:
-                link = self._spdy_link()
-                link.attach_tunnel(ws)
-                return link, "websocket"
-        if mode in ("auto", "spdy"):
-            upgraded = await cluster.upgrade_spdy(namespace, pod)
-            link = self._spdy_link()
-            link.attach(upgraded)
-            return link, "spdy"
-        if mode == "ws-channel":
-            # No connection is made until a local client comes: ask now whether one may be.
-            await cluster.check_portforward(namespace, pod)
-            forwarder = ChannelForwarder(
-                cluster,
-                namespace,
-                pod,
-                on_lost=self._lost,
-                on_connection_error=self._connection_error,
-            )
-            return forwarder, "ws-channel"
-        if mode == "h2":
-            transport, headers = await cluster.connect_h2()
-            endpoint = Endpoint.parse(cluster.server)
-            h2 = H2Link(
-                namespace,
-                pod,
-                on_lost=self._lost,
-                on_connection_error=self._connection_error,
-                ping_interval=self.policy.ping_interval,
-            )
-            h2.attach(
-                transport,
-                authority=endpoint.host_header,
-                scheme="https" if endpoint.tls else "http",
-                headers=headers,
-            )
-            try:
-                await h2.verified(DEFAULT_TIMEOUT)
-            except BaseException:
-                h2.close()
-                raise
-            return h2, "h2"
-        raise UpstreamError(f"unknown transport {mode!r}", retryable=False)
-
-    def _spdy_link(self) -> SpdyLink:
-        return SpdyLink(
-            on_lost=self._lost,
-            on_connection_error=self._connection_error,
-            ping_interval=self.policy.ping_interval,
-        )
-
-    def _lost(self, link: object, reason: str) -> None:
+    def _lost(self, link: Link, reason: str) -> None:
         if link is self._link:
-            log.info("session %s: %s", self.spec.name, reason)
+            log.info("session %s: %s; reconnecting", self.spec.name, reason)
             self._link_lost.set()
 
     def _connection_error(self, local: LocalConnection, text: str) -> None:
@@ -468,10 +364,10 @@ class ForwardSession:
         if self._on_accept is not None:
             self._on_accept(local)
         link = self._link
-        if link is not None and link.usable and self.status == READY:
+        if link is not None and link.usable and self.status == SessionStatus.READY:
             link.open_pair(local)
             return
-        if self.status in (FAILED, STOPPED) or self._stopping:
+        if self.status in (SessionStatus.FAILED, SessionStatus.STOPPED) or self._stopping:
             local.abort()
             return
         # Upstream is (re)connecting: hold the connection, unread, for a bounded time.
@@ -536,10 +432,10 @@ class ForwardSession:
         """Stop for good: listeners closed, reported as `stopped` with the reason."""
         log.info("session %s: %s", self.spec.name, reason)
         await self.stop()
-        self._set(STOPPED, reason)
+        self._set(SessionStatus.STOPPED, reason)
         self._emit("expired", reason=reason)
 
-    async def stop(self, status: str | None = None) -> None:
+    async def stop(self, status: SessionStatus | None = None) -> None:
         """Close listeners, the link and every connection; the session is then inert.
 
         The status stays as it was unless `status` is given (a service shutdown must not
@@ -552,7 +448,7 @@ class ForwardSession:
         self.close_listeners()
         self._drop_waiting()
         if self._task is not None:
-            self._task.cancel()
+            self._task.cancel()  # and with it every task of its group
             await asyncio.wait({self._task})
         if self._link is not None:
             self._link.close()

@@ -8,7 +8,7 @@ stopped.
 
 Persistence never touches the data path: a status change marks its session dirty and a
 debounced flush writes the dirty sessions in a worker thread; traffic counters are
-compared every `counters_flush_interval` seconds and changed ones are flushed the same
+compared every `Settings.counters_flush_seconds` and changed ones are flushed the same
 way. At shutdown everything is written once more.
 """
 
@@ -18,22 +18,19 @@ import asyncio
 import builtins
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from service.aio.tasks import log_failure
-from service.ports import PortMapping, parse_listen_addresses
+from service.config import Settings
+from service.model import SessionStatus, Transport
+from service.ports import PortMapping
 from service.runner.events import EventHub
 from service.runner.listeners import ListenError
-from service.runner.session import (
-    FAILED,
-    STOPPED,
-    ClusterSource,
-    ForwardSession,
-    SessionPolicy,
-    SessionSpec,
-)
+from service.runner.local import TrafficCounters
+from service.runner.session import ClusterSource, ForwardSession
+from service.runner.spec import SessionPolicy, SessionRequest, normalize_options
 from service.store import (
     CounterValues,
     NameConflict,
@@ -50,58 +47,7 @@ log = logging.getLogger("podgate.runner")
 PERSIST_DELAY = 0.2
 
 
-@dataclass(frozen=True, slots=True)
-class CreateRequest:
-    namespace: str
-    target: str
-    mappings: tuple[PortMapping, ...]
-    addresses: tuple[str, ...]  # as requested, e.g. ("localhost",)
-    name: str | None = None
-    context: str | None = None
-    transport: str = "auto"
-    #: Per-session settings, stored in `SessionRecord.options` (see `normalize_options`).
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def same_as(self, record: SessionRecord) -> bool:
-        """Whether an existing session was created from an equal request."""
-        return (
-            record.namespace == self.namespace
-            and record.target == self.target
-            and [m.spec for m in record.mappings] == [m.spec for m in self.mappings]
-            and list(record.addresses) == list(self.addresses)
-            and record.context == self.context
-            and record.transport_requested == self.transport
-            and normalize_options(record.options) == normalize_options(self.options)
-        )
-
-
-def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The stored shape of a session's settings; None means "the service's default".
-
-    ``{"reconnect": {"enabled", "max_attempts", "max_backoff_seconds"}, "keepalive_seconds",
-    "connect_wait_seconds", "ttl_seconds", "idle_timeout_seconds"}`` (rows from before
-    these settings existed have ``{}``: every default).
-    """
-    options = options or {}
-    reconnect = options.get("reconnect") or {}
-    return {
-        "reconnect": {
-            "enabled": bool(reconnect.get("enabled", True)),
-            "max_attempts": reconnect.get("max_attempts"),
-            "max_backoff_seconds": reconnect.get("max_backoff_seconds"),
-        },
-        "keepalive_seconds": options.get("keepalive_seconds"),
-        "connect_wait_seconds": options.get("connect_wait_seconds"),
-        "ttl_seconds": options.get("ttl_seconds"),
-        "idle_timeout_seconds": options.get("idle_timeout_seconds"),
-    }
-
-
-def _or(value: Any, default: float) -> float:
-    return default if value is None else float(value)
-
-
-def _counter_values(counters: Any) -> CounterValues:
+def _counter_values(counters: TrafficCounters) -> CounterValues:
     return CounterValues(
         counters.connections_total,
         counters.connection_errors,
@@ -115,7 +61,7 @@ def observed_state(session: ForwardSession) -> ObservedState:
         session_id=session.spec.id,
         status=session.status,
         last_error=session.last_error,
-        transport=session.transport_name,
+        transport=session.transport,
         pod=session.pod,
         reconnects=session.reconnects,
         counters=_counter_values(session.counters),
@@ -138,21 +84,19 @@ class SessionConflict(Exception):
     """A session with this name exists with a different spec."""
 
 
-def _spec_from(record: SessionRecord) -> SessionSpec:
-    listen = parse_listen_addresses(record.addresses)
-    return SessionSpec(
-        id=record.id,
-        name=record.name,
+def _request_of(record: SessionRecord) -> SessionRequest:
+    """The request a stored session was created from (its mappings with their ports)."""
+    return SessionRequest(
         namespace=record.namespace,
         target=record.target,
         mappings=tuple(
             PortMapping(m.spec, m.local_port, m.remote_port, m.remote_name) for m in record.mappings
         ),
-        addresses=tuple(a.host for a in listen),
-        optional_addresses=tuple(a.host for a in listen if not a.required),
+        addresses=tuple(record.addresses),
+        name=record.name,
         context=record.context,
-        transport=record.transport_requested,
-        created_at=record.created_at,
+        transport=Transport(record.transport_requested),
+        options=normalize_options(record.options),
     )
 
 
@@ -161,23 +105,13 @@ class Supervisor:
         self,
         repository: SessionRepository,
         clusters: ClusterSource,
+        settings: Settings,
         *,
-        connect_wait: float = 30.0,
-        ping_interval: float = 5.0,
-        max_backoff: float = 30.0,
-        pod_poll_interval: float = 2.0,
-        pod_watch_timeout: int = 300,
-        counters_flush_interval: float = 2.0,
         events: EventHub | None = None,
     ) -> None:
         self.repository = repository
         self.clusters = clusters
-        self.connect_wait = connect_wait
-        self.ping_interval = ping_interval
-        self.max_backoff = max_backoff
-        self.pod_poll_interval = pod_poll_interval
-        self.pod_watch_timeout = pod_watch_timeout
-        self.counters_flush_interval = counters_flush_interval
+        self.settings = settings  # every session's defaults
         self.events = events if events is not None else EventHub()
         self.sessions: dict[str, ForwardSession] = {}
         self._dirty: set[str] = set()
@@ -192,28 +126,16 @@ class Supervisor:
 
     def policy(self, options: Mapping[str, Any] | None) -> SessionPolicy:
         """A session's effective settings: its own, else the service's defaults."""
-        stored = normalize_options(options)
-        reconnect = stored["reconnect"]
-        ttl, idle = stored["ttl_seconds"], stored["idle_timeout_seconds"]
-        return SessionPolicy(
-            reconnect=reconnect["enabled"],
-            max_attempts=reconnect["max_attempts"],
-            max_backoff=_or(reconnect["max_backoff_seconds"], self.max_backoff),
-            ping_interval=_or(stored["keepalive_seconds"], self.ping_interval),
-            connect_wait=_or(stored["connect_wait_seconds"], self.connect_wait),
-            ttl=None if ttl is None else float(ttl),
-            idle_timeout=None if idle is None else float(idle),
-            pod_poll_interval=self.pod_poll_interval,
-            pod_watch_timeout=self.pod_watch_timeout,
-        )
+        return SessionPolicy.of(options, self.settings)
 
-    def _new_session(self, spec: SessionSpec, options: Mapping[str, Any] | None) -> ForwardSession:
+    def _new_session(self, record: SessionRecord, request: SessionRequest) -> ForwardSession:
+        spec = request.spec(record.id, record.name, record.created_at)
         return ForwardSession(
             spec,
             self.clusters,
             on_change=self._changed,
             on_event=self._event,
-            policy=self.policy(options),
+            policy=self.policy(record.options),
         )
 
     def _restore_observed(self, session: ForwardSession, record: SessionRecord) -> None:
@@ -224,21 +146,21 @@ class Supervisor:
             counters.bytes_in = stored.bytes_in
             counters.bytes_out = stored.bytes_out
         self._stored[record.id] = _counters_key(session)
-        if record.status == STOPPED:  # expired: stays as it was reported
-            session.status = STOPPED
+        if record.status == SessionStatus.STOPPED:  # expired: stays as it was reported
+            session.status = SessionStatus.STOPPED
             session.last_error = record.last_error
             session.pod = record.pod
-            session.transport_name = record.transport
+            session.transport = Transport(record.transport) if record.transport else None
 
     async def start(self) -> None:
         """Restore every stored session on the local ports it had (not stopped ones)."""
         records = await asyncio.to_thread(self.repository.list)
         restored = 0
         for record in records:
-            session = self._new_session(_spec_from(record), record.options)
+            session = self._new_session(record, _request_of(record))
             self._restore_observed(session, record)
             self.sessions[record.id] = session
-            if session.status == STOPPED:
+            if session.status == SessionStatus.STOPPED:
                 continue
             expires_at = session.expires_at
             if expires_at is not None and expires_at <= datetime.now(UTC):
@@ -248,7 +170,7 @@ class Supervisor:
                 session.bind([m.local_port for m in record.mappings])
             except ListenError as exc:
                 log.warning("session %s cannot be restored: %s", record.name, exc)
-                session.status = FAILED
+                session.status = SessionStatus.FAILED
                 session.last_error = f"cannot restore listeners: {exc}"
                 self._changed(session)
                 continue
@@ -260,7 +182,7 @@ class Supervisor:
         self._ticker.add_done_callback(log_failure)
         log.info("restored %d session(s) of %d", restored, len(records))
 
-    async def create(self, request: CreateRequest) -> tuple[ForwardSession, bool]:
+    async def create(self, request: SessionRequest) -> tuple[ForwardSession, bool]:
         """Bind, persist, start; returns (session, created). Idempotent by name.
 
         Raises ListenError (nothing persisted, nothing left bound) and SessionConflict.
@@ -288,8 +210,7 @@ class Supervisor:
             if not record.name:
                 record.name = f"{parse_target(request.target).name}-{record.id[:8]}"
             record.mappings = []
-            spec = replace(_spec_from(record), mappings=request.mappings)
-            session = self._new_session(spec, record.options)
+            session = self._new_session(record, request)
             session.bind()  # ListenError propagates: nothing stored yet
             bound = [
                 replace(m, local_port=port)
@@ -407,7 +328,7 @@ class Supervisor:
     async def _flush_counters_periodically(self) -> None:
         """Mark sessions whose counters moved since they were last written, and flush."""
         while True:
-            await asyncio.sleep(self.counters_flush_interval)  # cancelled at shutdown
+            await asyncio.sleep(self.settings.counters_flush_seconds)  # cancelled at shutdown
             for session_id, session in self.sessions.items():
                 if _counters_key(session) != self._stored.get(session_id):
                     self._dirty.add(session_id)

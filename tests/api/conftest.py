@@ -127,7 +127,7 @@ def settings(tmp_path: Path, agent: Agent) -> Settings:
         context="",
         demo=False,
         connect_wait_seconds=5.0,
-        ping_interval_seconds=5.0,
+        keepalive_seconds=5.0,
         max_backoff_seconds=1.0,
     )
 

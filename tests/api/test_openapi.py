@@ -94,6 +94,8 @@ def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> N
         # issue 5: per-session policy
         "reconnect", "keepalive_seconds", "connect_wait_seconds", "ttl_seconds",
         "idle_timeout_seconds",
+        # issue 13: the ws-channel linger
+        "channel_linger_seconds",
     } == set(create["properties"])  # fmt: skip
     assert set(schemas["ReconnectPolicy"]["properties"]) == {
         "enabled", "max_attempts", "max_backoff_seconds",
@@ -105,9 +107,11 @@ def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> N
         "id", "name", "namespace", "target", "pod", "status", "transport", "last_error",
         "created_at", "ports", "forwarding",
     } <= set(public["required"])  # fmt: skip
-    assert set(public["properties"]["status"]["enum"]) == {
+    assert set(schemas["SessionStatus"]["enum"]) == {
         "pending", "ready", "reconnecting", "failed", "stopped",
     }  # fmt: skip
+    assert public["properties"]["status"] == {"$ref": "#/components/schemas/SessionStatus"}
+    assert set(schemas["Transport"]["enum"]) == {"auto", "spdy", "websocket", "ws-channel", "h2"}
     assert {"spec", "local_port", "remote_port", "addresses", "counters"} == set(
         schemas["PortPublic"]["required"]
     )

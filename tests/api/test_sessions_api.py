@@ -195,7 +195,7 @@ async def test_create_binds_before_201_and_forwards(api: Api, echo: EchoServer) 
         "created_at", "ready_since", "ports", "forwarding", "connections_active",
         "connections_total", "connection_errors", "bytes_in", "bytes_out", "reconnects",
         "reconnect", "keepalive_seconds", "connect_wait_seconds", "ttl_seconds",
-        "idle_timeout_seconds", "expires_at",
+        "idle_timeout_seconds", "channel_linger_seconds", "expires_at",
     }  # fmt: skip
     assert re.fullmatch(r"[0-9a-f]{32}", session["id"])
     assert session["name"] == f"echo-{session['id'][:8]}"
@@ -391,7 +391,9 @@ async def test_port_in_use_is_409_nothing_persisted_nothing_bound(
     assert stored_session_ids(api.settings) == []
     # A fresh supervisor on the same database file restores nothing.
     engine = make_engine(api.settings.db_url)
-    fresh = Supervisor(SessionRepository(engine), ClusterPool(api.settings.kubeconfig))
+    fresh = Supervisor(
+        SessionRepository(engine), ClusterPool(api.settings.kubeconfig), api.settings
+    )
     try:
         await fresh.start()
         assert fresh.list() == []

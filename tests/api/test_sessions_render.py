@@ -7,26 +7,21 @@ from __future__ import annotations
 import datetime
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 from fastapi.responses import JSONResponse
 
 from service.api.routes import render_listing, render_session, to_public
 from service.api.schemas import SessionsPublic
+from service.model import SessionStatus, Transport
 from service.ports import parse_port_specs
-from service.runner.session import (
-    FAILED,
-    PENDING,
-    READY,
-    RECONNECTING,
-    STOPPED,
-    ForwardSession,
-    SessionPolicy,
-    SessionSpec,
-)
+from service.runner.session import ForwardSession
+from service.runner.spec import SessionPolicy, SessionSpec
 from tests.api.conftest import Api
 from tests.support.echo import EchoServer
 
+PENDING, READY, RECONNECTING, FAILED, STOPPED = SessionStatus
 CREATED = datetime.datetime(2026, 11, 25, 16, 24, 38, 123456, tzinfo=datetime.UTC)
 ODD_TEXT = 'naïve-\u2603-"q"\\\n\x01\x7f 100% %d %s %% {} \u2028'
 
@@ -59,7 +54,7 @@ def make_session() -> Iterator[Factory]:
             addresses=("127.0.0.1",),
             optional_addresses=(),
             context=None,
-            transport="auto",
+            transport=Transport.AUTO,
             created_at=CREATED,
         )
         session = ForwardSession(spec, _no_cluster, on_change=lambda s: None, policy=policy)
@@ -102,7 +97,7 @@ def test_every_status_and_none_values(make_session: Factory) -> None:
         session = make_session(name=f"n-{status}")
         session.status, session.last_error = status, error
         if status in (READY, RECONNECTING):
-            session.pod, session.transport_name = "web-7d9f", "spdy"
+            session.pod, session.transport = "web-7d9f", Transport.SPDY
             session.ready_since = CREATED + datetime.timedelta(seconds=1)
         if status == STOPPED:
             session.close_listeners()  # listening nowhere: no addresses, no forwarding lines
@@ -117,10 +112,11 @@ def test_float_edge_cases(make_session: Factory, seconds: float) -> None:
     policy = SessionPolicy(
         max_attempts=3,
         max_backoff=seconds,
-        ping_interval=seconds,
+        keepalive=seconds,
         connect_wait=seconds,
         ttl=seconds,
         idle_timeout=seconds,
+        channel_linger=seconds,
     )
     assert_renders([make_session(policy=policy), make_session(policy=SessionPolicy(ttl=None))])
 
@@ -128,7 +124,7 @@ def test_float_edge_cases(make_session: Factory, seconds: float) -> None:
 def test_odd_strings_and_ready_since_forms(make_session: Factory) -> None:
     session = make_session(name=ODD_TEXT)
     session.status, session.pod, session.last_error = READY, ODD_TEXT, ODD_TEXT
-    session.transport_name = "%s%d"
+    session.transport = Transport.WS_CHANNEL
     assert_renders([session])
     plus_two = datetime.timezone(datetime.timedelta(hours=2))
     for since in [
@@ -145,7 +141,8 @@ def test_odd_strings_and_ready_since_forms(make_session: Factory) -> None:
 def test_strings_that_look_like_template_markers(make_session: Factory) -> None:
     # A template's counters are first rendered as strings NUL SALT ":" INDEX.
     session = make_session(name="\x000:x")
-    session.pod, session.transport_name, session.last_error = "\x000:0", "\x001:3", "\x002:"
+    session.pod, session.last_error = "\x000:0", "\x002:"
+    session.spec = replace(session.spec, target="\x001:3")
     session.port_counters[0].bytes_in = 5
     assert_renders([session])
 
@@ -173,7 +170,7 @@ def test_state_changes_between_listings(make_session: Factory) -> None:
     for attribute, value in [
         ("remote_ports", [8080, 80]),
         ("pod", "web-1"),
-        ("transport_name", "websocket"),
+        ("transport", Transport.WEBSOCKET),
         ("status", READY),
         ("ready_since", CREATED + datetime.timedelta(seconds=2)),
         ("status", RECONNECTING),

@@ -326,9 +326,7 @@ def test_a_client_that_stops_reading_does_not_take_the_session_down(
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", agent.url)
     payload = os.urandom(24 * MB)  # far more than the kernel and our 1 MiB buffer hold
     with (
-        run_serve(
-            tmp_path / "data", kubeconfig, settings={"ping_interval_seconds": "0.1"}
-        ) as serve,
+        run_serve(tmp_path / "data", kubeconfig, settings={"keepalive_seconds": "0.1"}) as serve,
         api_client(serve.url) as api,
         explain_on_failure(serve.process, agent.process),
     ):

@@ -28,8 +28,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from service.protocols.h2pair import STREAM_WINDOW
-from service.runner.h2link import H2Link, H2Pair
-from service.runner.link import LOCAL_WRITE_HIGH_WATER, LocalConnection
+from service.runner.links.base import LinkHooks
+from service.runner.links.h2 import H2Link, H2Pair
+from service.runner.local import LOCAL_WRITE_HIGH_WATER, LocalConnection
 from tests.support.podgate import run_agent
 
 MIB = 1 << 20
@@ -101,13 +102,12 @@ async def _link(agent_url: str) -> AsyncIterator[H2Link]:
     transport, _ = await loop.create_connection(asyncio.Protocol, host, int(port))
     transport.pause_reading()
     lost: list[str] = []
-    link = H2Link(
-        "default",
-        "local",
+    hooks = LinkHooks(
         on_lost=lambda _link, reason: lost.append(reason),
         on_connection_error=lambda _local, text: lost.append(text),
-        ping_interval=0,
+        keepalive=0,
     )
+    link = H2Link("default", "local", hooks)
     link.attach(transport, authority=f"{host}:{port}", scheme="http", headers=[])
     try:
         yield link

@@ -11,7 +11,9 @@ import asyncio
 from typing import Any
 
 from service.protocols.spdy import SpdyConnection
-from service.runner.link import DATA_FRAME_SIZE, GATED_READ, LocalConnection, SpdyLink
+from service.runner.links.base import LinkHooks
+from service.runner.links.spdy import DATA_FRAME_SIZE, SpdyLink
+from service.runner.local import GATED_READ, LocalConnection
 
 
 class FakeTransport:
@@ -65,14 +67,10 @@ def make_link(
         if reported is not None:
             reported.set()
 
-    link = SpdyLink(
-        on_lost=lambda link, reason: None,
-        on_connection_error=on_error,
-        ping_interval=0,
-        reply_timeout=reply_timeout,
-    )
+    hooks = LinkHooks(on_lost=lambda link, reason: None, on_connection_error=on_error, keepalive=0)
+    link = SpdyLink(hooks, reply_timeout=reply_timeout)
     upstream = FakeTransport()
-    link._adopt(upstream)  # type: ignore[arg-type]
+    link.adopt(upstream)  # type: ignore[arg-type]
     return link, upstream, errors
 
 

@@ -1,4 +1,5 @@
-"""Running a `SpdyLink` inside a WebSocket (`SPDY/3.1+portforward.k8s.io`, protocols.md §3).
+"""The `websocket` link: a `SpdyLink` inside a WebSocket (`SPDY/3.1+portforward.k8s.io`,
+protocols.md §3), what kubectl 1.31+ tries first.
 
 `TunnelPipe` is the protocol on the real socket: it unwraps binary messages into the SPDY
 byte stream for the link. `TunnelTransport` is what the link writes to: every flush of
@@ -14,12 +15,16 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from service.aio.readbuffer import SharedBufferReader
+from service.model import Transport
 from service.protocols.wstunnel import (
     StreamBytes,
     TunnelClient,
     TunnelClosed,
     WebSocketError,
 )
+from service.runner.links.base import LinkHooks
+from service.runner.links.spdy import SpdyLink
+from service.upstream import Cluster
 
 
 class TunnelTransport(asyncio.Transport):
@@ -127,3 +132,16 @@ class TunnelPipe(SharedBufferReader):
 
     def resume_writing(self) -> None:
         self.link.resume_writing()
+
+
+async def dial(cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> SpdyLink:
+    """``GET …/portforward`` as a WebSocket offering the tunnel; ``TunnelRefused`` when the
+    server answers anything else (``auto`` then falls back to SPDY)."""
+    ws = await cluster.upgrade_tunnel(namespace, pod)
+    link = SpdyLink(hooks, kind=Transport.WEBSOCKET)
+    pipe = TunnelPipe(ws.client, link)
+    link.adopt(TunnelTransport(ws.transport, ws.client))
+    pipe.raw = ws.transport
+    ws.attach(pipe)
+    pipe.process(ws.events)
+    return link

@@ -1,10 +1,14 @@
-"""The `ws-channel` transport: one v4.channel.k8s.io WebSocket per local connection (§2).
+"""The `ws-channel` link: one v4.channel.k8s.io WebSocket per local connection (§2).
 
 There is no shared upstream connection: every accepted local connection dials its own
 WebSocket (`ports=<pod port>`), strips the port prefixes and copies channel 0 both ways.
-The protocol has no half-close: when the local client half-closes we close the
-WebSocket (code 1000), which the server turns into closing the pod connection.
 Error-channel text closes that one connection and is counted, like the SPDY pairs.
+
+The protocol has no half-close. When the local client half-closes, the WebSocket stays
+open while the pod still sends, and is closed (code 1000) once the pod has been quiet for
+the session's linger time (socat's `-t`): a kubelet closes the pod connection as soon as
+it gets our Close, so closing at once would cut off the tail of the answer. After our
+Close the server's last bytes and its Close are still read, for a bounded time.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from service.aio.tasks import TaskSet
+from service.model import Transport
 from service.protocols.wschannel import (
     ChannelClient,
     ChannelClosed,
@@ -22,11 +26,9 @@ from service.protocols.wschannel import (
     ChannelErrorText,
 )
 from service.protocols.wstunnel import WebSocketError
-from service.runner.link import LocalConnection
-from service.upstream import UpstreamError
-
-if TYPE_CHECKING:
-    from service.upstream import Cluster
+from service.runner.links.base import LinkHooks
+from service.runner.local import LocalConnection
+from service.upstream import Cluster, UpstreamError
 
 log = logging.getLogger("podgate.runner")
 
@@ -36,33 +38,39 @@ CLOSE_GRACE = 10.0
 
 
 class ChannelConnection(asyncio.Protocol):
-    """The WebSocket of one local connection."""
+    """The WebSocket of one local connection (and its `PairEnd`)."""
 
-    def __init__(self, forwarder: ChannelForwarder, local: LocalConnection) -> None:
-        self.forwarder = forwarder
+    def __init__(self, link: ChannelLink, local: LocalConnection) -> None:
+        self.link = link
         self.local = local
         self.client: ChannelClient | None = None
         self.raw: asyncio.Transport | None = None
         self.error_text = ""
         self.done = False
+        self.local_eof_seen = False
         self.close_sent = False
+        self._timer: asyncio.TimerHandle | None = None  # linger, then the close grace
 
     def process(self, events: list[object]) -> None:
         local = self.local
         for event in events:
             if isinstance(event, ChannelData):
-                if event.data and local.transport is not None and not local.closed:
+                if event.data and not local.closed:
                     local.counters.bytes_in += len(event.data)
-                    local.transport.write(event.data)
+                    local.write(event.data)
+                    if self.local_eof_seen and not self.close_sent:
+                        self._linger()  # the pod is still answering
             elif isinstance(event, ChannelErrorText):
                 self.error_text = (self.error_text + event.text)[:MAX_ERROR_TEXT]
             elif isinstance(event, ChannelClosed):
-                self.forwarder.finished(self)
+                self.link.finished(self)
                 return
         if self.client is not None and self.raw is not None and not self.raw.is_closing():
             replies = self.client.data_to_send()
             if replies:
                 self.raw.write(replies)
+
+    # asyncio.Protocol: the WebSocket's socket ------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         assert self.client is not None
@@ -70,63 +78,99 @@ class ChannelConnection(asyncio.Protocol):
             events: list[object] = list(self.client.receive_data(data))
         except WebSocketError as exc:
             self.error_text = self.error_text or f"WebSocket protocol error: {exc}"
-            self.forwarder.finished(self)
+            self.link.finished(self)
             return
         self.process(events)
 
     def eof_received(self) -> bool:
-        self.forwarder.finished(self)
+        self.link.finished(self)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.forwarder.finished(self)
+        self.link.finished(self)
 
     def pause_writing(self) -> None:
-        if self.local.transport is not None and not self.local.closed:
-            self.local.transport.pause_reading()
+        self.local.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.local.transport is not None and not self.local.closed:
-            self.local.transport.resume_reading()
+        self.local.resume_reading()
+
+    # PairEnd: what the local connection calls -----------------------------------------
+
+    def local_data(self, data: bytes) -> None:
+        if self.done or self.client is None or self.raw is None:
+            return
+        self.local.counters.bytes_out += len(data)
+        self.raw.write(self.client.send_data(0, data))
+
+    def local_eof(self) -> None:
+        if self.done or self.local_eof_seen:
+            return
+        self.local_eof_seen = True
+        self._linger()
+
+    def local_lost(self) -> None:
+        self.link.finished(self)
+
+    def block_upstream(self) -> None:
+        if self.raw is not None:
+            self.raw.pause_reading()
+
+    def unblock_upstream(self) -> None:
+        if self.raw is not None:
+            with contextlib.suppress(RuntimeError):
+                self.raw.resume_reading()
+
+    # endings ---------------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """(Re)start the quiet period after the local EOF; Close once it passes."""
+        self._cancel_timer()
+        linger = self.link.hooks.linger
+        if linger <= 0:
+            self._send_close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(linger, self._send_close)
+
+    def _send_close(self) -> None:
+        """Close 1000, then keep reading: the server's last bytes may be on their way."""
+        self._cancel_timer()
+        if self.done or self.close_sent:
+            return
+        if self.client is None or self.raw is None or self.raw.is_closing():
+            return
+        self.close_sent = True
+        with contextlib.suppress(WebSocketError):
+            self.raw.write(self.client.close())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(CLOSE_GRACE, self.link.finished, self)  # bounded wait
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
+        self._cancel_timer()
         if self.raw is not None and not self.raw.is_closing():
             if self.client is not None and not self.close_sent:
                 with contextlib.suppress(WebSocketError):
                     self.raw.write(self.client.close())
             self.raw.close()
 
-    def half_close(self) -> None:
-        """Send Close 1000 but keep reading: the pod's last bytes may still be on their way
-        (a podgate agent relays them before its Close; a kubelet closes at once)."""
-        if self.close_sent or self.client is None or self.raw is None or self.raw.is_closing():
-            return
-        self.close_sent = True
-        with contextlib.suppress(WebSocketError):
-            self.raw.write(self.client.close())
-        loop = asyncio.get_running_loop()
-        loop.call_later(CLOSE_GRACE, self.forwarder.finished, self)  # bounded wait
 
+class ChannelLink:
+    """A `Link` that opens a WebSocket per local connection."""
 
-class ChannelForwarder:
-    """Link-like object for `ForwardSession`: opens a WebSocket per local connection."""
+    kind = Transport.WS_CHANNEL
 
-    def __init__(
-        self,
-        cluster: Cluster,
-        namespace: str,
-        pod: str,
-        *,
-        on_lost: Callable[[ChannelForwarder, str], None],
-        on_connection_error: Callable[[LocalConnection, str], None],
-    ) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.pod = pod
-        self._on_lost = on_lost
-        self._on_connection_error = on_connection_error
+        self.hooks = hooks
         self.connections: set[ChannelConnection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._dials = TaskSet()
         self.closed = False
         self.lost_reason = ""
 
@@ -136,14 +180,11 @@ class ChannelForwarder:
 
     def open_pair(self, local: LocalConnection) -> None:
         conn = ChannelConnection(self, local)
-        local.link = self
         local.pair = conn
         self.connections.add(conn)
         local.counters.connections_total += 1
         local.counters.connections_active += 1
-        task = asyncio.get_running_loop().create_task(self._dial(conn), name="ws-channel dial")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._dials.start(self._dial(conn), name=f"ws-channel dial {self.pod}:{local.remote_port}")
 
     async def _dial(self, conn: ChannelConnection) -> None:
         local = conn.local
@@ -168,34 +209,6 @@ class ChannelForwarder:
         if not conn.done:
             local.open_gate()
 
-    # LocalConnection callbacks ---------------------------------------------------
-
-    def local_data(self, conn: ChannelConnection, data: bytes) -> None:
-        if conn.done or conn.client is None or conn.raw is None:
-            return
-        conn.local.counters.bytes_out += len(data)
-        conn.raw.write(conn.client.send_data(0, data))
-
-    def local_eof(self, conn: ChannelConnection) -> None:
-        # No half-close in v4: Close the WebSocket; the server ends the pod connection.
-        conn.half_close()
-
-    def local_lost(self, conn: ChannelConnection) -> None:
-        self.finished(conn)
-
-    def block_upstream_reads(self, local: LocalConnection) -> None:
-        conn = local.pair
-        if isinstance(conn, ChannelConnection) and conn.raw is not None:
-            conn.raw.pause_reading()
-
-    def unblock_upstream_reads(self, local: LocalConnection) -> None:
-        conn = local.pair
-        if isinstance(conn, ChannelConnection) and conn.raw is not None:
-            with contextlib.suppress(RuntimeError):
-                conn.raw.resume_reading()
-
-    # endings --------------------------------------------------------------------------
-
     def finished(self, conn: ChannelConnection) -> None:
         if conn.done:
             return
@@ -205,10 +218,10 @@ class ChannelForwarder:
         local.counters.connections_active -= 1
         if conn.error_text:
             local.counters.connection_errors += 1
-            self._on_connection_error(local, conn.error_text)
+            self.hooks.on_connection_error(local, conn.error_text)
             local.abort()
-        elif local.transport is not None and not local.closed:
-            local.transport.close()
+        else:
+            local.close()
         conn.close()
 
     def fail(self, reason: str) -> None:
@@ -216,12 +229,18 @@ class ChannelForwarder:
         if not self.closed:
             self.lost_reason = reason
             self.close()
-            self._on_lost(self, reason)
+            self.hooks.on_lost(self, reason)
 
     def close(self) -> None:
         self.closed = True
-        for task in list(self._tasks):
-            task.cancel()
+        self._dials.cancel()
         for conn in list(self.connections):
             conn.error_text = ""
             self.finished(conn)
+
+
+async def dial(cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> ChannelLink:
+    """No connection is made until a local client comes: ask now whether one may be (the
+    API server authorizes ``GET …/portforward`` before it asks for an upgrade)."""
+    await cluster.check_portforward(namespace, pod)
+    return ChannelLink(cluster, namespace, pod, hooks)

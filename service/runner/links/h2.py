@@ -1,4 +1,4 @@
-"""The `h2` transport: podgate's own HTTP/2 link to a podgate agent (protocols.md §5.2).
+"""The `h2` link: podgate's own HTTP/2 link to a podgate agent (protocols.md §5.2).
 
 One HTTP/2 stream per half of a pair. Unlike SPDY, flow control is real and per stream:
 data received for a local connection is acknowledged (the window handed back) only once
@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.aio.sockets import set_nodelay
+from service.model import Transport
 from service.protocols.h2pair import (
     AGENT_PATH,
     H2PairClient,
@@ -32,8 +33,15 @@ from service.protocols.h2pair import (
     agent_identity,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.link import LocalConnection
-from service.upstream import UpstreamError, describe_http_error, set_nodelay
+from service.runner.links.base import LinkHooks
+from service.runner.local import LocalConnection
+from service.upstream import (
+    DEFAULT_TIMEOUT,
+    Cluster,
+    Endpoint,
+    UpstreamError,
+    describe_http_error,
+)
 
 log = logging.getLogger("podgate.runner")
 
@@ -44,18 +52,37 @@ UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
 
 @dataclass(eq=False, slots=True)
 class H2Pair:
+    """The error and data streams of one local connection."""
+
+    link: H2Link
     error_sid: int
     data_sid: int
     local: LocalConnection
     # Local bytes waiting for window, as read (send_data queues them without a copy).
     backlog: deque[bytes | memoryview] = field(default_factory=deque)
-    local_eof: bool = False  # the local client half-closed (END_STREAM once backlog is out)
+    local_ended: bool = False  # the local client half-closed (END_STREAM once backlog is out)
     remote_fin: bool = False
     unacked: int = 0  # received and written while the local socket was above high water
     local_blocked: bool = False
     status: int = 0
     error_text: str = ""
     done: bool = False
+
+    # PairEnd: what the local connection calls
+    def local_data(self, data: bytes) -> None:
+        self.link.local_data(self, data)
+
+    def local_eof(self) -> None:
+        self.link.local_eof(self)
+
+    def local_lost(self) -> None:
+        self.link.local_lost(self)
+
+    def block_upstream(self) -> None:
+        self.local_blocked = True  # stop crediting this stream only
+
+    def unblock_upstream(self) -> None:
+        self.link.unblock(self)
 
 
 @dataclass(slots=True)
@@ -71,19 +98,12 @@ class AgentHandshake:
 class H2Link(asyncio.Protocol):
     """One HTTP/2 connection multiplexing many pairs."""
 
-    def __init__(
-        self,
-        namespace: str,
-        pod: str,
-        *,
-        on_lost: Callable[[H2Link, str], None],
-        on_connection_error: Callable[[LocalConnection, str], None],
-        ping_interval: float = 5.0,
-    ) -> None:
+    kind = Transport.H2
+
+    def __init__(self, namespace: str, pod: str, hooks: LinkHooks) -> None:
         self.namespace = namespace
         self.pod = pod
-        self._on_lost = on_lost
-        self._on_connection_error = on_connection_error
+        self._hooks = hooks
         self.client: H2PairClient | None = None
         self.transport: asyncio.Transport | None = None
         self.headers: list[tuple[str, str]] = []
@@ -92,7 +112,7 @@ class H2Link(asyncio.Protocol):
         self._next_request_id = 0
         self._write_paused = False
         self.keepalive = Keepalive(
-            ping_interval,
+            hooks.keepalive,
             send_ping=self._send_ping,
             on_dead=lambda: self._lose("upstream stopped answering HTTP/2 pings"),
         )
@@ -203,25 +223,24 @@ class H2Link(asyncio.Protocol):
             local.abort()
             return
         self._next_request_id += 1
-        pair = H2Pair(error_sid, data_sid, local)
+        pair = H2Pair(self, error_sid, data_sid, local)
         self.pairs[error_sid] = pair
         self.pairs[data_sid] = pair
-        local.link = self
         local.pair = pair
         local.counters.connections_total += 1
         local.counters.connections_active += 1
         self._flush()
         local.open_gate()  # data may flow at once: the agent credits it only once written
-        if self._write_paused and local.transport is not None:
-            local.transport.pause_reading()
+        if self._write_paused:
+            local.pause_reading()
 
     def local_data(self, pair: H2Pair, data: bytes) -> None:
         if pair.done:
             return
         pair.local.counters.bytes_out += len(data)
         pair.backlog.append(data)
-        if not self._send_backlog(pair) and pair.local.transport is not None:
-            pair.local.transport.pause_reading()  # bounded: wait for the peer's window
+        if not self._send_backlog(pair):
+            pair.local.pause_reading()  # bounded: wait for the peer's window
         self._flush()
 
     def _send_backlog(self, pair: H2Pair) -> bool:
@@ -241,15 +260,15 @@ class H2Link(asyncio.Protocol):
         return True
 
     def local_eof(self, pair: H2Pair) -> None:
-        if pair.done or pair.local_eof:
+        if pair.done or pair.local_ended:
             return
-        pair.local_eof = True
+        pair.local_ended = True
         self._end_if_drained(pair)
         self._flush()
 
     def _end_if_drained(self, pair: H2Pair) -> None:
         assert self.client is not None
-        if pair.local_eof and not pair.backlog and self.client.can_send(pair.data_sid):
+        if pair.local_ended and not pair.backlog and self.client.can_send(pair.data_sid):
             with contextlib.suppress(PairStateError):
                 self.client.end_stream(pair.data_sid)
             self._maybe_finish(pair)
@@ -259,14 +278,9 @@ class H2Link(asyncio.Protocol):
             self._finish(pair, abort_local=False)
             self._flush()
 
-    def block_upstream_reads(self, local: LocalConnection) -> None:
-        pair = local.pair
-        if isinstance(pair, H2Pair):
-            pair.local_blocked = True  # stop crediting this stream only
-
-    def unblock_upstream_reads(self, local: LocalConnection) -> None:
-        pair = local.pair
-        if isinstance(pair, H2Pair) and pair.local_blocked:
+    def unblock(self, pair: H2Pair) -> None:
+        """The local socket drained: credit what it was written meanwhile."""
+        if pair.local_blocked:
             pair.local_blocked = False
             if pair.unacked and self.client is not None:
                 self.client.acknowledge(pair.data_sid, pair.unacked)
@@ -326,11 +340,11 @@ class H2Link(asyncio.Protocol):
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         local = pair.local
-        if local.transport is None or local.closed:
+        if local.closed:
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         local.counters.bytes_in += len(event.data)
-        local.transport.write(event.data)
+        local.write(event.data)
         if pair.local_blocked:
             pair.unacked += event.flow_controlled_length  # credited once the socket drains
         else:
@@ -352,9 +366,7 @@ class H2Link(asyncio.Protocol):
         if pair.status != 200:
             return  # a refused data stream; the reason comes on the error stream
         pair.remote_fin = True
-        local = pair.local
-        if local.transport is not None and not local.closed and local.transport.can_write_eof():
-            local.transport.write_eof()
+        pair.local.write_eof()
         self._maybe_finish(pair)
 
     def _reset(self, sid: int) -> None:
@@ -368,7 +380,7 @@ class H2Link(asyncio.Protocol):
 
     def _failed(self, pair: H2Pair) -> None:
         pair.local.counters.connection_errors += 1
-        self._on_connection_error(pair.local, pair.error_text)
+        self._hooks.on_connection_error(pair.local, pair.error_text)
         self._finish(pair, abort_local=True)
 
     def _window_opened(self, sid: int) -> None:
@@ -377,18 +389,15 @@ class H2Link(asyncio.Protocol):
             if pair is None or pair.done or not pair.backlog:
                 continue
             if self._send_backlog(pair):
-                local = pair.local
-                if local.transport is not None and not local.closed and not pair.local_eof:
-                    local.transport.resume_reading()
+                if not pair.local_ended:
+                    pair.local.resume_reading()
                 self._end_if_drained(pair)
 
     # endings --------------------------------------------------------------------------
 
     def _maybe_finish(self, pair: H2Pair) -> None:
-        if pair.remote_fin and pair.local_eof and not pair.backlog:
-            local = pair.local
-            if local.transport is not None and not local.closed:
-                local.transport.close()
+        if pair.remote_fin and pair.local_ended and not pair.backlog:
+            pair.local.close()
 
     def _finish(self, pair: H2Pair, *, abort_local: bool) -> None:
         if pair.done:
@@ -403,12 +412,10 @@ class H2Link(asyncio.Protocol):
         if pair.unacked:
             self.client.acknowledge(pair.data_sid, pair.unacked)
         pair.local.counters.connections_active -= 1
-        local = pair.local
-        if not local.closed and local.transport is not None:
-            if abort_local:
-                local.transport.abort()
-            else:
-                local.transport.close()
+        if abort_local:
+            pair.local.abort()
+        else:
+            pair.local.close()
         if self._waiting:
             self._open_waiting()
 
@@ -429,20 +436,13 @@ class H2Link(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         for pair in set(self.pairs.values()):
-            if pair.local.transport is not None and not pair.local.closed:
-                pair.local.transport.pause_reading()
+            pair.local.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         for pair in set(self.pairs.values()):
-            local = pair.local
-            if (
-                local.transport is not None
-                and not local.closed
-                and not pair.backlog
-                and not pair.local_eof
-            ):
-                local.transport.resume_reading()
+            if not pair.backlog and not pair.local_ended:
+                pair.local.resume_reading()
 
     def _lose(self, reason: str) -> None:
         if self.closed:
@@ -461,7 +461,7 @@ class H2Link(asyncio.Protocol):
             self._waiting.popleft().abort()
         if self.transport is not None:
             self.transport.abort()
-        self._on_lost(self, reason)
+        self._hooks.on_lost(self, reason)
 
     def fail(self, reason: str) -> None:
         """Declare the link dead (e.g. its pod is gone): every connection is reset."""
@@ -484,3 +484,23 @@ class H2Link(asyncio.Protocol):
             self._verified.cancel()
         if self.transport is not None:
             self.transport.close()
+
+
+async def dial(cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> H2Link:
+    """h2c with prior knowledge on http://, ALPN h2 on https://; usable only once the
+    server proved to be a podgate agent (``GET /v1/agent``)."""
+    transport, headers = await cluster.connect_h2()
+    endpoint = Endpoint.parse(cluster.server)
+    link = H2Link(namespace, pod, hooks)
+    link.attach(
+        transport,
+        authority=endpoint.host_header,
+        scheme="https" if endpoint.tls else "http",
+        headers=headers,
+    )
+    try:
+        await link.verified(DEFAULT_TIMEOUT)
+    except BaseException:
+        link.close()
+        raise
+    return link

@@ -1,4 +1,5 @@
-"""The client side of one upgraded SPDY connection and the local TCP connections it carries.
+"""The `spdy` link: one upgraded SPDY/3.1 connection and the local connections it carries
+(also the link inside the WebSocket tunnel, see `wstunnel.py`).
 
 Every accepted local connection becomes a `StreamPair` (protocols.md §1.5): SYN_STREAM
 for the error stream and, without waiting for its reply, for the data stream. Local
@@ -17,13 +18,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
 
-from service.aio.readbuffer import SharedBufferReader, shared_read_buffer
+from service.aio.flow import ReadGate
+from service.aio.readbuffer import SharedBufferReader
+from service.aio.sockets import set_nodelay
+from service.model import Transport
 from service.protocols.spdy import (
     ConnectionTerminated,
     DataReceived,
@@ -39,28 +40,15 @@ from service.protocols.spdy import (
     encode_header_block,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.tunnel import TunnelPipe, TunnelTransport
-from service.upstream import UpgradedConnection, WebSocketConnection, set_nodelay
+from service.runner.links.base import LinkHooks
+from service.runner.local import LocalConnection
+from service.upstream import Cluster, UpgradedConnection
 
 log = logging.getLogger("podgate.runner")
 
-LOCAL_WRITE_HIGH_WATER = 1024 * 1024
 UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
 MAX_ERROR_TEXT = 64 * 1024
 DATA_FRAME_SIZE = 256 * 1024
-GATED_READ = 4096  # what one read takes from a connection whose pair is not open yet
-
-
-@dataclass(slots=True)
-class TrafficCounters:
-    """The numbers of one port mapping (a session's are their sum); plain ints, cheap on
-    the data path. Each local connection holds its mapping's counters."""
-
-    connections_total: int = 0
-    connections_active: int = 0
-    connection_errors: int = 0
-    bytes_in: int = 0  # from the pod to local clients
-    bytes_out: int = 0  # from local clients to the pod
 
 
 _U32 = struct.Struct(">I")
@@ -86,134 +74,11 @@ def pair_header_blocks(port: int, request_id: int) -> tuple[HeaderBlock, HeaderB
     return HeaderBlock(error_prefix + tail), HeaderBlock(data_prefix + tail)
 
 
-_NODELAY_BY_LOOP: dict[type, bool] = {}
-
-
-def _loop_sets_nodelay(loop: asyncio.AbstractEventLoop) -> bool:
-    """asyncio's selector loop and uvloop already set TCP_NODELAY on every TCP transport."""
-    kind = type(loop)
-    known = _NODELAY_BY_LOOP.get(kind)
-    if known is None:
-        known = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) or (
-            kind.__module__.startswith("uvloop")
-        )
-        _NODELAY_BY_LOOP[kind] = known
-    return known
-
-
-class LocalConnection(asyncio.BufferedProtocol):
-    """One accepted local TCP connection; it is read only once its pair is open.
-
-    Buffered, into `shared_read_buffer()`, so that a connection still waiting for its pair
-    reads a few bytes, not 256 KiB: uvloop starts reading right after connection_made
-    (a pause there is undone), so one read happens before the gate can pause it, and
-    1000 connections opened at once held 24-31 MiB that way.
-    """
-
-    def __init__(
-        self,
-        local_port: int,
-        position: int,
-        on_accept: Callable[[LocalConnection], None],
-        counters: TrafficCounters | None = None,
-        on_close: Callable[[LocalConnection], None] | None = None,
-    ) -> None:
-        self.local_port = local_port
-        self.position = position  # which port mapping of the session accepted it
-        self.remote_port = 0  # the pod port, set by the session when the pair is opened
-        self.counters = counters if counters is not None else TrafficCounters()
-        self._on_accept = on_accept
-        self._on_close = on_close
-        self.transport: asyncio.Transport | None = None
-        # Set by whichever link carries it (SpdyLink, H2Link or ChannelForwarder), which
-        # also gets the callbacks below: local_data, local_eof, local_lost, *_upstream_reads.
-        self.pair: Any = None
-        self.link: Any = None
-        self.closed = False
-        # Until its stream is accepted upstream, a connection is held unread. uvloop ignores
-        # pause_reading() in connection_made, so bytes that still arrive wait here.
-        self.gated = True
-        self._early: list[bytes] = []
-        self._early_eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
-        self.transport = cast(asyncio.Transport, transport)
-        # Why: the per-connection socket object and setsockopt cost µs on the conn/s path,
-        # and the loops we run on have set TCP_NODELAY already.
-        if not _loop_sets_nodelay(asyncio.get_running_loop()):
-            set_nodelay(transport)
-        self.transport.set_write_buffer_limits(high=LOCAL_WRITE_HIGH_WATER)
-        self.transport.pause_reading()
-        self._on_accept(self)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        buffer = shared_read_buffer()
-        return buffer[:GATED_READ] if self.gated else buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # A copy: the buffer is shared, and the bytes may wait in a transport's queue.
-        self.data_received(bytes(shared_read_buffer()[:nbytes]))
-
-    def data_received(self, data: bytes) -> None:
-        if self.gated:
-            self._early.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return
-        self.link.local_data(self.pair, data)
-
-    def eof_received(self) -> bool:
-        if self.gated:
-            self._early_eof = True
-            return True
-        self.link.local_eof(self.pair)
-        return True  # half-close: keep writing what the pod sends
-
-    def open_gate(self) -> None:
-        """The upstream accepted this connection's stream: deliver what waited, read on."""
-        if not self.gated or self.closed or self.link is None:
-            return
-        self.gated = False
-        early, self._early = self._early, []
-        for chunk in early:
-            self.link.local_data(self.pair, chunk)
-        if self._early_eof:
-            self.link.local_eof(self.pair)
-        elif self.transport is not None:
-            self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.link is not None and self.pair is not None:
-            self.link.local_lost(self.pair)
-        if self._on_close is not None:
-            self._on_close(self)
-
-    def pause_writing(self) -> None:
-        if self.link is not None:
-            self.link.block_upstream_reads(self)
-
-    def resume_writing(self) -> None:
-        if self.link is not None:
-            self.link.unblock_upstream_reads(self)
-
-    def abort(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
-
-    def reset(self) -> None:
-        """Abort with a TCP RST, so that a client sees its transfer was cut, not ended."""
-        if self.transport is not None and not self.closed:
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.transport.abort()
-
-
 @dataclass(eq=False, slots=True)
 class StreamPair:
+    """The error and data streams of one local connection (protocols.md §1.5)."""
+
+    link: SpdyLink
     request_id: int
     error_sid: int
     data_sid: int
@@ -224,6 +89,22 @@ class StreamPair:
     error_text: bytearray = field(default_factory=bytearray)
     done: bool = False
 
+    # PairEnd: what the local connection calls
+    def local_data(self, data: bytes) -> None:
+        self.link.local_data(self, data)
+
+    def local_eof(self) -> None:
+        self.link.local_eof(self)
+
+    def local_lost(self) -> None:
+        self.link.local_lost(self)
+
+    def block_upstream(self) -> None:
+        self.link.reads.block(self)
+
+    def unblock_upstream(self) -> None:
+        self.link.reads.unblock(self)
+
 
 class SpdyLink(SharedBufferReader):
     """One upgraded connection toward the cluster, multiplexing many `StreamPair`s.
@@ -233,15 +114,10 @@ class SpdyLink(SharedBufferReader):
     """
 
     def __init__(
-        self,
-        *,
-        on_lost: Callable[[SpdyLink, str], None],
-        on_connection_error: Callable[[LocalConnection, str], None],
-        ping_interval: float = 5.0,
-        reply_timeout: float = 30.0,
+        self, hooks: LinkHooks, *, kind: Transport = Transport.SPDY, reply_timeout: float = 30.0
     ) -> None:
-        self._on_lost = on_lost
-        self._on_connection_error = on_connection_error
+        self.kind = kind
+        self._hooks = hooks
         self.reply_timeout = reply_timeout
         # Why merge_data: one event (and one local write) per stream run per upstream read.
         self.conn = SpdyConnection(
@@ -254,12 +130,12 @@ class SpdyLink(SharedBufferReader):
         self.pairs: dict[int, StreamPair] = {}  # by error and by data stream id
         self._next_request_id = 0
         self._write_paused = False
-        self._read_blockers: set[object] = set()
+        self.reads = ReadGate()  # held while a local socket cannot take more
         self.keepalive = Keepalive(
-            ping_interval,
+            hooks.keepalive,
             send_ping=self._send_ping,
             on_dead=lambda: self._lose("upstream stopped answering pings"),
-            held=lambda: bool(self._read_blockers),
+            held=lambda: self.reads.blocked,
         )
         # Why: one periodic sweep instead of a call_later per pair (conn/s path). Pairs
         # waiting for SYN_REPLY, in deadline order (one timeout, so insertion order).
@@ -274,19 +150,13 @@ class SpdyLink(SharedBufferReader):
 
     def attach(self, upgraded: UpgradedConnection) -> None:
         """Take over an upgraded connection (bytes past the 101, EOF or loss replayed)."""
-        self._adopt(upgraded.transport)
+        self.adopt(upgraded.transport)
         upgraded.attach(self)
 
-    def attach_tunnel(self, ws: WebSocketConnection) -> None:
-        """Take over a WebSocket tunnel: SPDY frames ride in binary messages (§3)."""
-        pipe = TunnelPipe(ws.client, self)
-        self._adopt(TunnelTransport(ws.transport, ws.client))
-        pipe.raw = ws.transport
-        ws.attach(pipe)
-        pipe.process(ws.events)
-
-    def _adopt(self, transport: asyncio.Transport) -> None:
+    def adopt(self, transport: asyncio.Transport) -> None:
+        """Write to ``transport`` from now on (the socket, or the tunnel's wrapper)."""
         self.transport = transport
+        self.reads.transport = transport
         self.transport.set_write_buffer_limits(high=UPSTREAM_WRITE_HIGH_WATER)
         set_nodelay(self.transport)
         self.keepalive.start()
@@ -317,11 +187,10 @@ class SpdyLink(SharedBufferReader):
             log.info("cannot open streams: %s", exc)
             local.abort()
             return
-        pair = StreamPair(request_id, error_sid, data_sid, local)
+        pair = StreamPair(self, request_id, error_sid, data_sid, local)
         self.pairs[error_sid] = pair
         self.pairs[data_sid] = pair
         local.pair = pair
-        local.link = self
         local.counters.connections_total += 1
         local.counters.connections_active += 1
         loop = asyncio.get_running_loop()
@@ -334,11 +203,9 @@ class SpdyLink(SharedBufferReader):
         if pair.done or pair.local_fin:
             return
         if not self.conn.can_send(pair.data_sid):
-            # Fix: one read can carry the data stream's SYN_REPLY *and* its RST (a refused
-            # pod port). The connection has then already forgotten the stream when
-            # StreamReplied is handled and open_gate() delivers the early bytes; sending
-            # raised StreamStateError out of data_received and tore the whole link down.
-            # Drop them: the StreamReset event that follows finishes this pair.
+            # One read can carry the data stream's SYN_REPLY *and* its RST (a refused pod
+            # port): the stream is gone when the early bytes are delivered. They are
+            # dropped; the StreamReset event that follows finishes the pair.
             return
         pair.local.counters.bytes_out += len(data)
         self.conn.send_data(pair.data_sid, data)
@@ -354,28 +221,16 @@ class SpdyLink(SharedBufferReader):
         if pair.done or pair.local_fin:
             return
         pair.local_fin = True
-        if self.conn.can_send(pair.data_sid):  # Fix: see local_data (reset in the same read)
+        if self.conn.can_send(pair.data_sid):  # see local_data: reset in the same read
             self.conn.end_stream(pair.data_sid)
         self._flush_soon()
         self._maybe_finish(pair)
 
     def local_lost(self, pair: StreamPair) -> None:
-        self.unblock_upstream_reads(pair.local)
+        self.reads.unblock(pair)
         if not pair.done:
             self._finish(pair)
             self._flush_soon()
-
-    def block_upstream_reads(self, reason: object) -> None:
-        if not self._read_blockers and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-        self._read_blockers.add(reason)
-
-    def unblock_upstream_reads(self, reason: object) -> None:
-        if reason not in self._read_blockers:
-            return
-        self._read_blockers.discard(reason)
-        if not self._read_blockers and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
 
     # --------------------------------------------------------- upstream side
 
@@ -434,14 +289,14 @@ class SpdyLink(SharedBufferReader):
     def pause_writing(self) -> None:
         self._write_paused = True
         for pair in set(self.pairs.values()):
-            if pair.data_replied and pair.local.transport is not None:
-                pair.local.transport.pause_reading()
+            if pair.data_replied:
+                pair.local.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         for pair in set(self.pairs.values()):
-            if pair.data_replied and not pair.local_fin and pair.local.transport is not None:
-                pair.local.transport.resume_reading()
+            if pair.data_replied and not pair.local_fin:
+                pair.local.resume_reading()
 
     def _replied(self, sid: int) -> None:
         pair = self.pairs.get(sid)
@@ -455,8 +310,8 @@ class SpdyLink(SharedBufferReader):
         pair.data_replied = True
         self._awaiting.pop(pair, None)
         pair.local.open_gate()
-        if self._write_paused and pair.local.transport is not None:
-            pair.local.transport.pause_reading()
+        if self._write_paused:
+            pair.local.pause_reading()
 
     def _data(self, event: DataReceived) -> None:
         pair = self.pairs.get(event.stream_id)
@@ -484,9 +339,7 @@ class SpdyLink(SharedBufferReader):
             self._error_stream_done(pair)
             return
         pair.remote_fin = True
-        local = pair.local
-        if local.transport is not None and not local.closed and local.transport.can_write_eof():
-            local.transport.write_eof()
+        pair.local.write_eof()
         self._maybe_finish(pair)
 
     def _reset(self, sid: int) -> None:
@@ -506,7 +359,7 @@ class SpdyLink(SharedBufferReader):
         if pair.error_text:
             text = pair.error_text.decode("utf-8", "replace")
             pair.local.counters.connection_errors += 1
-            self._on_connection_error(pair.local, text)
+            self._hooks.on_connection_error(pair.local, text)
             self._finish(pair, abort_local=True)
         elif pair.remote_fin and (pair.local_fin or pair.local.closed):
             self._finish(pair)
@@ -535,7 +388,7 @@ class SpdyLink(SharedBufferReader):
         if pair.done or pair.data_replied:
             return
         pair.local.counters.connection_errors += 1
-        self._on_connection_error(
+        self._hooks.on_connection_error(
             pair.local, "timed out waiting for the upstream to accept the stream pair"
         )
         self._finish(pair, abort_local=True)
@@ -545,9 +398,7 @@ class SpdyLink(SharedBufferReader):
 
     def _maybe_finish(self, pair: StreamPair) -> None:
         if pair.local_fin and pair.remote_fin:
-            local = pair.local
-            if local.transport is not None and not local.closed:
-                local.transport.close()
+            pair.local.close()
 
     def _finish(self, pair: StreamPair, *, abort_local: bool = False) -> None:
         if pair.done:
@@ -561,13 +412,11 @@ class SpdyLink(SharedBufferReader):
                     self.conn.reset_stream(sid, RstStatus.CANCEL)
             self.pairs.pop(sid, None)
         pair.local.counters.connections_active -= 1
-        self.unblock_upstream_reads(pair.local)
-        local = pair.local
-        if not local.closed and local.transport is not None:
-            if abort_local:
-                local.transport.abort()
-            else:
-                local.transport.close()
+        self.reads.unblock(pair)
+        if abort_local:
+            pair.local.abort()
+        else:
+            pair.local.close()
 
     def _flush_soon(self) -> None:
         """Flush once the loop has run every callback of this I/O poll.
@@ -601,7 +450,7 @@ class SpdyLink(SharedBufferReader):
             self._finish(pair, abort_local=True)
         if self.transport is not None:
             self.transport.abort()
-        self._on_lost(self, reason)
+        self._hooks.on_lost(self, reason)
 
     def fail(self, reason: str) -> None:
         """Declare the link dead (e.g. its pod is gone): every connection is reset."""
@@ -622,3 +471,11 @@ class SpdyLink(SharedBufferReader):
             self._sweep_handle.cancel()
         if self.transport is not None:
             self.transport.close()
+
+
+async def dial(cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> SpdyLink:
+    """``POST …/portforward`` with ``Upgrade: SPDY/3.1`` (protocols.md §1.1)."""
+    upgraded = await cluster.upgrade_spdy(namespace, pod)
+    link = SpdyLink(hooks)
+    link.attach(upgraded)
+    return link
