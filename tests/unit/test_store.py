@@ -6,6 +6,7 @@ test session, with a new empty database per test: tests/conftest.py). Tests that
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -472,4 +473,22 @@ def test_isolated_upgrade_of_a_missing_postgres_database_says_so(postgres_url: s
 def test_isolated_upgrade_of_an_in_memory_database_runs_here() -> None:
     from service.store.engine import upgrade_schema_isolated
 
-    upgrade_schema_isolated("sqlite://")  # nothing to share with a child: must not fail
+    # A child process has memory of its own: only an upgrade run in this process reaches
+    # this database. A named shared-cache one lives as long as a connection holds it open.
+    uri = f"file:podgate-{uuid.uuid4().hex}?mode=memory&cache=shared"
+    url = f"sqlite:///{uri}&uri=true"
+    keeper = sqlite3.connect(uri, uri=True)
+    try:
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        assert keeper.execute(tables).fetchall() == []
+        upgrade_schema_isolated(url)
+        assert {name for (name,) in keeper.execute(tables)} == {
+            "alembic_version",
+            "sessions",
+            "port_mappings",
+        }
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        assert keeper.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    finally:
+        keeper.close()
+    upgrade_schema_isolated("sqlite://")  # a private in-memory database: must not fail
