@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # §7 vectors, hex.
 V1_SHA256 = "51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02"
@@ -72,7 +73,7 @@ class Capture:
     client_ws_messages: tuple[bytes, ...] | None
 
 
-def _frame(f: dict) -> CapturedFrame:
+def _frame(f: dict[str, Any]) -> CapturedFrame:
     headers = f.get("headers")
     decompressed = f.get("decompressed_hex")
     return CapturedFrame(
@@ -86,7 +87,7 @@ def _frame(f: dict) -> CapturedFrame:
     )
 
 
-def _capture(name: str, c: dict) -> Capture:
+def _capture(name: str, c: dict[str, Any]) -> Capture:
     ws = c.get("client_ws_message_payloads_unmasked")
     return Capture(
         name=name,
@@ -116,7 +117,7 @@ def _load_captures() -> dict[str, Capture]:
 CAPTURES: dict[str, Capture] = _load_captures()
 
 
-def normalize(events: list) -> list:
+def normalize(events: list[Any]) -> list[Any]:
     """Events made comparable: a StreamRejected's exception becomes its observable fields."""
     from service.protocols.spdy import StreamRejected
 
