@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import SingletonThreadPool
 
 if TYPE_CHECKING:  # why: alembic (+12 MB) is imported only where a migration runs
     from alembic.config import Config
@@ -55,9 +56,14 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
         return create_engine(parsed)
 
     path = _sqlite_file(parsed)
+    options: dict[str, Any] = {}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"check_same_thread": False})
+    else:
+        # In memory, a new connection is a new database: one per thread, as SQLAlchemy
+        # picks today for `sqlite://` (named explicitly, it no longer warns for mode=memory).
+        options["poolclass"] = SingletonThreadPool
+    engine = create_engine(parsed, connect_args={"check_same_thread": False}, **options)
 
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

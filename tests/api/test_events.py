@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -29,6 +30,12 @@ from tests.support.echo import EchoServer, refused_port
 from tests.support.sse import AsgiEventStream, SseEvent
 
 pytestmark = pytest.mark.timeout(60)
+
+#: How long a test keeps a pod from running once its session has reported the loss: the
+#: least outage the `reconnect` event may report.
+OUTAGE_HOLD = 0.5
+#: `outage_seconds` is rounded to the millisecond; allow that and clock granularity.
+CLOCK_SLACK = 0.005
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -119,6 +126,7 @@ async def test_a_pod_that_stops_running_is_noticed_and_the_session_comes_back(
         await stream.wait_for(lambda e: e.is_status(sid, "ready"), WAIT, "ready")
         assert await exchange("127.0.0.1", local, b"before") == b"before"
 
+        failed_at = time.monotonic()  # the outage cannot start before the pod fails
         with pod_phase(registry, "echo", "Failed"):
             lost = await stream.wait_for(lambda e: e.is_status(sid, "reconnecting"), WAIT)
             assert lost.data["last_error"] == 'pod "echo" is no longer running (phase Failed)'
@@ -126,11 +134,21 @@ async def test_a_pod_that_stops_running_is_noticed_and_the_session_comes_back(
             session = (await api.client.get(f"/sessions/{sid}")).json()
             assert session["status"] == "reconnecting" and session["last_error"]
             assert session["ports"][0]["local_port"] == local
+            # The outage this test causes: the pod stays down OUTAGE_HOLD s after the loss
+            # was reported, and the session re-dials (every <= 0.1 s) without coming back.
+            await stream.expect_none(lambda e: e.is_status(sid, "ready"), OUTAGE_HOLD, "ready")
+            running_again_at = time.monotonic()  # just before the pod runs again
         back = await stream.wait_for(lambda e: e.is_status(sid, "ready"), WAIT, "ready again")
         reconnect = await stream.wait_for(lambda e: e.event == "reconnect", WAIT)
         assert reconnect.data["reconnects"] == 1 == back.data["reconnects"]
         assert (reconnect.data["pod"], reconnect.data["previous_pod"]) == ("echo", "echo")
-        assert reconnect.data["outage_seconds"] >= 0
+        # The session lost its link after the pod failed and before it said so (`lost`), and
+        # was ready again after the pod ran again and before it said so (`reconnect`).
+        shortest = running_again_at - lost.received
+        longest = reconnect.received - failed_at
+        assert shortest >= OUTAGE_HOLD
+        outage = reconnect.data["outage_seconds"]
+        assert shortest - CLOCK_SLACK <= outage <= longest + CLOCK_SLACK, (shortest, longest)
         assert await exchange("127.0.0.1", local, b"after") == b"after"
 
     assert statuses(stream.events, sid) == [

@@ -203,6 +203,27 @@ class AsgiEventStream:
             if predicate(event):
                 return event
 
+    async def expect_none(
+        self, predicate: Callable[[SseEvent], bool], duration: float, what: str = "event"
+    ) -> None:
+        """Read the stream for `duration` seconds and fail on the first event that matches
+        (the others are skipped, and stay in `events`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration
+        while True:
+            while len(self.events) > self._cursor:
+                event = self.events[self._cursor]
+                self._cursor += 1
+                if predicate(event):
+                    raise AssertionError(f"unexpected {what} within {duration}s: {event}")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+
 
 class HttpEventStream:
     """GET `path` of a real server (HTTP/1.1, via http.client) in a reader thread."""

@@ -1,12 +1,12 @@
-"""The store on a real SQLite file, migrated by Alembic exactly as ``podgate serve`` does.
-
-Set ``PODGATE_TEST_POSTGRES_URL`` (an empty database; its tables are dropped) to run the same
-tests against PostgreSQL as well.
+"""The store, migrated by Alembic exactly as ``podgate serve`` does, on both databases it
+supports: a real SQLite file and a real PostgreSQL server (a private one started for the
+test session, with a new empty database per test: tests/conftest.py). Tests that take
+``db_url`` run once on each.
 """
 
-import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -37,29 +37,19 @@ from service.store import (
     upgrade_schema,
 )
 
-POSTGRES_URL = os.environ.get("PODGATE_TEST_POSTGRES_URL")
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    # A directory that does not exist yet: make_engine / upgrade_schema create it.
+    return f"sqlite:///{tmp_path / 'data' / 'podgate.db'}"
 
 
-def drop_all_tables(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        existing = sa.MetaData()
-        existing.reflect(engine)
-        existing.drop_all(engine)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        # A directory that does not exist yet: make_engine / upgrade_schema create it.
-        yield f"sqlite:///{tmp_path / 'data' / 'podgate.db'}"
-        return
-    assert POSTGRES_URL is not None
-    drop_all_tables(POSTGRES_URL)
-    yield POSTGRES_URL
-    drop_all_tables(POSTGRES_URL)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An empty database: a SQLite file, or a new database on the test PostgreSQL server."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(name)
+    return url
 
 
 @pytest.fixture
@@ -140,14 +130,13 @@ def test_upgrade_is_idempotent(db_url: str, repo: SessionRepository) -> None:
 
 
 def test_url_from_environment_when_config_has_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'env.db'}"
-    monkeypatch.setenv("PODGATE_DATABASE_URL", url)
+    monkeypatch.setenv("PODGATE_DATABASE_URL", db_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     command.upgrade(config, "head")
-    engine = make_engine(url)
+    engine = make_engine(db_url)
     try:
         assert schema_diff(engine) == []
     finally:
@@ -165,16 +154,19 @@ def test_percent_sign_in_url_survives_alembic_config(tmp_path: Path) -> None:
 # --- engine -------------------------------------------------------------------------------
 
 
-def test_sqlite_pragmas(engine: Engine, db_url: str) -> None:
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite only")
-    with engine.connect() as connection:
-        pragma = connection.exec_driver_sql
-        assert pragma("PRAGMA journal_mode").scalar() == "wal"
-        assert pragma("PRAGMA foreign_keys").scalar() == 1
-        assert pragma("PRAGMA busy_timeout").scalar() == 5000
+def test_sqlite_pragmas(sqlite_url: str) -> None:
+    upgrade_schema(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            pragma = connection.exec_driver_sql
+            assert pragma("PRAGMA journal_mode").scalar() == "wal"
+            assert pragma("PRAGMA foreign_keys").scalar() == 1
+            assert pragma("PRAGMA busy_timeout").scalar() == 5000
+    finally:
+        engine.dispose()
     # WAL is a property of the file: any other client sees it too.
-    raw = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    raw = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
@@ -446,10 +438,9 @@ def test_empty_list(repo: SessionRepository) -> None:
     assert repo.list() == []
 
 
-def test_isolated_upgrade_runs_in_a_child_process(tmp_path: Path) -> None:
+def test_isolated_upgrade_runs_in_a_child_process(db_url: str) -> None:
     from service.store.engine import upgrade_schema_isolated
 
-    db_url = f"sqlite:///{tmp_path / 'child' / 'podgate.db'}"
     upgrade_schema_isolated(db_url)
     engine = make_engine(db_url)
     try:
@@ -469,7 +460,35 @@ def test_isolated_upgrade_failure_raises_with_the_child_output(tmp_path: Path) -
         upgrade_schema_isolated(f"sqlite:///{blocker / 'sub' / 'podgate.db'}")
 
 
+def test_isolated_upgrade_of_a_missing_postgres_database_says_so(postgres_url: str) -> None:
+    from service.store.engine import upgrade_schema_isolated
+
+    missing = postgres_url.replace("/test_", "/missing_", 1)
+    assert missing != postgres_url
+    expected = r'(?s)schema upgrade failed.*database "missing_\d+" does not exist'
+    with pytest.raises(RuntimeError, match=expected):
+        upgrade_schema_isolated(missing)
+
+
 def test_isolated_upgrade_of_an_in_memory_database_runs_here() -> None:
     from service.store.engine import upgrade_schema_isolated
 
-    upgrade_schema_isolated("sqlite://")  # nothing to share with a child: must not fail
+    # A child process has memory of its own: only an upgrade run in this process reaches
+    # this database. A named shared-cache one lives as long as a connection holds it open.
+    uri = f"file:podgate-{uuid.uuid4().hex}?mode=memory&cache=shared"
+    url = f"sqlite:///{uri}&uri=true"
+    keeper = sqlite3.connect(uri, uri=True)
+    try:
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        assert keeper.execute(tables).fetchall() == []
+        upgrade_schema_isolated(url)
+        assert {name for (name,) in keeper.execute(tables)} == {
+            "alembic_version",
+            "sessions",
+            "port_mappings",
+        }
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        assert keeper.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    finally:
+        keeper.close()
+    upgrade_schema_isolated("sqlite://")  # a private in-memory database: must not fail
