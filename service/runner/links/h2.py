@@ -47,6 +47,7 @@ log = logging.getLogger("podgate.runner")
 
 MAX_ERROR_TEXT = 64 * 1024
 MAX_HANDSHAKE_BODY = 64 * 1024
+BULK = 256 * 1024  # queued local payload that is written at once, not at the loop turn's end
 UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
 
 
@@ -111,6 +112,8 @@ class H2Link(asyncio.Protocol):
         self._waiting: deque[LocalConnection] = deque()  # accepted at the stream limit
         self._next_request_id = 0
         self._write_paused = False
+        self._flush_pending = False
+        self._unflushed = 0  # local payload bytes queued since the last flush
         self.keepalive = Keepalive(
             hooks.keepalive,
             send_ping=self._send_ping,
@@ -229,7 +232,7 @@ class H2Link(asyncio.Protocol):
         local.pair = pair
         local.counters.connections_total += 1
         local.counters.connections_active += 1
-        self._flush()
+        self._flush_soon()
         local.open_gate()  # data may flow at once: the agent credits it only once written
         if self._write_paused:
             local.pause_reading()
@@ -241,7 +244,12 @@ class H2Link(asyncio.Protocol):
         pair.backlog.append(data)
         if not self._send_backlog(pair):
             pair.local.pause_reading()  # bounded: wait for the peer's window
-        self._flush()
+        self._unflushed += len(data)
+        # Bulk data goes out at once (the write buffer's back-pressure must see it).
+        if self._unflushed >= BULK:
+            self._flush()
+        else:
+            self._flush_soon()
 
     def _send_backlog(self, pair: H2Pair) -> bool:
         """Send queued local bytes as the windows allow; True once all are out."""
@@ -264,7 +272,7 @@ class H2Link(asyncio.Protocol):
             return
         pair.local_ended = True
         self._end_if_drained(pair)
-        self._flush()
+        self._flush_soon()
 
     def _end_if_drained(self, pair: H2Pair) -> None:
         assert self.client is not None
@@ -276,7 +284,7 @@ class H2Link(asyncio.Protocol):
     def local_lost(self, pair: H2Pair) -> None:
         if not pair.done:
             self._finish(pair, abort_local=False)
-            self._flush()
+            self._flush_soon()
 
     def unblock(self, pair: H2Pair) -> None:
         """The local socket drained: credit what it was written meanwhile."""
@@ -285,7 +293,7 @@ class H2Link(asyncio.Protocol):
             if pair.unacked and self.client is not None:
                 self.client.acknowledge(pair.data_sid, pair.unacked)
                 pair.unacked = 0
-                self._flush()
+                self._flush_soon()
 
     # upstream side --------------------------------------------------------------------
 
@@ -419,7 +427,16 @@ class H2Link(asyncio.Protocol):
         if self._waiting:
             self._open_waiting()
 
+    def _flush_soon(self) -> None:
+        """Flush once the loop has run every callback of this I/O poll: frames of local
+        events that arrive together (pairs opened, small DATA, END_STREAM) share one write."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_pending = False
+        self._unflushed = 0
         if self.transport is None or self.client is None or self.closed:
             return
         data = self.client.buffers_to_send()
