@@ -51,7 +51,7 @@ from h2.settings import SettingCodes, Settings
 from h2.stream import StreamInputs, StreamState
 from hpack import NeverIndexedHeaderTuple
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import DataFrame, Frame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 if TYPE_CHECKING:
     from h2._typing import Buffer as _H2Buffer
@@ -207,7 +207,8 @@ class PingAnswered:
 
 @dataclass(frozen=True, slots=True)
 class LinkTerminated:
-    """The peer sent GOAWAY; streams above ``last_stream_id`` were not processed."""
+    """The peer sent GOAWAY; streams above ``last_stream_id`` were not processed. After a
+    graceful one (``code`` 0) a client's streams up to it go on to their end (drain)."""
 
     code: int
     last_stream_id: int
@@ -389,6 +390,22 @@ class _H2Connection(H2Connection):
         self._out: list[Buffer] = []
         # len(self.streams) at which the next exact count (and cull) runs; see _open_streams.
         self._recount_at = 0
+        #: Set by a graceful GOAWAY: no new stream may be opened, those up to it finish.
+        self.goaway_last_stream_id: int | None = None
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
+        """A graceful GOAWAY (NO_ERROR) leaves a client's connection open: the streams up
+        to ``last_stream_id`` may finish (RFC 9113 §6.8). h2 4.x closes its state machine
+        on any GOAWAY (and drops its queued output, acknowledgements included), after
+        which it refuses to send or receive anything. Other GOAWAYs end the connection."""
+        if not self.config.client_side or frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        self.goaway_last_stream_id = frame.last_stream_id
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def _open_streams(self, remainder: int) -> int:
         """h2 counts the open streams of one side by walking every stream, culling the
@@ -694,6 +711,8 @@ class H2PairClient(_PairEndpoint):
         if not 0 < port <= 0xFFFF:
             raise ValueError(f"port {port} is not in 1..65535")
         conn = self._conn
+        if conn.goaway_last_stream_id is not None:
+            raise PairStateError("the agent sent GOAWAY: no new stream may be opened")
         if not self.settings_received:
             raise PairLimitReached("the agent's SETTINGS have not arrived yet")
         if not self.can_open_pair():

@@ -84,6 +84,7 @@ class ForwardSession:
         self.bound: list[BoundMapping] = []
         self._servers: list[asyncio.Server] = []
         self._link: Link | None = None
+        self._retired: set[Link] = set()  # earlier links that still finish connections
         self._link_lost = asyncio.Event()
         self._lost_at: float | None = None
         self._ever_ready = False
@@ -311,6 +312,9 @@ class ForwardSession:
             return None
         if link.closed:  # lost while being attached
             raise UpstreamError(link.lost_reason or "upstream closed the connection")
+        if self._link is not None and not self._link.closed:
+            self._retired.add(self._link)  # draining its last connections
+        self._retired = {old for old in self._retired if not old.closed}
         self._link = link
         self.transport = link.kind
         reconnected = self.status == SessionStatus.RECONNECTING
@@ -450,7 +454,8 @@ class ForwardSession:
         if self._task is not None:
             self._task.cancel()  # and with it every task of its group
             await asyncio.wait({self._task})
-        if self._link is not None:
-            self._link.close()
+        for link in (self._link, *self._retired):
+            if link is not None:
+                link.close()
         if status is not None:
             self.status = status

@@ -39,6 +39,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.stream import portforward
 
+from service.protocols.h2pair import PairStateError
 from service.protocols.wschannel import (
     ChannelAccepted,
     ChannelClient,
@@ -733,7 +734,7 @@ async def test_h2_sigterm_sends_goaway_and_drains_open_pairs(
     local_echo: EchoServer,
 ) -> None:
     with run_agent("default/local=host:127.0.0.1") as agent:
-        async with H2Link.connect("127.0.0.1", agent.port, drain_after_goaway=True) as link:
+        async with H2Link.connect("127.0.0.1", agent.port) as link:
             payload = os.urandom(4 * MB)
             half = len(payload) // 2
             pair = await link.open_pair("default", "local", local_echo.port)
@@ -746,9 +747,17 @@ async def test_h2_sigterm_sends_goaway_and_drains_open_pairs(
                 await link.goaway_received.wait()
             assert link.goaway is not None
             assert (link.goaway.code, link.goaway.last_stream_id) == (0, pair.data)
-            late = await link.open_pair("default", "local", local_echo.port)
+            # H2PairClient opens no pair after a GOAWAY; streams a client had opened before
+            # it learnt of the GOAWAY are sent raw here. The agent refuses them.
+            with pytest.raises(PairStateError):
+                await link.open_pair("default", "local", local_echo.port)
+            base = [(":method", "POST"), (":scheme", "http"), (":authority", "agent")]
+            base += [(":path", "/v1/portforward/default/local"), ("port", str(local_echo.port))]
+            late = await link.open_stream(
+                [*base, ("streamtype", "data"), ("requestid", "x")], False
+            )
             with pytest.raises(StreamReset) as refused:
-                await link.status(late.data)
+                await link.status(late)
             assert refused.value.code == REFUSED_STREAM
             # The open pair finishes normally.
             await link.send(pair.data, payload[half:], end=True)

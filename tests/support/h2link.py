@@ -15,10 +15,9 @@ a stream closes that stream's window, and nothing else::
 TLS: pass an ``ssl.SSLContext``; ALPN ``h2`` is required (``link.alpn`` tells what was
 selected).
 
-GOAWAY: h2 4.x moves its connection state machine to CLOSED on a received GOAWAY, after
-which it refuses to send or receive anything, although RFC 9113 §6.8 lets the streams
-up to ``last_stream_id`` finish. With ``drain_after_goaway=True`` this client keeps its
-state open, so that a test can watch the agent drain its pairs gracefully.
+GOAWAY: after the agent's graceful GOAWAY the streams up to ``last_stream_id`` go on
+(``H2PairClient`` keeps the connection open, RFC 9113 §6.8), so that a test can watch the
+agent drain its pairs.
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from h2.connection import ConnectionInputs
 
 from service.protocols.h2pair import (
     H2PairClient,
@@ -87,22 +84,10 @@ class H2Link:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         client: H2PairClient,
-        *,
-        drain_after_goaway: bool = False,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.client = client
-        if drain_after_goaway:
-            machine = client._conn.state_machine
-            process_input = machine.process_input
-
-            def keep_open(input_: ConnectionInputs) -> list[Any]:
-                if input_ is ConnectionInputs.RECV_GOAWAY:
-                    return []  # stay open: the streams already accepted may finish
-                return process_input(input_)
-
-            machine.process_input = keep_open  # type: ignore[method-assign]
         ssl_object = writer.get_extra_info("ssl_object")
         self.alpn: str | None = ssl_object.selected_alpn_protocol() if ssl_object else None
         self.streams: dict[int, _Stream] = {}
@@ -124,7 +109,6 @@ class H2Link:
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
-        drain_after_goaway: bool = False,
     ) -> AsyncIterator[H2Link]:
         kwargs: dict[str, Any] = {}
         if ssl_context is not None:
@@ -133,7 +117,7 @@ class H2Link:
         scheme = "https" if ssl_context is not None else "http"
         client = H2PairClient(f"{host}:{port}", scheme)
         writer.write(client.initiate())
-        link = cls(reader, writer, client, drain_after_goaway=drain_after_goaway)
+        link = cls(reader, writer, client)
         try:
             await link._settings_exchanged()  # pairs may only be opened after the agent's SETTINGS
             yield link
