@@ -767,10 +767,11 @@ class Cluster:
 
     # ---------------------------------------------------------------- pods
 
-    def create_pod(self, spec: PodSpec, node: Node | str) -> dict[str, Any]:
+    def create_pod(self, spec: PodSpec, node: Node | str | None) -> dict[str, Any]:
         """Create the pod on ``node`` and patch its status; returns the pod as stored.
 
         The agent of ``node`` must serve ``spec.key`` for port-forwards to reach it.
+        ``None`` leaves the pod unscheduled (no ``spec.nodeName``).
         """
         ports: list[dict[str, Any]] = []
         for port in spec.ports:
@@ -786,7 +787,7 @@ class Cluster:
             {
                 "metadata": metadata,
                 "spec": {
-                    "nodeName": node if isinstance(node, str) else node.name,
+                    "nodeName": node.name if isinstance(node, Node) else node,
                     "automountServiceAccountToken": False,
                     "containers": [{"name": "echo", "image": "podgate/echo", "ports": ports}],
                 },
