@@ -26,7 +26,7 @@ Function-scoped:
               private_cluster.apiserver.restart(signal.SIGKILL)
               ...
               assert private_cluster.apiserver.log.count(mark, user_agent="podgate/",
-                                                         verb="WATCH") < 10
+                                                         watch=True) < 10
 """
 
 from __future__ import annotations

@@ -26,7 +26,13 @@ def test_restart_terminating_recreate_and_count(private_cluster: Cluster, tmp_pa
     for _ in range(3):
         cluster.admin.get(f"/api/v1/namespaces/{TIER_NAMESPACE}/pods/{TIER_POD}")
     found = log.wait_for(mark, count=3, user_agent="podgate-tests", verb="GET", uri=POD_URI)
-    assert [(r.verb, r.status) for r in found] == [("GET", 200)] * 3
+    assert [(r.verb, r.status, r.is_watch) for r in found] == [("GET", 200, False)] * 3
+    # A watch is logged when it ends (here: the client closes it), as a GET.
+    pods = f"/api/v1/namespaces/{TIER_NAMESPACE}/pods"
+    with cluster.admin.client.stream("GET", pods, params={"watch": "true"}) as watch:
+        assert watch.status_code == 200
+    [logged] = log.wait_for(mark, user_agent="podgate-tests", watch=True)
+    assert logged.verb == "GET" and logged.path == pods
 
     before = cluster.get_pod(TIER_NAMESPACE, TIER_POD)
     assert before is not None

@@ -41,7 +41,7 @@ Example::
         cluster.delete_pod("demo", "echo")                  # force: gone at once
         cluster.create_pod(PodSpec("demo", "echo"), node)  # again, same name
         cluster.mark_terminating("demo", "echo")            # stays Terminating
-        watches = cluster.apiserver.log.requests(mark, user_agent="podgate/", verb="WATCH")
+        watches = cluster.apiserver.log.requests(mark, user_agent="podgate/", watch=True)
 
 A request is logged when it *ends* (a watch when it closes, an upgraded port-forward when
 its connection closes): use :meth:`RequestLog.wait_for` to wait for lines to appear.
@@ -59,6 +59,7 @@ import signal
 import ssl
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,9 +219,11 @@ _FIELD_RE = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|(\S+))')
 class LoggedRequest:
     """One finished request from the apiserver's ``--v=3`` httplog line."""
 
-    verb: str  # GET, LIST, WATCH, POST, PATCH, DELETE, … (the apiserver's request verb)
+    verb: str  # the HTTP method: GET (also lists and watches), POST, PATCH, DELETE, …
     uri: str  # path and query
-    status: int  # 101 for a hijacked (upgraded) request, logged once it is handed over
+    #: 101 for a hijacked (upgraded) request, logged once it is handed over; 0 for a watch
+    #: the client ended.
+    status: int
     user_agent: str
     src_ip: str
     latency: str
@@ -228,6 +231,15 @@ class LoggedRequest:
     @property
     def path(self) -> str:
         return self.uri.split("?", 1)[0]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return urllib.parse.parse_qs(self.uri.partition("?")[2])
+
+    @property
+    def is_watch(self) -> bool:
+        """A watch (``?watch=true``; the log says GET)."""
+        return self.query.get("watch", [""])[0] in ("true", "1")
 
 
 def _parse_httplog(line: str) -> LoggedRequest | None:
@@ -256,19 +268,25 @@ class RequestLog:
     """The apiserver's log file (kept across restarts), read as finished requests.
 
     ``mark()`` is a position in the file; ``requests(mark, ...)`` parses the lines after it.
-    Filters: ``user_agent`` is a prefix (``"podgate/"``), ``verb`` is exact (``"WATCH"``),
-    ``uri`` is a regular expression searched in the URI (path and query), ``status`` exact.
+    Filters: ``user_agent`` is a prefix (``"podgate/"``), ``verb`` the exact HTTP method
+    (``"POST"``), ``uri`` a regular expression searched in the URI (path and query),
+    ``status`` exact, ``watch`` whether it is a watch (``?watch=true``).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def mark(self) -> int:
-        """The current end of the log."""
+        """The end of the last complete line of the log."""
         try:
-            return self.path.stat().st_size
+            with self.path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(0, size - 256 * 1024)
+                f.seek(start)
+                tail = f.read()
         except FileNotFoundError:
             return 0
+        return start + tail.rfind(b"\n") + 1
 
     def lines(self, since: int = 0) -> list[str]:
         """Complete lines written after position ``since``."""
@@ -289,6 +307,7 @@ class RequestLog:
         verb: str | None = None,
         uri: str | re.Pattern[str] | None = None,
         status: int | None = None,
+        watch: bool | None = None,
     ) -> list[LoggedRequest]:
         pattern = re.compile(uri) if isinstance(uri, str) else uri
         found = []
@@ -303,6 +322,8 @@ class RequestLog:
             if pattern is not None and not pattern.search(request.uri):
                 continue
             if status is not None and request.status != status:
+                continue
+            if watch is not None and request.is_watch != watch:
                 continue
             found.append(request)
         return found
