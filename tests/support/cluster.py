@@ -1008,11 +1008,9 @@ def start_cluster(workdir: Path, *, apiserver_args: Sequence[str] = ()) -> Itera
     with contextlib.ExitStack() as stack:
         etcd = start_etcd(binaries, workdir / "etcd")
         stack.callback(etcd.process.stop)
-        port = free_port()
-        args = [
+        common = [
             f"--etcd-servers={etcd.url}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
             "--advertise-address=127.0.0.1",
             "--insecure-port=0",
             f"--cert-dir={workdir / 'apiserver-certs'}",
@@ -1034,11 +1032,24 @@ def start_cluster(workdir: Path, *, apiserver_args: Sequence[str] = ()) -> Itera
             "--v=3",
             *apiserver_args,
         ]
-        apiserver = ApiServer(
-            binaries.apiserver, args, port=port, log_path=workdir / "apiserver.log", ca=pki.ca.cert
-        )
+        # The port is free_port()'s guess: another process may take it before the
+        # apiserver binds it; then try another.
+        for attempt in range(1, 4):
+            port = free_port()
+            apiserver = ApiServer(
+                binaries.apiserver,
+                [*common, f"--secure-port={port}"],
+                port=port,
+                log_path=workdir / "apiserver.log",
+                ca=pki.ca.cert,
+            )
+            try:
+                apiserver.start()
+                break
+            except RuntimeError as exc:
+                if attempt == 3 or "address already in use" not in str(exc):
+                    raise
         stack.callback(apiserver.stop, signal.SIGKILL)
-        apiserver.start()
         # Agents, network namespaces and clients registered later stop first.
         yield Cluster(workdir, pki, users, etcd, apiserver, stack)
 
