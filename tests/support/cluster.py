@@ -3,7 +3,7 @@ its Nodes, users with real RBAC, and the apiserver's request log, for tests/clus
 
 The binaries come from tests/cluster/build.sh (``make cluster``), cached in
 ``${PODGATE_CACHE_DIR:-~/.cache/podgate}/kube-v1.20.2/bin``; :func:`kube_binaries` fails
-with what to install and run when they are missing. Nothing here reads /work/shared.
+with what to install and run when they are missing.
 
 What :func:`start_cluster` sets up, all under one work directory, stopped on exit:
 
@@ -43,8 +43,11 @@ Example::
         cluster.mark_terminating("demo", "echo")            # stays Terminating
         watches = cluster.apiserver.log.requests(mark, user_agent="podgate/", watch=True)
 
-A request is logged when it *ends* (a watch when it closes, an upgraded port-forward when
-its connection closes): use :meth:`RequestLog.wait_for` to wait for lines to appear.
+A request is logged when its handler ends: a watch when it closes (``resp=0`` if the client
+closed it, ``410`` if it was refused as too old), an upgraded port-forward once the
+connection is handed over (``hijacked=true``, read as status 101). The log says the HTTP
+method (a watch is a GET with ``watch=true``). Use :meth:`RequestLog.wait_for` to wait for
+lines to appear.
 """
 
 from __future__ import annotations
