@@ -1,10 +1,13 @@
 """The private-cluster fixture does what restart tests rely on, against the real apiserver:
 request counting from its ``--v=3`` log, a pod left Terminating, restarts (SIGKILL and
-SIGTERM) on the same port with the same etcd data, force-deleting and recreating a pod, and
-port-forwarding through the restarted apiserver to the recreated pod."""
+SIGTERM) on the same port with the same etcd data, a watch from an unchanged pod's
+resourceVersion refused as too old after a restart (what the pod-watch tests need),
+force-deleting and recreating a pod, and port-forwarding through the restarted apiserver to
+the recreated pod."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -37,6 +40,7 @@ def test_restart_terminating_recreate_and_count(private_cluster: Cluster, tmp_pa
     before = cluster.get_pod(TIER_NAMESPACE, TIER_POD)
     assert before is not None
     terminating = cluster.mark_terminating(TIER_NAMESPACE, TIER_POD)
+    cluster.create_namespace("later")  # writes after the pod's last change
     port = cluster.apiserver.port
     for sig in (signal.SIGKILL, signal.SIGTERM):
         mark = log.mark()
@@ -50,6 +54,17 @@ def test_restart_terminating_recreate_and_count(private_cluster: Cluster, tmp_pa
             after["metadata"]["deletionTimestamp"] == (terminating["metadata"]["deletionTimestamp"])
         )
         assert log.count(mark, user_agent="podgate-tests", verb="GET", uri=POD_URI) == 1
+        # The watch cache starts past the pod's resourceVersion: 410 Expired, in a 200 watch.
+        params = {
+            "watch": "true",
+            "resourceVersion": after["metadata"]["resourceVersion"],
+            "fieldSelector": f"metadata.name={TIER_POD}",
+        }
+        with cluster.admin.client.stream("GET", pods, params=params) as watch:
+            event = json.loads(next(watch.iter_lines()))
+        assert (event["type"], event["object"]["code"]) == ("ERROR", 410), event
+        [expired] = log.wait_for(mark, user_agent="podgate-tests", watch=True)
+        assert expired.latency_seconds < 5, expired
 
     cluster.delete_pod(TIER_NAMESPACE, TIER_POD)
     assert cluster.get_pod(TIER_NAMESPACE, TIER_POD) is None

@@ -43,11 +43,12 @@ Example::
         cluster.mark_terminating("demo", "echo")            # stays Terminating
         watches = cluster.apiserver.log.requests(mark, user_agent="podgate/", watch=True)
 
-A request is logged when its handler ends: a watch when it closes (``resp=0`` if the client
-closed it, ``410`` if it was refused as too old), an upgraded port-forward once the
-connection is handed over (``hijacked=true``, read as status 101). The log says the HTTP
-method (a watch is a GET with ``watch=true``). Use :meth:`RequestLog.wait_for` to wait for
-lines to appear.
+A request is logged when its handler ends: a watch when it closes, whoever closed it (its
+status reads 0; a watch refused as too old after a restart is a 200 with one ERROR event,
+410 Expired, so it shows as a watch with a short :attr:`LoggedRequest.latency_seconds`), an
+upgraded port-forward once the connection is handed over (``hijacked=true``, read as status
+101). The log says the HTTP method (a watch is a GET with ``watch=true``). Use
+:meth:`RequestLog.wait_for` to wait for lines to appear.
 """
 
 from __future__ import annotations
@@ -216,6 +217,9 @@ class User:
 
 _HTTPLOG_RE = re.compile(r'httplog\.go:\d+\] "HTTP" (?P<fields>.*)$')
 _FIELD_RE = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_UNESCAPE_RE = re.compile(r"\\(.)")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|µs|us|ns)")
+_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
 
 
 @dataclass(frozen=True)
@@ -224,12 +228,17 @@ class LoggedRequest:
 
     verb: str  # the HTTP method: GET (also lists and watches), POST, PATCH, DELETE, …
     uri: str  # path and query
-    #: 101 for a hijacked (upgraded) request, logged once it is handed over; 0 for a watch
-    #: the client ended.
+    #: 101 for a hijacked (upgraded) request, logged once it is handed over; 0 for a watch.
     status: int
     user_agent: str
     src_ip: str
-    latency: str
+    latency: str  # a Go duration, e.g. "1.21318ms"
+
+    @property
+    def latency_seconds(self) -> float:
+        return sum(
+            float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_RE.findall(self.latency)
+        )
 
     @property
     def path(self) -> str:
@@ -251,7 +260,7 @@ def _parse_httplog(line: str) -> LoggedRequest | None:
         return None
     fields: dict[str, str] = {}
     for key, quoted, bare in _FIELD_RE.findall(match["fields"]):
-        fields[key] = bytes(quoted, "utf-8").decode("unicode_escape") if quoted else bare
+        fields[key] = _UNESCAPE_RE.sub(r"\1", quoted) if quoted else bare
     hijacked = fields.get("hijacked") == "true"
     try:
         status = 101 if hijacked else int(fields.get("resp", "0"))
