@@ -1,7 +1,8 @@
 """Throw-away TLS material for tests, made with the ``openssl`` command line.
 
 ``make_ca(dir)`` creates a self-signed CA; ``ca.issue(dir, "server", ...)`` signs a
-server certificate for the given DNS names and IP addresses. Both use P-256 keys and
+server certificate for the given DNS names and IP addresses, ``ca.issue_client(dir, "alice",
+organizations=["dev"])`` a client certificate. Both use P-256 keys and
 carry the extensions Python's strict X.509 checks (``VERIFY_X509_STRICT``) expect::
 
     ca = make_ca(tmp_path / "ca")
@@ -84,6 +85,32 @@ class CertificateAuthority:
         )
         _new_key(key)
         _openssl("req", "-new", "-key", key, "-subj", f"/CN={common_name}", "-out", csr)
+        _openssl(
+            "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
+            "-CAcreateserial", "-days", _DAYS, "-sha256", "-extfile", ext, "-out", cert,
+        )  # fmt: skip
+        return IssuedCert(cert, key)
+
+    def issue_client(
+        self, directory: Path, common_name: str, *, organizations: Sequence[str] = ()
+    ) -> IssuedCert:
+        """Sign a client certificate: subject ``CN=common_name`` with one ``O=`` per
+        organization (a Kubernetes API server reads them as user name and groups)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        key = directory / f"{common_name}.key"
+        csr = directory / f"{common_name}.csr"
+        cert = directory / f"{common_name}.crt"
+        ext = directory / f"{common_name}.ext"
+        ext.write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n"
+            "subjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid,issuer\n"
+        )
+        subject = "".join(f"/O={o}" for o in organizations) + f"/CN={common_name}"
+        _new_key(key)
+        _openssl("req", "-new", "-key", key, "-subj", subject, "-out", csr)
         _openssl(
             "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
             "-CAcreateserial", "-days", _DAYS, "-sha256", "-extfile", ext, "-out", cert,
