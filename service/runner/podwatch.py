@@ -22,6 +22,7 @@ import logging
 import random
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from service.runner.backoff import backoff_delays
@@ -41,16 +42,32 @@ log = logging.getLogger("podgate.runner")
 QUICK_END = 1.0
 
 
-def _deleted(pod: PodInfo) -> str:
-    return f'pod "{pod.name}" was deleted'
+@dataclass(frozen=True, slots=True)
+class PodChange:
+    """Why the session's pod is no longer the one to use. ``graceful``: it still serves
+    (Terminating): connections open on it may finish, new ones go elsewhere."""
+
+    reason: str
+    graceful: bool = False
 
 
-def judge(pod: PodInfo, current: PodInfo) -> str | None:
-    """Why `current` (the pod read now) is not the pod the session dialled, or None."""
+def _deleted(pod: PodInfo) -> PodChange:
+    return PodChange(f'pod "{pod.name}" was deleted')
+
+
+def judge(pod: PodInfo, current: PodInfo, *, follow: bool = False) -> PodChange | None:
+    """Why `current` (the pod read now) is not the pod the session dialled, or None.
+
+    ``follow``: the session's target is a Service or workload, whose next pod may be
+    another one: a pod that starts terminating is then a (graceful) change, since kubectl
+    would choose a pod that is not being deleted.
+    """
     if pod.uid and current.uid and current.uid != pod.uid:
-        return f'pod "{pod.name}" was replaced (uid {current.uid})'
+        return PodChange(f'pod "{pod.name}" was replaced (uid {current.uid})')
     if current.phase != "Running":
-        return f'pod "{pod.name}" is no longer running (phase {current.phase})'
+        return PodChange(f'pod "{pod.name}" is no longer running (phase {current.phase})')
+    if follow and current.deleting and not pod.deleting:
+        return PodChange(f'pod "{pod.name}" is terminating', graceful=True)
     return None
 
 
@@ -61,8 +78,10 @@ async def wait_until_gone(
     *,
     poll_interval: float,
     watch_timeout: int = WATCH_TIMEOUT,
-) -> str:
-    """Return (only) once `pod` is deleted, replaced or not Running: the reason, for people.
+    follow: bool = False,
+) -> PodChange:
+    """Return (only) once `pod` is deleted, replaced or not Running (or, with ``follow``,
+    terminating): what changed (see `judge`).
 
     Runs until cancelled otherwise; every wait in it is interruptible by cancellation.
     """
@@ -84,13 +103,18 @@ async def wait_until_gone(
                         continue
                     if kind == "DELETED":
                         return _deleted(pod)
-                    reason = judge(pod, PodInfo.from_json(obj))
+                    reason = judge(pod, PodInfo.from_json(obj), follow=follow)
                     if reason is not None:
                         return reason
         except WatchRefused as exc:
             log.info("pod %s/%s: %s; polling every %g s", namespace, pod.name, exc, poll_interval)
             reason = await poll_until_gone(
-                cluster, namespace, pod, poll_interval=poll_interval, duration=watch_timeout
+                cluster,
+                namespace,
+                pod,
+                poll_interval=poll_interval,
+                duration=watch_timeout,
+                follow=follow,
             )
             if reason is not None:
                 return reason
@@ -106,7 +130,7 @@ async def wait_until_gone(
             else:
                 if current is None:
                     return _deleted(pod)
-                reason = judge(pod, current)
+                reason = judge(pod, current, follow=follow)
                 if reason is not None:
                     return reason
                 resource_version = listed_at or current.resource_version
@@ -174,7 +198,8 @@ async def poll_until_gone(
     *,
     poll_interval: float,
     duration: float | None = None,
-) -> str | None:
+    follow: bool = False,
+) -> PodChange | None:
     """The fallback for servers that do not serve watches: GET the pod periodically, for
     ``duration`` seconds (None: until it is gone), then None."""
     reads = shared_reads(cluster)
@@ -192,7 +217,7 @@ async def poll_until_gone(
         except UpstreamError as exc:
             log.debug("pod %s/%s: poll failed: %s", namespace, pod.name, exc)
             continue
-        reason = judge(pod, current)
+        reason = judge(pod, current, follow=follow)
         if reason is not None:
             return reason
     return None

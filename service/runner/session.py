@@ -276,18 +276,25 @@ class ForwardSession:
 
     async def _watch_pod(self, cluster: Cluster, pod: PodInfo, link: Link) -> None:
         try:
-            reason = await wait_until_gone(
+            change = await wait_until_gone(
                 cluster,
                 self.spec.namespace,
                 pod,
                 poll_interval=self.policy.pod_poll_interval,
                 watch_timeout=self.policy.pod_watch_timeout,
+                follow=not self.target.is_pod,
             )
         except Exception:
             log.exception("session %s: the pod watch failed", self.spec.name)
             return
-        if link is self._link and not link.closed:
-            link.fail(reason)  # reported through _lost
+        if link is not self._link or link.closed:
+            return
+        if change.graceful:
+            # It still serves: open connections finish there, new ones wait for the next pod.
+            link.retire(f"{change.reason}; its open connections finish there")
+            self._lost(link, link.lost_reason)
+        else:
+            link.fail(change.reason)  # reported through _lost
 
     async def _dial(self) -> tuple[Cluster, PodInfo] | None:
         cluster = self._cluster_seen = await self._cluster(self.spec.context)

@@ -69,6 +69,7 @@ class PodInfo:
     uid: str
     container_ports: list[dict[str, Any]]  # raw spec.containers[].ports, all containers
     resource_version: str = ""  # where a watch of this pod starts
+    deleting: bool = False  # Terminating: metadata.deletionTimestamp is set
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PodInfo:
@@ -84,6 +85,7 @@ class PodInfo:
             uid=str(metadata_.get("uid", "")),
             container_ports=ports,
             resource_version=str(metadata_.get("resourceVersion") or ""),
+            deleting=bool(metadata_.get("deletionTimestamp")),
         )
 
 

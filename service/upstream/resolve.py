@@ -15,12 +15,12 @@ What kubectl does (k8s.io/kubectl ``cmd/portforward``, ``polymorphichelpers``,
   ``Service 'x' does not have a named port 'http'``.
 - **deployment / statefulset / replicaset**: ``spec.selector`` (matchLabels and
   matchExpressions) lists the pods.
-- **Choosing the pod** (``GetFirstPod`` with ``sort.Reverse(podutils.ActivePods)``), best
-  first: scheduled before unscheduled; Running before Unknown before anything else; Ready
-  before not Ready; ready for longer first; fewer container restarts first; older first.
-  Like kubectl, a pod being deleted (Terminating: ``deletionTimestamp`` set, still Running)
-  is not set apart: in a rolling update the old pod, ready for longer, is chosen. The
-  session's pod watch sees it go and the session resolves again (runner/podwatch.py).
+- **Choosing the pod** (``GetFirstPod`` with ``sort.Reverse(podutils.ActivePods)``, as in
+  kubectl 1.31 and later), best first: scheduled before unscheduled; Running before Unknown
+  before anything else; Ready before not Ready; not being deleted before Terminating
+  (``deletionTimestamp`` set), and among Terminating pods the one deleted last; ready for
+  longer; fewer container restarts, then fewer sidecar (restartable init container)
+  restarts; older. So in a rolling update the new pod is chosen, not the dying one.
 - **UDP**: a remote port that is UDP only (declared UDP and not also TCP) is refused, as
   kubectl's ``checkUDPPortInService`` / ``checkUDPPortInPod`` do. For a Service both the
   service port and the container port it leads to are checked.
@@ -224,22 +224,35 @@ def pod_rank(pod: Mapping[str, Any]) -> tuple[Any, ...]:
     condition = _ready_condition(status)
     ready = condition is not None and condition.get("status") == "True"
     ready_since = _time(condition.get("lastTransitionTime")) if ready and condition else None
-    restarts = max(
-        (
-            int(c.get("restartCount") or 0)
-            for c in status.get("containerStatuses") or []
-            if isinstance(c, dict)
-        ),
-        default=0,
-    )
+    deleted_at = _time(metadata.get("deletionTimestamp"))
+    sidecars = {
+        c.get("name")
+        for c in spec.get("initContainers") or []
+        if isinstance(c, dict) and c.get("restartPolicy") == "Always"
+    }
     created = _time(metadata.get("creationTimestamp"))
     return (
         not spec.get("nodeName"),
         _PHASE_RANK.get(str(status.get("phase")), 2),
         not ready,
+        deleted_at is not None,
+        -deleted_at.timestamp() if deleted_at else 0.0,  # deleted last first
         ready_since or _NEVER,  # ready for longer first; no time counts as "just now"
-        restarts,
+        _max_restarts(status.get("containerStatuses"), None),
+        _max_restarts(status.get("initContainerStatuses"), sidecars),
         created or _NEVER,
+    )
+
+
+def _max_restarts(statuses: Any, names: set[Any] | None) -> int:
+    """The most restarts of the containers in ``statuses`` (only ``names``, if given)."""
+    return max(
+        (
+            int(c.get("restartCount") or 0)
+            for c in statuses or []
+            if isinstance(c, dict) and (names is None or c.get("name") in names)
+        ),
+        default=0,
     )
 
 

@@ -3,9 +3,11 @@ connected to, `runner/podwatch.py`):
 
 - a pod force-deleted: the session goes `reconnecting` with the reason, and once a pod of
   that name runs again it is `ready` again by itself;
-- a graceful delete leaves the pod Terminating (no kubelet finishes it): like kubectl, which
-  neither watches the pod nor refuses a Terminating pod that is still Running, podgate keeps
-  forwarding to it, and reconnects only once it is gone;
+- a graceful delete leaves the pod Terminating (no kubelet finishes it). A `pod/NAME`
+  session keeps forwarding to it, like kubectl (which neither watches the pod nor refuses a
+  Terminating pod that is still Running), and reconnects only once it is gone. A Service or
+  workload session does what kubectl would do for a new forward: it moves new connections
+  to a pod that is not being deleted, while those open on the old pod finish there;
 - after an apiserver restart the watch cache starts at a resourceVersion newer than a pod
   that has not changed since: podgate re-lists and watches from the list's version instead
   of asking again and again (216 watch + 216 GET requests per second from one idle
@@ -14,7 +16,11 @@ connected to, `runner/podwatch.py`):
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -119,6 +125,66 @@ def test_a_terminating_pod_is_forwarded_to_until_it_is_gone(
             assert lost.data["last_error"] == f'pod "{TIER_POD}" was deleted', lost
         finally:
             events.close()
+
+
+def test_a_service_session_moves_to_a_pod_that_is_not_terminating(
+    private_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = private_cluster
+    now = datetime.datetime.now(datetime.UTC)
+    labels = {"app": "web"}
+    old = PodSpec(TIER_NAMESPACE, "web-old", labels, ready_since=now - datetime.timedelta(hours=1))
+    new = PodSpec(TIER_NAMESPACE, "web-new", labels, ready_since=now)
+    cluster.create(
+        f"/api/v1/namespaces/{TIER_NAMESPACE}/services",
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": ECHO_PORT}]},
+        },
+    )
+    node = cluster.add_node([old, new], name="node-web")
+    payload = os.urandom(4_000_000)
+    half = len(payload) // 2
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin", namespace=TIER_NAMESPACE)
+    with (
+        run_serve(tmp_path / "data", kubeconfig) as serve,
+        api_client(serve.url) as api,
+        explain_on_failure(serve.process),
+    ):
+        session = create_session(
+            api, namespace=TIER_NAMESPACE, target="svc/web", ports=["0:80"], transport="spdy"
+        )
+        session = wait_for_status(api, session["id"], "ready")
+        assert session["pod"] == "web-old"  # ready for longer
+        port = session["ports"][0]["local_port"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(payload[:half])
+            echoed = _read_exactly(sock, half)
+            cluster.mark_terminating(TIER_NAMESPACE, "web-old")
+            moved = wait_for_session(
+                api,
+                session["id"],
+                lambda s: s["status"] == "ready" and s["pod"] == "web-new",
+                what="the session on web-new",
+            )
+            assert moved["reconnects"] == 1, moved
+            # The connection open on the terminating pod finishes there, intact.
+            sock.sendall(payload[half:])
+            sock.shutdown(socket.SHUT_WR)
+            echoed += _read_exactly(sock, len(payload) - half)
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+        # New connections go to the new pod (its kubelet, our agent, saw the upgrade).
+        assert roundtrip("127.0.0.1", port, b"to the new pod " * 1000, timeout=30).intact
+        node.agent.wait_for_stderr(r"pod tier/web-new: SPDY/3.1 upgrade", 10)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(min(1 << 20, n - len(data)))
+        assert chunk, f"EOF after {len(data)} of {n} bytes"
+        data += chunk
+    return bytes(data)
 
 
 def test_no_request_storm_after_an_apiserver_restart(

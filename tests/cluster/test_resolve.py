@@ -7,7 +7,8 @@ kubectl's portforward request names the pod), and bytes reach it.
 Nothing reconciles the workloads: the test creates the pods, with labels and
 ownerReferences, and patches their status. Each scenario separates the candidates by one of
 kubectl's rules (podutils.ActivePods, reversed): scheduled before unscheduled, Running
-before Pending, Ready before not Ready, ready for longer, fewer restarts, older.
+before Pending, Ready before not Ready, not Terminating before Terminating, ready for
+longer, fewer restarts, older.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ SCENARIOS = [
     Scenario("rs/api-6f9c4", str(ECHO_PORT), "api-6f9c4-xw2pd"),
     # Same ready time and restarts: the older pod wins.
     Scenario("sts/db", str(ECHO_PORT), "db-1"),
+    # A rollout: the old pod is Terminating (graceful delete), ready for longer; kubectl
+    # (1.28+) prefers a pod that is not being deleted.
+    Scenario("deploy/roll", str(ECHO_PORT), "roll-new"),
 ]
 
 
@@ -119,9 +123,21 @@ def objects(cluster: Cluster) -> Cluster:
     db_new = PodSpec(NAMESPACE, "db-0", db, db_owner, [port], ready_since=hour_ago)
     db_pending = PodSpec(NAMESPACE, "db-2", db, db_owner, [port], phase="Pending", ready=False)
 
+    roll = {"app": "roll"}
+    rollout = cluster.create(f"{apps}/deployments", _deployment("roll", roll))
+    roll_pods = [
+        PodSpec(NAMESPACE, "roll-old", roll, owner_reference(rollout), [port],
+                ready_since=hour_ago),
+        PodSpec(NAMESPACE, "roll-new", roll, owner_reference(rollout), [port],
+                ready_since=minutes_ago),
+    ]  # fmt: skip
+
     node = cluster.add_node(
-        [*web_pods, *api_pods, db_old, db_pending], extra_registry=[db_new], name="node-resolve"
+        [*web_pods, *api_pods, db_old, db_pending, *roll_pods],
+        extra_registry=[db_new],
+        name="node-resolve",
     )
+    cluster.mark_terminating(NAMESPACE, "roll-old")
     # Unscheduled, yet Running and Ready for the longest: it must still lose.
     cluster.create_pod(
         PodSpec(NAMESPACE, "web-z0unsch", web, ready_since=hour_ago, ports=[port]), None

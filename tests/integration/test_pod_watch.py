@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from service.runner.podwatch import shared_reads, wait_until_gone
+from service.runner.podwatch import judge, shared_reads, wait_until_gone
 from service.upstream import Cluster, PodInfo
 from tests.support.kube import write_kubeconfig
 
@@ -161,7 +161,7 @@ async def test_a_deleted_pod_ends_the_watch(server: ApiServer, cluster: Cluster)
         assert server.watches[1]["resourceVersion"] == "7"
         await server.events.put({"type": "DELETED", "object": pod_json(version="8")})
         async with asyncio.timeout(WAIT):
-            assert await task == 'pod "web" was deleted'
+            assert (await task).reason == 'pod "web" was deleted'
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,33 @@ async def test_a_pod_that_stops_or_is_replaced_ends_the_watch(
     async with watching(cluster, pod) as task:
         await server.events.put({"type": "MODIFIED", "object": changed})
         async with asyncio.timeout(WAIT):
-            assert await task == reason
+            assert (await task).reason == reason
+
+
+async def test_a_terminating_pod_is_a_graceful_change_when_the_target_follows(
+    server: ApiServer, cluster: Cluster
+) -> None:
+    pod = await cluster.get_pod("default", "web")
+    terminating = pod_json(version="6")
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-05T12:00:00Z"
+    follower = asyncio.create_task(
+        wait_until_gone(cluster, "default", pod, poll_interval=0.05, follow=True)
+    )
+    try:
+        await server.wait_for(lambda: server.watches, "a watch")
+        await server.events.put({"type": "MODIFIED", "object": terminating})
+        async with asyncio.timeout(WAIT):
+            change = await follower
+    finally:
+        follower.cancel()
+        await asyncio.wait({follower})
+    assert (change.reason, change.graceful) == ('pod "web" is terminating', True)
+    current = PodInfo.from_json(terminating)
+    assert current.deleting
+    # A pod/NAME target has no other pod to go to: it stays (as kubectl's forward does).
+    assert judge(pod, current) is None
+    # A pod that was already terminating when the session dialled it is no change either.
+    assert judge(current, current, follow=True) is None
 
 
 async def test_410_gone_lists_the_pod_again(server: ApiServer, cluster: Cluster) -> None:
@@ -190,7 +216,7 @@ async def test_410_gone_lists_the_pod_again(server: ApiServer, cluster: Cluster)
         gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
         await server.events.put({"type": "ERROR", "object": gone})
         async with asyncio.timeout(WAIT):
-            assert await task == 'pod "web" was replaced (uid uid-3)'
+            assert (await task).reason == 'pod "web" was replaced (uid uid-3)'
     assert len(server.lists) == 1
     assert server.gets == gets
 
@@ -210,7 +236,7 @@ async def test_410_for_an_unchanged_pod_watches_from_the_lists_version(
         await server.events.put({"type": "MODIFIED", "object": pod_json(version="101")})
         await server.events.put({"type": "DELETED", "object": pod_json(version="102")})
         async with asyncio.timeout(WAIT):
-            assert await task == 'pod "web" was deleted'
+            assert (await task).reason == 'pod "web" was deleted'
     assert [w.get("resourceVersion") for w in server.watches] == ["5", "100"]
     assert len(server.lists) == 1
 
@@ -224,7 +250,7 @@ async def test_a_refused_watch_falls_back_to_polling(server: ApiServer, cluster:
         assert not task.done()
         server.pod = None
         async with asyncio.timeout(WAIT):
-            assert await task == 'pod "web" was deleted'
+            assert (await task).reason == 'pod "web" was deleted'
 
 
 async def test_a_refused_watch_is_tried_again_after_a_watch_timeout_of_polling(
@@ -244,7 +270,7 @@ async def test_a_refused_watch_is_tried_again_after_a_watch_timeout_of_polling(
         polls = server.gets
         await server.events.put({"type": "DELETED", "object": pod_json(version="8")})
         async with asyncio.timeout(WAIT):
-            assert await task == 'pod "web" was deleted'
+            assert (await task).reason == 'pod "web" was deleted'
         assert server.gets == polls  # ended by the watch, not by a poll
     finally:
         task.cancel()
@@ -293,7 +319,7 @@ async def test_many_pollers_of_one_pod_all_see_it_deleted(
         server.pod = None
         async with asyncio.timeout(WAIT):
             reasons = await asyncio.gather(*tasks)
-        assert reasons == ['pod "web" was deleted'] * 20
+        assert [r.reason for r in reasons] == ['pod "web" was deleted'] * 20
     finally:
         for task in tasks:
             task.cancel()

@@ -124,14 +124,36 @@ def test_pod_order_follows_kubectl_active_pods_reversed() -> None:
     assert _order(_pod("pending", phase="Pending"), _pod("running", ready=False))[0] == "running"
 
 
-def test_a_pod_being_deleted_is_chosen_as_kubectl_chooses_it() -> None:
-    # kubectl's ActivePods does not look at deletionTimestamp: a Terminating pod that has
-    # been ready for longer wins over its replacement, and equal pods keep the list order.
+def test_a_pod_being_deleted_loses_to_one_that_is_not() -> None:
+    # kubectl 1.28+: among pods equally ready, not deleting wins, before the ready time.
     replacement = _pod("new", ready_since="2026-01-03T00:00:00Z")
-    assert _order(replacement, _pod("dying", deleting=True)) == ["dying", "new"]
-    assert _order(_pod("dying", deleting=True), _pod("new")) == ["dying", "new"]
-    assert _order(_pod("new"), _pod("dying", deleting=True)) == ["new", "dying"]
+    assert _order(_pod("dying", deleting=True), replacement) == ["new", "dying"]
+    assert _order(_pod("dying", deleting=True), _pod("new")) == ["new", "dying"]
+    # ...but readiness comes first: a Terminating ready pod beats one not ready yet.
     assert _order(_pod("dying", deleting=True), _pod("starting", ready=False))[0] == "dying"
+    # Among Terminating pods, the one deleted last is chosen.
+    early = _pod("early", deleting=True)
+    late = _pod("late", deleting=True)
+    late["metadata"]["deletionTimestamp"] = "2026-01-03T00:00:00Z"
+    assert _order(early, late) == ["late", "early"]
+
+
+def test_sidecar_restarts_break_ties_after_container_restarts() -> None:
+    # kubectl 1.31+: restarts of restartable init containers (sidecars) count next.
+    def with_sidecar(name: str, restarts: int) -> dict[str, Any]:
+        pod = _pod(name)
+        pod["spec"]["initContainers"] = [
+            {"name": "proxy", "restartPolicy": "Always"},
+            {"name": "setup"},
+        ]
+        pod["status"]["initContainerStatuses"] = [
+            {"name": "proxy", "restartCount": restarts},
+            {"name": "setup", "restartCount": 9},  # not a sidecar: ignored
+        ]
+        return pod
+
+    assert _order(with_sidecar("flaky", 2), with_sidecar("steady", 0)) == ["steady", "flaky"]
+    assert _order(_pod("more", restarts=1), with_sidecar("sidecar", 5))[0] == "sidecar"
 
 
 def test_pod_rank_copes_with_sparse_objects() -> None:

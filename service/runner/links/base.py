@@ -34,6 +34,10 @@ class Link(Protocol):
     def open_pair(self, local: LocalConnection) -> None:
         """Carry ``local`` upstream (it stays unread until the pair is open)."""
 
+    def retire(self, reason: str) -> None:
+        """Take no new connections (``usable`` is False from now on) and close once the
+        open ones have ended: the pod is terminating, the agent shutting down."""
+
     def fail(self, reason: str) -> None:
         """Declare the link dead (its pod is gone, say): connections are reset."""
 

@@ -120,7 +120,7 @@ class H2Link(asyncio.Protocol):
             on_dead=lambda: self._lose("upstream stopped answering HTTP/2 pings"),
         )
         self.closed = False
-        self.draining = False  # after a graceful GOAWAY: open pairs finish, no new ones
+        self.retiring = False  # no new pairs; closed once the open ones end
         self.lost_reason = ""
         self._handshake: AgentHandshake | None = None
         self._verified: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -200,22 +200,27 @@ class H2Link(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.draining
+        return not self.closed and not self.retiring
+
+    def retire(self, reason: str) -> None:
+        if self.retiring or self.closed:
+            return
+        self.retiring = True
+        self.lost_reason = reason
+        while self._waiting:  # never sent upstream; they would wait for a link that ends
+            self._waiting.popleft().abort()
+        if not self.pairs:
+            self.close()
 
     def _drain(self) -> None:
         """The agent sent a graceful GOAWAY (it is shutting down): the pairs it accepted
         finish here, new connections go to the session's next link; then this one closes."""
-        if self.draining or self.closed:
+        if self.retiring or self.closed:
             return
-        self.draining = True
-        while self._waiting:  # never sent upstream; they would wait for a link that ends
-            self._waiting.popleft().abort()
         open_pairs = len(set(self.pairs.values()))
-        self.lost_reason = f"upstream sent GOAWAY; draining {open_pairs} connection(s)"
-        self.keepalive.stop()  # a draining agent answers no longer matters
-        self._hooks.on_lost(self, self.lost_reason)
-        if not self.pairs:
-            self.close()
+        reason = f"upstream sent GOAWAY; draining {open_pairs} connection(s)"
+        self.retire(reason)
+        self._hooks.on_lost(self, reason)
 
     # keepalive ------------------------------------------------------------------------
 
@@ -444,8 +449,8 @@ class H2Link(asyncio.Protocol):
             pair.local.close()
         if self._waiting:
             self._open_waiting()
-        if self.draining and not self.pairs:
-            self.close()  # the last pair of a drain
+        if self.retiring and not self.pairs:
+            self.close()  # the last pair of a retired link
 
     def _flush_soon(self) -> None:
         """Flush once the loop has run every callback of this I/O poll: frames of local
@@ -507,7 +512,7 @@ class H2Link(asyncio.Protocol):
     def close(self) -> None:
         if self.closed:
             return
-        self.draining = False  # closing now: the last pair's end must not close again
+        self.retiring = False  # closing now: the last pair's end must not close again
         for pair in list(set(self.pairs.values())):
             self._finish(pair, abort_local=True)
         while self._waiting:

@@ -144,6 +144,7 @@ class SpdyLink(SharedBufferReader):
         self._flush_pending = False
         self._unflushed = 0  # local payload bytes queued since the last flush
         self.closed = False
+        self.retiring = False  # no new pairs; closed once the open ones end
         self.lost_reason = ""
 
     # ------------------------------------------------------------------ setup
@@ -163,7 +164,20 @@ class SpdyLink(SharedBufferReader):
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.conn.terminated and not self.conn.goaway_sent
+        return (
+            not self.closed
+            and not self.retiring
+            and not self.conn.terminated
+            and not self.conn.goaway_sent
+        )
+
+    def retire(self, reason: str) -> None:
+        if self.closed or self.retiring:
+            return
+        self.retiring = True
+        self.lost_reason = reason
+        if not self.pairs:
+            self.close()
 
     # -------------------------------------------------------------- keepalive
 
@@ -417,6 +431,8 @@ class SpdyLink(SharedBufferReader):
             pair.local.abort()
         else:
             pair.local.close()
+        if self.retiring and not self.pairs:
+            self.close()  # the last pair of a retired link
 
     def _flush_soon(self) -> None:
         """Flush once the loop has run every callback of this I/O poll.
@@ -460,6 +476,7 @@ class SpdyLink(SharedBufferReader):
         """Graceful end (client-go's Close): RST every open stream, GOAWAY, close TCP."""
         if self.closed:
             return
+        self.retiring = False  # closing now: the last pair's end must not close again
         for pair in list(set(self.pairs.values())):
             self._finish(pair, abort_local=True)
         with contextlib.suppress(ProtocolError):

@@ -172,11 +172,20 @@ class ChannelLink:
         self.connections: set[ChannelConnection] = set()
         self._dials = TaskSet()
         self.closed = False
+        self.retiring = False  # no new connections; closed once the open ones end
         self.lost_reason = ""
 
     @property
     def usable(self) -> bool:
-        return not self.closed
+        return not self.closed and not self.retiring
+
+    def retire(self, reason: str) -> None:
+        if self.closed or self.retiring:
+            return
+        self.retiring = True
+        self.lost_reason = reason
+        if not self.connections:
+            self.close()
 
     def open_pair(self, local: LocalConnection) -> None:
         conn = ChannelConnection(self, local)
@@ -223,6 +232,8 @@ class ChannelLink:
         else:
             local.close()
         conn.close()
+        if self.retiring and not self.connections:
+            self.close()  # the last connection of a retired link
 
     def fail(self, reason: str) -> None:
         """Give up on this pod (it is gone, or refused us): close every connection."""
@@ -233,6 +244,7 @@ class ChannelLink:
 
     def close(self) -> None:
         self.closed = True
+        self.retiring = False
         self._dials.cancel()
         for conn in list(self.connections):
             conn.error_text = ""
