@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from service.agent.dialer import PodDialer
 from service.agent.registry import PodEntry
-from service.agent.spdy_server import SpdyPortForwardSession
+from service.agent.sessions.spdy import SpdyPortForwardSession
 from service.protocols.wstunnel import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,

@@ -11,7 +11,7 @@ the only back-pressure a Go peer understands (§1.8). When the client connection
 take more, every pod socket stops being read.
 
 The session writes to a ``ClientLink``: the client's asyncio transport for plain SPDY,
-or a WebSocket tunnel (protocols.md §3, ``ws_tunnel.py``) that passes a ``frame_sink``
+or a WebSocket tunnel (protocols.md §3, ``sessions/wstunnel.py``) that passes a ``frame_sink``
 so that each flush of queued frames becomes one binary message. Bytes from the client
 (already unwrapped, for the tunnel) are fed with ``receive``.
 """
