@@ -39,7 +39,7 @@ from service.agent.sessions import (
     WsChannelSession,
     WsTunnelSession,
 )
-from service.agent.sessions.spdy import set_nodelay
+from service.aio.sockets import loop_sets_nodelay, set_nodelay
 from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 from service.protocols.wschannel import ChannelServer
 from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
@@ -114,7 +114,9 @@ class AgentConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
-        set_nodelay(transport)
+        # The loops we run on set TCP_NODELAY on every TCP transport already.
+        if not loop_sets_nodelay(asyncio.get_running_loop()):
+            set_nodelay(transport)
         self.agent.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
