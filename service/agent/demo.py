@@ -1,8 +1,9 @@
 """The demo pod `default/hello` for `podgate serve --demo` on a machine with no cluster.
 
 Its port 8080 answers any HTTP request with a short text page. It lives in-process: the
-agent's dialer hands out one end of a socket pair and this module serves the other end,
-so no extra port is opened. This is a stand-in for a pod, and says so in its page.
+agent is built with a dialer for the ``demo`` target kind (``dial_demo``), which hands out
+one end of a socket pair while this module serves the other end, so no extra port is
+opened. This is a stand-in for a pod, and says so in its page.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import cast
 
 import yaml
 
+from service.agent.dialer import DialError, PodDialer
 from service.agent.registry import ContainerPort, PodEntry, PodRegistry, PodTarget
 from service.agent.server import Agent
 
@@ -64,6 +66,18 @@ async def serve_demo_connection() -> socket.socket:
     return ours
 
 
+async def dial_demo(pod: PodEntry, port: int) -> socket.socket:
+    """The dial function of the ``demo`` target kind: only DEMO_PORT answers."""
+    if port != DEMO_PORT:
+        raise DialError(f"dial tcp4 127.0.0.1:{port}: connect: connection refused")
+    return await serve_demo_connection()
+
+
+def demo_dialer() -> PodDialer:
+    """A pod dialer that also reaches ``demo:`` targets."""
+    return PodDialer(kinds={"demo": dial_demo})
+
+
 def demo_pod() -> PodEntry:
     return PodEntry(
         namespace="default",
@@ -77,7 +91,7 @@ def demo_pod() -> PodEntry:
 
 async def start_demo_agent(data_dir: Path) -> tuple[Agent, str]:
     """Start an in-process agent serving `default/hello`; returns it and a kubeconfig."""
-    agent = Agent(PodRegistry([demo_pod()]), host="127.0.0.1", port=0)
+    agent = Agent(PodRegistry([demo_pod()]), host="127.0.0.1", port=0, dialer=demo_dialer())
     await agent.start()
     path = data_dir / "demo-kubeconfig.yaml"
     config = {
