@@ -32,16 +32,23 @@ __all__ = [
 class ClientSession(Protocol):
     """What a connection switches to: SPDY, tunnelled SPDY, v4 channels or HTTP/2."""
 
-    def receive(self, data: bytes) -> None: ...
+    def receive(self, data: bytes) -> None:
+        """Bytes from the client connection, as they arrive."""
 
-    def client_eof(self) -> None: ...
+    def client_eof(self) -> None:
+        """The client closed its side of the connection."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End everything now: the pod sockets, the dials, the client connection."""
 
-    def pause_writing(self) -> None: ...
+    def pause_writing(self) -> None:
+        """The client connection's write buffer is full: stop reading the pods."""
 
-    def resume_writing(self) -> None: ...
+    def resume_writing(self) -> None:
+        """It has drained: read the pods again."""
 
-    def goaway(self) -> None: ...
+    def goaway(self) -> None:
+        """Graceful shutdown: accept no new forwarded connections."""
 
-    async def wait_drained(self) -> None: ...
+    async def wait_drained(self) -> None:
+        """Return once no forwarded connection is left."""
