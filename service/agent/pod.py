@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -29,8 +28,6 @@ from service.agent.dialer import DialError, PodDialer
 from service.agent.registry import PodEntry
 from service.aio.flow import ReadGate
 from service.aio.tasks import TaskSet
-
-log = logging.getLogger("podgate.agent")
 
 #: What may wait to be written to one pod socket before the client is no longer read.
 POD_WRITE_HIGH_WATER = 1024 * 1024
