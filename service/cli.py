@@ -83,6 +83,7 @@ async def _wait_for_signal() -> None:
 async def _run_agent(args: argparse.Namespace) -> int:
     import ssl
 
+    from service.agent.demo import demo_dialer
     from service.agent.registry import PodRegistry, RegistryError
     from service.agent.server import Agent, tls_context
 
@@ -106,6 +107,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
         registry,
         host=host,
         port=port,
+        dialer=demo_dialer(),  # `--pod NS/NAME=demo:...` serves the demo pod too
         stream_creation_timeout=args.stream_creation_timeout,
         websocket_tunnel=args.websocket_tunnel,
         ssl_context=ssl_context,

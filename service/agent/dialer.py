@@ -4,6 +4,9 @@ Like containerd's port-forward, we connect to `localhost:PORT` over tcp4 and the
 inside the pod's namespace. The socket is created by a worker thread that has entered
 the namespace with setns(2) (which only affects that thread), then handed back to the
 event loop: a socket stays in the namespace it was created in.
+
+Other target kinds (the demo pod's, say) are handed in by whoever builds the agent, as
+dial functions: this module knows only netns and host.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import ctypes
 import errno
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.agent.registry import PodEntry
@@ -26,6 +30,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class DialError(Exception):
     """The pod's port could not be reached; the message is what goes on the error stream."""
+
+
+#: Dials ``port`` of a pod whose target is of a kind the dialer was given.
+DialFunction = Callable[[PodEntry, int], Awaitable[socket.socket]]
 
 
 def _setns(fd: int) -> None:
@@ -66,18 +74,20 @@ def _go_style(exc: BaseException) -> str:
 @dataclass(slots=True)
 class PodDialer:
     timeout: float = DIAL_TIMEOUT
+    #: Target kinds besides netns and host, each with the function that dials it.
+    kinds: Mapping[str, DialFunction] = field(default_factory=dict)
 
     async def dial(self, pod: PodEntry, port: int) -> socket.socket:
         """A connected, non-blocking socket to `port` of `pod`, or DialError."""
-        if pod.target.kind == "netns":
+        kind = pod.target.kind
+        if kind == "netns":
             return await self._dial_netns(pod.target.location, port)
-        if pod.target.kind == "demo":
-            from service.agent.demo import DEMO_PORT, serve_demo_connection
-
-            if port != DEMO_PORT:
-                raise DialError(f"dial tcp4 127.0.0.1:{port}: connect: connection refused")
-            return await serve_demo_connection()
-        return await self._dial_host(pod.target.location, port)
+        if kind == "host":
+            return await self._dial_host(pod.target.location, port)
+        dial = self.kinds.get(kind)
+        if dial is None:
+            raise DialError(f"no dialer for pod target {pod.target}")
+        return await dial(pod, port)
 
     async def _connect(self, sock: socket.socket, address: tuple[Any, ...]) -> socket.socket:
         sock.setblocking(False)

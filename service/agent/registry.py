@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,23 +138,33 @@ class WorkloadEntry:
         return (self.namespace, WORKLOAD_KINDS[self.kind], self.name)
 
 
-def _parse_ports(raw: Any, where: str) -> tuple[ContainerPort, ...]:
+def _port_items(raw: Any, where: str, key: str, what: str) -> Iterator[tuple[Any, int]]:
+    """Each mapping of a ``ports`` list with its checked ``key`` (a bare number is
+    ``{key: number}``), one at a time: an entry is checked whole before the next."""
     if raw is None:
-        return ()
+        return
     if not isinstance(raw, list):
         raise RegistryError(f"{where}: ports must be a list")
-    ports: list[ContainerPort] = []
     for item in raw:
         if isinstance(item, int):
-            item = {"containerPort": item}
+            item = {key: item}
         if not isinstance(item, dict):
-            raise RegistryError(f"{where}: each port must be a number or a mapping")
-        number = item.get("containerPort", item.get("port"))
+            raise RegistryError(f"{where}: each {what} must be a number or a mapping")
+        number = item.get(key, item.get("port"))
         if not isinstance(number, int) or not 0 < number < 65536:
-            raise RegistryError(f"{where}: containerPort must be a number in 1-65535")
-        protocol = str(item.get("protocol", "TCP")).upper()
-        ports.append(ContainerPort(number, item.get("name"), protocol))
-    return tuple(ports)
+            raise RegistryError(f"{where}: {key} must be a number in 1-65535")
+        yield item, number
+
+
+def _protocol(item: Any) -> str:
+    return str(item.get("protocol", "TCP")).upper()
+
+
+def _parse_ports(raw: Any, where: str) -> tuple[ContainerPort, ...]:
+    return tuple(
+        ContainerPort(number, item.get("name"), _protocol(item))
+        for item, number in _port_items(raw, where, "containerPort", "port")
+    )
 
 
 def _entry_from_mapping(raw: Any, where: str) -> PodEntry:
@@ -205,26 +215,14 @@ def _name_fields(raw: Any, where: str, what: str) -> tuple[str, str]:
 
 
 def _parse_service_ports(raw: Any, where: str) -> tuple[ServicePort, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise RegistryError(f"{where}: ports must be a list")
     ports: list[ServicePort] = []
-    for item in raw:
-        if isinstance(item, int):
-            item = {"port": item}
-        if not isinstance(item, dict):
-            raise RegistryError(f"{where}: each service port must be a number or a mapping")
-        number = item.get("port")
-        if not isinstance(number, int) or not 0 < number < 65536:
-            raise RegistryError(f"{where}: port must be a number in 1-65535")
+    for item, number in _port_items(raw, where, "port", "service port"):
         target = item.get("targetPort", number)
         valid_number = isinstance(target, int) and 0 < target < 65536
         if not (valid_number or (isinstance(target, str) and target)):
             raise RegistryError(f"{where}: targetPort must be a number in 1-65535 or a port name")
         name = item.get("name")
-        protocol = str(item.get("protocol", "TCP")).upper()
-        ports.append(ServicePort(number, target, str(name) if name else None, protocol))
+        ports.append(ServicePort(number, target, str(name) if name else None, _protocol(item)))
     return tuple(ports)
 
 

@@ -1,16 +1,18 @@
 """`podgate agent`: the node-side server (the kubelet's role in port-forward).
 
 A plain asyncio server rather than FastAPI, because uvicorn cannot hand over a
-non-WebSocket upgrade (protocols.md §1.10). HTTP/1.1 is parsed with h11; after a 101 the
-same connection object feeds bytes to the session it switched to. One listener serves:
+non-WebSocket upgrade (protocols.md §1.10). This module holds the listener, the HTTP/1.1
+front (parsed with h11: discovery, GET pod, the upgrade checks) and the dispatch; after a
+101 the same connection object feeds its bytes to the session it switched to
+(``sessions/``, one module per transport). One listener serves:
 
-* SPDY/3.1 (``Upgrade: SPDY/3.1``, protocols.md §1) → ``SpdyPortForwardSession``;
-* a WebSocket offering ``SPDY/3.1+portforward.k8s.io`` (§3) → ``WsTunnelSession``, unless
-  the tunnel is switched off; then the request is treated as a v4 channel request,
-  which (having no ``ports``) gets the kubelet's 400 and makes kubectl fall back;
-* any other WebSocket (§2: v4, v4.base64 or no subprotocol) → ``WsChannelSession``;
+* SPDY/3.1 (``Upgrade: SPDY/3.1``, protocols.md §1) → ``sessions.spdy``;
+* a WebSocket offering ``SPDY/3.1+portforward.k8s.io`` (§3) → ``sessions.wstunnel``,
+  unless the tunnel is switched off; then the request is treated as a v4 channel
+  request, which (having no ``ports``) gets the kubelet's 400 and makes kubectl fall back;
+* any other WebSocket (§2: v4, v4.base64 or no subprotocol) → ``sessions.wschannel``;
 * HTTP/2 (§5.2): the prior-knowledge preface as the first bytes of a connection, or
-  ALPN ``h2`` when serving TLS → ``H2Session``, before h11 sees anything.
+  ALPN ``h2`` when serving TLS → ``sessions.h2``, before h11 sees anything.
 """
 
 from __future__ import annotations
@@ -23,17 +25,21 @@ import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import h11
 
 from service.agent import kubeapi
 from service.agent.dialer import PodDialer
-from service.agent.h2_server import H2Session
 from service.agent.registry import PodEntry, PodRegistry
-from service.agent.spdy_server import SpdyPortForwardSession, set_nodelay
-from service.agent.ws_channel import WsChannelSession
-from service.agent.ws_tunnel import WsTunnelSession
+from service.agent.sessions import (
+    ClientSession,
+    H2Session,
+    SpdyPortForwardSession,
+    WsChannelSession,
+    WsTunnelSession,
+)
+from service.aio.sockets import loop_sets_nodelay, set_nodelay
 from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 from service.protocols.wschannel import ChannelServer
 from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
@@ -90,24 +96,6 @@ def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]
     return out
 
 
-class ClientSession(Protocol):
-    """What a connection switches to: SPDY, tunnelled SPDY, v4 channels or HTTP/2."""
-
-    def receive(self, data: bytes) -> None: ...
-
-    def client_eof(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def pause_writing(self) -> None: ...
-
-    def resume_writing(self) -> None: ...
-
-    def goaway(self) -> None: ...
-
-    async def wait_drained(self) -> None: ...
-
-
 class AgentConnection(asyncio.Protocol):
     """One client connection: HTTP/1.1 requests until an upgrade, or HTTP/2 from the start."""
 
@@ -126,7 +114,9 @@ class AgentConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
-        set_nodelay(transport)
+        # The loops we run on set TCP_NODELAY on every TCP transport already.
+        if not loop_sets_nodelay(asyncio.get_running_loop()):
+            set_nodelay(transport)
         self.agent.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":

@@ -32,7 +32,7 @@ import pytest
 
 from service.agent.registry import ContainerPort, PodRegistry, parse_pod_flag
 from service.agent.server import Agent
-from service.agent.spdy_server import SpdyPortForwardSession
+from service.agent.sessions import SpdyPortForwardSession
 from service.protocols.spdy import (
     DataReceived,
     Frame,

@@ -2,10 +2,10 @@
 
 After the 101 selecting ``SPDY/3.1+portforward.k8s.io`` the concatenated payloads of the
 client's binary messages are the SPDY byte stream; message boundaries mean nothing
-(``wstunnel.TunnelServer`` reassembles them). The existing ``SpdyPortForwardSession``
-runs unchanged on top: it is fed the unwrapped bytes, and each flush of its queued
-frames goes out as one binary message (``TunnelServer.send_pieces``), so a frame is
-never split across messages.
+(``protocols.wstunnel.TunnelServer`` reassembles them). The SPDY session of
+``sessions/spdy.py`` runs unchanged on top: it is fed the unwrapped bytes, and each flush
+of its queued frames goes out as one binary message (``TunnelServer.send_pieces``), so a
+frame is never split across messages.
 
 A text message, a bad frame (e.g. an unmasked client frame) or a Close other than 1000
 ends the session (our Close frame is sent first); Close 1000 is the client's EOF.
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from service.agent.dialer import PodDialer
 from service.agent.registry import PodEntry
-from service.agent.spdy_server import SpdyPortForwardSession
+from service.agent.sessions.spdy import SpdyPortForwardSession
 from service.protocols.wstunnel import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,

@@ -22,6 +22,10 @@ client-opened streams on ``/v1/portforward/{namespace}/{pod}`` sharing a ``reque
 * the pair timeout is the SPDY one (text on a lone error stream, RST CANCEL on a lone
   data stream); on shutdown the agent sends GOAWAY and lets open pairs drain.
 
+Pairing and the pair timeout are ``pairs.PairedSession``'s, the pod sockets
+``pod.PodConnection``s with a write bound of 0, and a pod's bytes are not read before
+its data stream is answered (DATA may not precede the HEADERS).
+
 Malformed input on one stream only ever touches that stream; an HTTP/2 connection error
 ends only this connection (GOAWAY first).
 """
@@ -33,7 +37,6 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import cast
 
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError as H2ProtocolError
@@ -41,7 +44,9 @@ from hyperframe.frame import GoAwayFrame
 
 from service import __version__
 from service.agent.dialer import DialError, PodDialer
-from service.agent.registry import PodRegistry
+from service.agent.pairs import PairedSession, StreamPair
+from service.agent.pod import PodConnection, cause_text
+from service.agent.registry import PodEntry, PodRegistry
 from service.protocols.h2pair import (
     AGENT_PATH,
     MAX_CONCURRENT_STREAMS,
@@ -62,74 +67,34 @@ from service.protocols.h2pair import (
 log = logging.getLogger("podgate.agent")
 
 
-@dataclass(eq=False, slots=True)
-class H2Pair:
-    """One forwarded connection: an error stream and a data stream sharing a requestid."""
+@dataclass(eq=False, slots=True, kw_only=True)
+class H2Pair(StreamPair):
+    """A stream pair with HTTP/2's flow control: what is acked, what waits for window."""
 
-    request_id: str
     namespace: str = ""
     pod_name: str = ""
-    error_sid: int | None = None
-    data_sid: int | None = None
-    port: int = 0
-    timer: asyncio.TimerHandle | None = None
-    pod: H2PodSide | None = None
-    pending: list[bytes | memoryview] = field(default_factory=list)  # before the dial
+    entry: PodEntry | None = None  # the pod the dial looked up
     unacked: int = 0  # flow-controlled bytes received on the data stream, not yet acked
     outq: deque[bytes | memoryview] = field(default_factory=deque)  # waiting for window
     answered: bool = False  # the data stream got its :status 200: DATA may follow
-    client_fin: bool = False
-    pod_eof: bool = False
     end_sent: bool = False  # END_STREAM on the data stream
     pod_gone: bool = False
-    dialing: bool = False
-    done: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return self.error_sid is not None and self.data_sid is not None
 
 
-class H2PodSide(asyncio.Protocol):
-    """The pod end of a pair."""
+class H2PodConnection(PodConnection[H2Pair]):
+    """A pod socket whose bytes wait until its data stream is answered."""
 
-    def __init__(self, session: H2Session, pair: H2Pair) -> None:
-        self.session = session
-        self.pair = pair
-        self.transport: asyncio.Transport | None = None
-        self.write_paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        # high=0: pause_writing as soon as a byte is left in our buffer, resume_writing
-        # once it is empty, i.e. exactly "everything was written to the pod socket".
-        self.transport.set_write_buffer_limits(high=0)
-        if self.session.client_write_paused:
-            self.transport.pause_reading()
+    __slots__ = ()
 
     def data_received(self, data: bytes) -> None:
-        self.session.pod_data(self.pair, data)
-        if not self.pair.answered and self.transport is not None:
+        self.owner.pod_data(self.end, data)
+        if not self.end.answered:
             # A pod that speaks first, before the dial completed: its bytes wait in outq
-            # until the data stream is answered (DATA may not precede the HEADERS).
+            # until the data stream is answered, and the pod is not read meanwhile.
             self.transport.pause_reading()
 
-    def eof_received(self) -> bool:
-        self.session.pod_eof(self.pair)
-        return True  # keep our write side open: a real half-close
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.pod_lost(self.pair, exc)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.session.pod_drained(self.pair)
-
-
-class H2Session:
+class H2Session(PairedSession[H2Pair]):
     """One HTTP/2 client connection (h2c prior knowledge or TLS+ALPN ``h2``)."""
 
     def __init__(
@@ -141,20 +106,12 @@ class H2Session:
         stream_creation_timeout: float = 30.0,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
     ) -> None:
-        self.transport = transport
+        super().__init__(transport, dialer, stream_creation_timeout)
+        self.transport: asyncio.Transport = transport
         self.registry = registry
-        self.dialer = dialer
-        self.stream_creation_timeout = stream_creation_timeout
         self.h2 = H2PairServer(max_concurrent_streams=max_concurrent_streams)
-        self.pairs: dict[str, H2Pair] = {}
-        self.by_stream: dict[int, H2Pair] = {}
-        self.client_write_paused = False
-        self._closed = False
         self._goaway_sent = False
         self._last_stream_id = 0  # highest client stream seen: the GOAWAY last-stream-id
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._drained = asyncio.Event()
-        self._drained.set()
 
     def start(self, how: str) -> None:
         log.info("http/2 connection (%s) from %s", how, self.transport.get_extra_info("peername"))
@@ -181,7 +138,7 @@ class H2Session:
                 elif isinstance(event, PairStreamOpened):
                     self._stream_opened(event)
                 elif isinstance(event, PairEnded):
-                    self._stream_ended(event.stream_id)
+                    self._data_ended(event.stream_id)
                 elif isinstance(event, PairReset):
                     self._stream_reset(event.stream_id)
                 elif isinstance(event, WindowOpened):
@@ -205,26 +162,9 @@ class H2Session:
         if data and not self.transport.is_closing():
             self.transport.writelines(data)
 
-    def pause_writing(self) -> None:
-        self.client_write_paused = True
-        for pair in self.pairs.values():
-            if pair.pod is not None and pair.pod.transport is not None:
-                pair.pod.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.client_write_paused = False
-        for pair in list(self.pairs.values()):
-            self._maybe_resume_pod(pair)
-
-    def _maybe_resume_pod(self, pair: H2Pair) -> None:
+    def _resume_pod(self, pair: H2Pair) -> None:
         pod = pair.pod
-        if (
-            pod is not None
-            and pod.transport is not None
-            and not pair.outq
-            and not pair.pod_eof
-            and not self.client_write_paused
-        ):
+        if pod is not None and not pair.outq and not pair.pod_eof and not self.client_write_paused:
             pod.transport.resume_reading()
 
     def _reject(self, sid: int, error: PairRequestError, end_stream: bool) -> None:
@@ -265,13 +205,7 @@ class H2Session:
             )
             self._reject(sid, PairRequestError(409, message), event.end_stream)
             return
-        if pair is None:
-            pair = H2Pair(request_id)
-            self.pairs[request_id] = pair
-            self._drained.clear()
-            pair.timer = asyncio.get_running_loop().call_later(
-                self.stream_creation_timeout, self._pair_timed_out, pair
-            )
+        pair = self._pair(request_id)
         self.by_stream[sid] = pair
         if stream_type == "error":
             pair.error_sid = sid
@@ -281,16 +215,13 @@ class H2Session:
             pair.port = port
             pair.namespace, pair.pod_name = namespace, pod_name
             pair.client_fin = event.end_stream
-        if pair.complete and not pair.dialing:
-            if pair.timer is not None:
-                pair.timer.cancel()
-                pair.timer = None
-            pair.dialing = True
-            task = asyncio.get_running_loop().create_task(
-                self._dial(pair), name=f"h2 dial {pair.pod_name}:{pair.port} req={request_id}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._dial_when_complete(pair)
+
+    def _new_pair(self, request_id: str) -> H2Pair:
+        return H2Pair(request_id=request_id)
+
+    def _dial_name(self, pair: H2Pair) -> str:
+        return f"h2 dial {pair.pod_name}:{pair.port} req={pair.request_id}"
 
     def _data(self, event: PairData) -> None:
         pair = self.by_stream.get(event.stream_id)
@@ -300,7 +231,7 @@ class H2Session:
             return
         pair.unacked += event.flow_controlled_length
         pod = pair.pod
-        if pod is None or pod.transport is None:
+        if pod is None:
             if event.data:
                 pair.pending.append(event.data)  # bounded by the stream window
             return
@@ -322,30 +253,15 @@ class H2Session:
         self._ack(pair)
         self.flush()
 
-    def _stream_ended(self, sid: int) -> None:
-        pair = self.by_stream.get(sid)
-        if pair is None or pair.done or sid != pair.data_sid:
-            return
-        pair.client_fin = True
-        if pair.pod is not None:
-            self._pod_write_eof(pair)
-        self._maybe_finish(pair)
-
-    def _pod_write_eof(self, pair: H2Pair) -> None:
-        """The client's END_STREAM becomes shutdown(SHUT_WR) on the pod socket."""
-        pod = pair.pod
-        if pod is None or pod.transport is None or not pod.transport.can_write_eof():
-            return
-        try:
-            pod.transport.write_eof()
-        except OSError as exc:
-            self.pod_lost(pair, exc)
-
     def _stream_reset(self, sid: int) -> None:
         pair = self.by_stream.get(sid)
         if pair is None or pair.done:
             return
         self._abort(pair, skip=sid)
+
+    def _cancel_stream(self, sid: int) -> None:
+        with contextlib.suppress(PairStateError):
+            self.h2.reset_stream(sid, ErrorCodes.CANCEL)
 
     def _window_opened(self, sid: int) -> None:
         if sid == 0:
@@ -359,52 +275,43 @@ class H2Session:
 
     # ------------------------------------------------------------ pod side
 
-    async def _dial(self, pair: H2Pair) -> None:
-        pod_entry = self.registry.get(pair.namespace, pair.pod_name)
-        try:
-            if pod_entry is None:
-                raise DialError(f'pods "{pair.pod_name}" not found')
-            sock = await self.dialer.dial(pod_entry, pair.port)
-        except DialError as exc:
-            uid = pod_entry.uid if pod_entry is not None else ""
-            where = f"port {pair.port} to pod {pair.pod_name}, uid {uid}"
-            self._dial_failed(pair, f"error forwarding {where}: {exc}")
-            return
-        if pair.done or self._closed:
-            sock.close()
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            _, pod = await loop.create_connection(lambda: H2PodSide(self, pair), sock=sock)
-        except OSError as exc:
-            sock.close()
-            self._dial_failed(pair, f"error forwarding port {pair.port}: {exc}")
-            return
-        assert pod.transport is not None
-        if pair.done or self._closed:
-            pod.transport.abort()
-            return
+    def _new_pod(self, pair: H2Pair) -> PodConnection[H2Pair]:
+        # write_limit 0: pause_writing as soon as a byte is left in our buffer,
+        # resume_writing once it is empty, i.e. exactly "everything reached the pod
+        # socket", which is when its window is handed back.
+        return H2PodConnection(self, pair, write_limit=0)
+
+    def _pod_entry(self, pair: H2Pair) -> PodEntry:
+        pair.entry = self.registry.get(pair.namespace, pair.pod_name)
+        if pair.entry is None:
+            raise DialError(f'pods "{pair.pod_name}" not found')
+        return pair.entry
+
+    def _pod_connected(self, pair: H2Pair, pod: PodConnection[H2Pair]) -> None:
         pair.pod = pod
         try:
             assert pair.data_sid is not None
             self.h2.respond(pair.data_sid, 200)
             pair.answered = True
-            if pair.pending:
-                pod.transport.writelines(pair.pending)
-                pair.pending.clear()
+            self._write_pending(pair, pod)
             if not pod.write_paused:
                 self._ack(pair)
             if pair.client_fin:
-                self._pod_write_eof(pair)
+                pod.write_eof()
             self._send_out(pair)  # what the pod said first; resumes reading it
         except PairStateError as exc:
             log.info("http/2 stream state: %s", exc)
             self._abort(pair)
         self.flush()
 
-    def _dial_failed(self, pair: H2Pair, message: str) -> None:
+    def _dial_failed(self, pair: H2Pair, exc: Exception) -> None:
         if pair.done:
             return
+        if isinstance(exc, DialError):
+            uid = pair.entry.uid if pair.entry is not None else ""
+            message = f"error forwarding port {pair.port} to pod {pair.pod_name}, uid {uid}: {exc}"
+        else:
+            message = f"error forwarding port {pair.port}: {cause_text(exc)}"
         log.info(message)
         # The reason first: a client that sees the data stream reset before the error
         # text would take the failure for a plain reset and not report it.
@@ -415,6 +322,8 @@ class H2Session:
                 if not pair.client_fin:
                     self.h2.reset_stream(pair.data_sid, ErrorCodes.NO_ERROR)
         self._forget(pair)
+        if pair.pod is not None:
+            pair.pod.transport.abort()
         self.flush()
 
     def _end_error_stream(self, pair: H2Pair, text: str = "") -> None:
@@ -448,7 +357,7 @@ class H2Session:
                 outq.popleft()
             if outq:
                 # Window closed: stop reading this pod until the client opens it.
-                if pair.pod is not None and pair.pod.transport is not None:
+                if pair.pod is not None:
                     pair.pod.transport.pause_reading()
                 return
             if pair.pod_eof:
@@ -457,7 +366,7 @@ class H2Session:
                     self.h2.end_stream(sid)
                 self._maybe_finish(pair)
             else:
-                self._maybe_resume_pod(pair)
+                self._resume_pod(pair)
         except PairStateError as exc:
             log.info("http/2 stream state: %s", exc)
             self._abort(pair)
@@ -471,23 +380,19 @@ class H2Session:
 
     def pod_lost(self, pair: H2Pair, exc: Exception | None) -> None:
         pair.pod_gone = True
-        if pair.done:
-            return
-        if exc is not None and not pair.pod_eof:
-            message = (
-                f"error forwarding port {pair.port} to pod {pair.pod_name}: read from pod: {exc}"
-            )
-            log.info(message)
-            self._end_error_stream(pair, message)  # the reason first, as in _dial_failed
-            with contextlib.suppress(PairStateError):
-                if pair.data_sid is not None:
-                    self.h2.reset_stream(pair.data_sid, ErrorCodes.CONNECT_ERROR)
-            self._forget(pair)
-        else:
-            if not pair.pod_eof:
-                self.pod_eof(pair)
-            self._maybe_finish(pair)
-        self.flush()
+        super().pod_lost(pair, exc)
+
+    def _pod_failed(self, pair: H2Pair, exc: Exception) -> None:
+        message = f"error forwarding port {pair.port} to pod {pair.pod_name}: read from pod: {exc}"
+        log.info(message)
+        self._end_error_stream(pair, message)  # the reason first, as in _dial_failed
+        with contextlib.suppress(PairStateError):
+            if pair.data_sid is not None:
+                self.h2.reset_stream(pair.data_sid, ErrorCodes.CONNECT_ERROR)
+        self._forget(pair)
+
+    def _pod_closed(self, pair: H2Pair) -> None:
+        self._maybe_finish(pair)
 
     # ------------------------------------------------------------ endings
 
@@ -497,50 +402,19 @@ class H2Session:
         if pair.client_fin or pair.pod_gone:
             self._end_error_stream(pair)
             self._forget(pair)
-            if pair.pod is not None and pair.pod.transport is not None:
+            if pair.pod is not None:
                 pair.pod.transport.close()
 
-    def _abort(self, pair: H2Pair, skip: int | None = None) -> None:
-        """RST_STREAM CANCEL on both streams (except ``skip``), abort the pod socket."""
-        if pair.done:
-            return
-        for sid in (pair.data_sid, pair.error_sid):
-            if sid is not None and sid != skip:
-                with contextlib.suppress(PairStateError):
-                    self.h2.reset_stream(sid, ErrorCodes.CANCEL)
-        self._forget(pair)
-        if pair.pod is not None and pair.pod.transport is not None:
-            pair.pod.transport.abort()
-
-    def _pair_timed_out(self, pair: H2Pair) -> None:
-        pair.timer = None
-        if pair.complete or pair.done:
-            return
-        message = f"(conn={id(self):#x}, request={pair.request_id}) timed out waiting for streams"
-        log.info(message)
-        if pair.error_sid is not None:
-            self._end_error_stream(pair, message)
-        if pair.data_sid is not None:
-            with contextlib.suppress(PairStateError):
-                self.h2.reset_stream(pair.data_sid, ErrorCodes.CANCEL)
-        self._forget(pair)
-        self.flush()
+    def _timed_out(self, pair: H2Pair, message: str) -> None:
+        # Text and END_STREAM on a lone error stream, RST CANCEL on a lone data stream.
+        self._end_error_stream(pair, message)
+        self._abort(pair, skip=pair.error_sid)
 
     def _forget(self, pair: H2Pair) -> None:
-        pair.done = True
-        if pair.timer is not None:
-            pair.timer.cancel()
-            pair.timer = None
+        super()._forget(pair)
         # Bytes we will never write still count against the connection window.
         self._ack(pair)
-        pair.pending.clear()
         pair.outq.clear()
-        self.pairs.pop(pair.request_id, None)
-        for sid in (pair.error_sid, pair.data_sid):
-            if sid is not None:
-                self.by_stream.pop(sid, None)
-        if not self.pairs:
-            self._drained.set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -559,19 +433,3 @@ class H2Session:
         frame = GoAwayFrame(0, last_stream_id=self._last_stream_id, error_code=0)
         if not self.transport.is_closing():
             self.transport.write(frame.serialize())
-
-    async def wait_drained(self) -> None:
-        await self._drained.wait()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for pair in list(self.pairs.values()):
-            self._forget(pair)
-            if pair.pod is not None and pair.pod.transport is not None:
-                pair.pod.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if not self.transport.is_closing():
-            self.transport.close()
