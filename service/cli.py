@@ -129,8 +129,12 @@ async def _run_serve(args: argparse.Namespace) -> int:
     import socket
 
     import uvicorn
+    from pydantic import ValidationError
 
+    from service.aio.fds import raise_nofile_limit
     from service.api.app import create_app
+    from service.api.http import guarded_h11
+    from service.api.security import TokenFileError
     from service.config import Settings
     from service.store.engine import upgrade_schema_isolated
 
@@ -140,10 +144,38 @@ async def _run_serve(args: argparse.Namespace) -> int:
         ("kubeconfig", args.kubeconfig),
         ("context", args.context),
         ("data_dir", args.data_dir),
+        ("token_file", args.token_file),
+        ("auth", args.auth),
+        ("allowed_hosts", args.allowed_host),
+        ("cors_origins", args.cors_origin),
+        ("listen_addresses", args.listen_address),
+        ("allow_privileged_ports", args.allow_privileged_ports),
+        ("max_sessions", args.max_sessions),
+        ("max_listeners_per_session", args.max_listeners_per_session),
+        ("max_connections_per_session", args.max_connections_per_session),
+        ("max_event_subscribers", args.max_event_subscribers),
     ):
         if value:
             overrides[key] = value
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    if not settings.on_loopback and not settings.authenticates:
+        print(
+            f"error: refusing to listen on {settings.host} without authentication: anyone who "
+            "can reach it could forward into the cluster. Give --token-file FILE or "
+            "--auth kubernetes, or listen on loopback (--host 127.0.0.1).",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        app = create_app(settings, migrate=upgrade_schema_isolated)
+    except TokenFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    raise_nofile_limit()
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -167,11 +199,14 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(
         # Why isolated: alembic (+12-14 MB) then never becomes resident in the server.
-        create_app(settings, migrate=upgrade_schema_isolated),
+        app,
+        http=guarded_h11(settings.header_timeout_seconds),
         log_level=args.log_level.lower(),
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=int(settings.keepalive_timeout_seconds),
+        h11_max_incomplete_event_size=64 * 1024,  # a request head (line + headers)
     )
     server = Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
@@ -312,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=_run_agent)
 
     serve = sub.add_parser("serve", help="run the REST API and the session runner")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1); beyond loopback only with --token-file or "
+        "--auth kubernetes",
+    )
     serve.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
     serve.add_argument("--db", help="SQLAlchemy URL (default: SQLite under --data-dir)")
     serve.add_argument("--data-dir", help="where the SQLite file lives")
@@ -323,6 +363,55 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run an in-process agent with a demo pod default/hello and use it as cluster",
     )
+    security = serve.add_argument_group("security (README: Security)")
+    security.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help='static tokens, kube-apiserver\'s format: token,user,uid[,"group1,group2"]; '
+        "requests need Authorization: Bearer TOKEN (PODGATE_TOKEN_FILE)",
+    )
+    security.add_argument(
+        "--auth",
+        choices=["none", "kubernetes"],
+        help="kubernetes: check bearer tokens with a TokenReview and every new session with "
+        "SubjectAccessReviews as the caller (PODGATE_AUTH)",
+    )
+    security.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name the API answers to, besides localhost, 127.0.0.1, [::1] and its "
+        "own address (repeatable; PODGATE_ALLOWED_HOSTS)",
+    )
+    security.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin allowed to call the API, e.g. http://localhost:3000 "
+        "(repeatable; PODGATE_CORS_ORIGINS, comma-separated)",
+    )
+    security.add_argument(
+        "--listen-address",
+        action="append",
+        metavar="ADDR",
+        help="an address beyond loopback that sessions may listen on, e.g. 0.0.0.0 "
+        "(repeatable; PODGATE_LISTEN_ADDRESSES)",
+    )
+    security.add_argument(
+        "--allow-privileged-ports",
+        action="store_true",
+        default=None,
+        help="let sessions listen on local ports below 1024",
+    )
+    for flag, default, what in (
+        ("--max-sessions", 1000, "sessions (429 beyond)"),
+        ("--max-listeners-per-session", 64, "listeners of one session: ports x addresses"),
+        ("--max-connections-per-session", 1000, "open local connections of one session"),
+        ("--max-event-subscribers", 100, "open event streams (429 beyond)"),
+    ):
+        security.add_argument(
+            flag, type=_positive_int, metavar="N", help=f"{what} (default {default})"
+        )
     serve.set_defaults(func=_run_serve)
 
     forward = sub.add_parser(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: A list setting that a PODGATE_* variable gives comma-separated.
+CommaList = Annotated[list[str], NoDecode]
 
 
 def default_data_dir() -> Path:
@@ -57,8 +62,63 @@ class Settings(BaseSettings):
     #: Seconds between keep-alive comments on an idle event stream.
     sse_keepalive_seconds: float = 15.0
 
+    # -------------------------------------------------------------- security (README)
+    #: kube-apiserver's static token file (`token,user,uid[,"group1,group2"]`): requests
+    #: need `Authorization: Bearer TOKEN`.
+    token_file: Path | None = None
+    #: `kubernetes`: bearer tokens checked with a TokenReview, sessions authorized with
+    #: SubjectAccessReviews as the caller; `none`: only the token file, if any.
+    auth: Literal["none", "kubernetes"] = "none"
+    #: Host names the API answers to besides localhost, 127.0.0.1, [::1] and its own
+    #: address (DNS rebinding: any other Host gets 421).
+    allowed_hosts: CommaList = []
+    #: Origins a browser may call the API from (CORS); none by default.
+    cors_origins: CommaList = []
+    #: Addresses beyond loopback that sessions may listen on (e.g. 0.0.0.0 in a container).
+    listen_addresses: CommaList = []
+    #: Whether sessions may listen on local ports below 1024.
+    allow_privileged_ports: bool = False
+    max_sessions: int = Field(default=1000, ge=1)
+    #: Listeners of one session: port mappings x addresses.
+    max_listeners_per_session: int = Field(default=64, ge=1)
+    #: Open local connections of one session; more are accepted, closed and counted.
+    max_connections_per_session: int = Field(default=1000, ge=1)
+    max_event_subscribers: int = Field(default=100, ge=1)
+    #: Request bodies larger than this are refused (413) before they are read in full.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    #: A connection whose request head has not arrived within this long is closed.
+    header_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: An idle keep-alive connection is closed after this long.
+    keepalive_timeout_seconds: float = Field(default=90.0, gt=0)
+
+    @field_validator("allowed_hosts", "cors_origins", "listen_addresses", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def authenticates(self) -> bool:
+        return self.token_file is not None or self.auth == "kubernetes"
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether the API listens on a loopback address only."""
+        return is_loopback(self.host)
+
     @property
     def db_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'podgate.db'}"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or the name localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

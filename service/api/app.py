@@ -8,16 +8,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.api.guard import RequestGuard
 from service.api.problems import install_problem_handlers
 from service.api.routes import router
+from service.api.security import Authenticator, KubernetesReviews, TokenFile
 from service.config import Settings
 from service.runner.clusters import ClusterPool
 from service.runner.events import EventHub
 from service.runner.supervisor import Supervisor
 from service.store import SessionRepository, make_engine, upgrade_schema
+from service.upstream import Cluster
 
 log = logging.getLogger("podgate.api")
 
@@ -27,7 +29,18 @@ forward sessions (`oc port-forward`, as a restart-safe service)."""
 
 def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_schema) -> FastAPI:
     """``migrate`` brings the schema to head at start-up (``podgate serve`` passes
-    ``upgrade_schema_isolated``, which runs it in a child process)."""
+    ``upgrade_schema_isolated``, which runs it in a child process).
+
+    Raises ``TokenFileError`` for a token file that cannot be used.
+    """
+    tokens = TokenFile(settings.token_file) if settings.token_file is not None else None
+    pool: list[ClusterPool] = []  # the lifespan's, once it runs
+
+    async def default_cluster() -> Cluster:
+        return await pool[0](None)
+
+    reviews = KubernetesReviews(default_cluster) if settings.auth == "kubernetes" else None
+    authenticator = Authenticator(tokens, reviews)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,6 +53,8 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
         await asyncio.to_thread(migrate, settings.db_url)
         engine = make_engine(settings.db_url)
         clusters = ClusterPool(kubeconfig, settings.context)
+        pool[:] = [clusters]
+        log.info("authentication: %s", authenticator.describe())
         supervisor = Supervisor(
             SessionRepository(engine),
             clusters,
@@ -63,14 +78,10 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    # Browsers (web frontends) are first-class clients.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["*"],
-    )
+    # Host, Origin (and CORS for the listed origins) and body size, before any route.
+    app.add_middleware(RequestGuard, settings=settings)
     app.state.settings = settings
+    app.state.authenticator = authenticator
     install_problem_handlers(app)
     app.include_router(router)
     return app

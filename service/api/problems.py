@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,24 +15,35 @@ from service.api.schemas import Problem
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Content Too Large",
+    421: "Misdirected Request",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
 class ProblemError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
-def problem_response(status: int, detail: str) -> JSONResponse:
+def problem_response(
+    status: int, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     body = Problem(title=_TITLES.get(status, "Error"), status=status, detail=detail)
-    return JSONResponse(body.model_dump(), status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(
+        body.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -45,11 +57,12 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
-        return problem_response(exc.status, exc.detail)
+        return problem_response(exc.status, exc.detail, exc.headers)
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return problem_response(exc.status_code, str(exc.detail))
+        # 405 keeps its Allow header (RFC 9110 §15.5.6).
+        return problem_response(exc.status_code, str(exc.detail), exc.headers)
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -27,14 +27,17 @@ from service.api.schemas import (
     SessionPublic,
     SessionsPublic,
 )
+from service.api.security import ANONYMOUS, Authenticator, Caller
 from service.config import Settings
 from service.ports import format_forwarding_lines
 from service.runner.events import EventHub, Subscription
 from service.runner.listeners import ListenError
 from service.runner.local import TrafficCounters
+from service.runner.policy import PolicyError
 from service.runner.session import ForwardSession
 from service.runner.spec import OPTION_FIELDS, RequestError, SessionRequest, build_request
-from service.runner.supervisor import SessionConflict, Supervisor
+from service.runner.supervisor import SessionConflict, SessionLimit, Supervisor
+from service.upstream import UpstreamError
 
 router = APIRouter()
 
@@ -54,6 +57,34 @@ def get_settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
+_BEARER = "bearer "
+
+
+async def get_caller(request: Request) -> Caller:
+    """Who is asking: `Authorization: Bearer TOKEN`, checked as configured (security.py)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    if not authenticator.enabled:
+        return ANONYMOUS
+    header = request.headers.get("authorization", "")
+    token = header[len(_BEARER) :].strip() if header.lower().startswith(_BEARER) else ""
+    challenge = {"WWW-Authenticate": 'Bearer realm="podgate"'}
+    if not token:
+        raise ProblemError(
+            401, "a bearer token is required (Authorization: Bearer TOKEN)", challenge
+        )
+    try:
+        caller = await authenticator.caller(token)
+    except UpstreamError as exc:
+        raise ProblemError(503, f"the token cannot be checked now: {exc}") from None
+    if caller is None:
+        raise ProblemError(401, "the bearer token is not valid", challenge)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+#: The problems every authenticated route can answer.
+AUTH_PROBLEMS = (401,)
+
 
 def _counters(counters: TrafficCounters) -> Counters:
     return Counters(
@@ -62,6 +93,7 @@ def _counters(counters: TrafficCounters) -> Counters:
         connection_errors=counters.connection_errors,
         bytes_in=counters.bytes_in,
         bytes_out=counters.bytes_out,
+        connections_refused=counters.connections_refused,
     )
 
 
@@ -110,6 +142,7 @@ def to_public(session: ForwardSession) -> SessionPublic:
         connection_errors=counters.connection_errors,
         bytes_in=counters.bytes_in,
         bytes_out=counters.bytes_out,
+        connections_refused=counters.connections_refused,
         reconnects=session.reconnects,
         reconnect=ReconnectPublic(
             enabled=policy.reconnect,
@@ -125,7 +158,7 @@ def to_public(session: ForwardSession) -> SessionPublic:
     )
 
 
-def _create_request(body: SessionCreate) -> SessionRequest:
+def _create_request(body: SessionCreate, caller: Caller) -> SessionRequest:
     try:
         return build_request(
             body.namespace,
@@ -136,6 +169,7 @@ def _create_request(body: SessionCreate) -> SessionRequest:
             context=body.context,
             transport=body.transport,
             options=body.model_dump(include=set(OPTION_FIELDS)),
+            owner=caller.owner,
         )
     except RequestError as exc:
         raise ProblemError(422, str(exc)) from None
@@ -147,31 +181,65 @@ def _create_request(body: SessionCreate) -> SessionRequest:
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": SessionPublic, "description": "A session with this name and spec exists"},
-        **problem_responses(409, 422),
+        **problem_responses(*AUTH_PROBLEMS, 403, 409, 413, 422, 429, 503),
     },
     summary="Create a forward session",
 )
 async def create_session(
-    body: SessionCreate, supervisor: SupervisorDep, response: Response
+    body: SessionCreate,
+    supervisor: SupervisorDep,
+    response: Response,
+    caller: CallerDep,
+    request: Request,
 ) -> SessionPublic:
     """Binds the local listeners (so `local_port` is known) before answering; the
     connection to the cluster is made in the background and shows in `status`."""
-    request = _create_request(body)
+    authenticator: Authenticator = request.app.state.authenticator
     try:
-        session, created = await supervisor.create(request)
+        missing = await authenticator.may_create(caller, body.namespace)
+    except UpstreamError as exc:
+        raise ProblemError(503, f"the permission cannot be checked now: {exc}") from None
+    if missing is not None:
+        raise ProblemError(
+            403,
+            f'user "{caller.user}" may not {missing}, which port-forwarding needs',
+        )
+    if caller.from_cluster and body.context:
+        raise ProblemError(
+            403,
+            "with --auth kubernetes a session uses the cluster that authenticated its caller: "
+            "leave out context",
+        )
+    session_request = _create_request(body, caller)
+    try:
+        session, created = await supervisor.create(session_request)
     except ListenError as exc:
         raise ProblemError(409 if exc.port_in_use else 422, str(exc)) from None
     except SessionConflict as exc:
         raise ProblemError(409, str(exc)) from None
+    except SessionLimit as exc:
+        raise ProblemError(429, str(exc)) from None
+    except PolicyError as exc:
+        raise ProblemError(exc.status, str(exc)) from None
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/sessions/{session.spec.id}"
     return to_public(session)
 
 
-@router.get("/sessions", response_model=SessionsPublic, summary="List forward sessions")
-async def list_sessions(supervisor: SupervisorDep) -> Response:
+@router.get(
+    "/sessions",
+    response_model=SessionsPublic,
+    responses=problem_responses(*AUTH_PROBLEMS),
+    summary="List forward sessions",
+)
+async def list_sessions(supervisor: SupervisorDep, caller: CallerDep) -> Response:
+    """The caller's own sessions (every session for members of `podgate:admin`, and when
+    no authentication is configured)."""
+    sessions = supervisor.list()
+    if not caller.sees_all:
+        sessions = [s for s in sessions if s.spec.owner == caller.user]
     # Why a ready Response: FastAPI would re-validate and re-dump 1000 sessions.
-    return Response(render_listing(supervisor.list()), media_type="application/json")
+    return Response(render_listing(sessions), media_type="application/json")
 
 
 # ------------------------------------------------- the GET /sessions rendering
@@ -277,29 +345,39 @@ def _unknown(session_id: str) -> ProblemError:
     return ProblemError(404, f'session "{session_id}" does not exist')
 
 
+def existing_session(
+    session_id: str, supervisor: SupervisorDep, caller: CallerDep
+) -> ForwardSession:
+    """The session, if it exists and the caller may see it (others' are "not found")."""
+    session = supervisor.get(session_id)
+    if session is None or not caller.may_see(session.spec.owner):
+        raise _unknown(session_id)
+    return session
+
+
+SessionDep = Annotated[ForwardSession, Depends(existing_session)]
+
+
 @router.get(
     "/sessions/{session_id}",
     response_model=SessionPublic,
-    responses=problem_responses(404),
+    responses=problem_responses(*AUTH_PROBLEMS, 404),
     summary="Get one forward session",
 )
-async def get_session(session_id: str, supervisor: SupervisorDep) -> SessionPublic:
-    session = supervisor.get(session_id)
-    if session is None:
-        raise _unknown(session_id)
+async def get_session(session: SessionDep) -> SessionPublic:
     return to_public(session)
 
 
 @router.delete(
     "/sessions/{session_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404),
+    responses=problem_responses(*AUTH_PROBLEMS, 404),
     summary="Delete a forward session",
 )
-async def delete_session(session_id: str, supervisor: SupervisorDep) -> Response:
+async def delete_session(session: SessionDep, supervisor: SupervisorDep) -> Response:
     """Closes the listeners and every in-flight connection, then removes the session."""
-    if not await supervisor.delete(session_id):
-        raise _unknown(session_id)
+    if not await supervisor.delete(session.spec.id):
+        raise _unknown(session.spec.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -401,10 +479,20 @@ def _event_response(
     session_id: str | None,
     header: int | None,
     query: int | None,
-    keepalive: float,
+    settings: Settings,
+    caller: Caller,
 ) -> EventStreamResponse:
+    if hub.subscribers >= settings.max_event_subscribers:
+        raise ProblemError(
+            429,
+            f"{hub.subscribers} event streams are open, the most allowed "
+            "(--max-event-subscribers): close one, or try again later",
+            {"Retry-After": "5"},
+        )
     # Subscribed before the answer starts: nothing published from now on is missed.
-    subscription = hub.subscribe(session_id, header if header is not None else query)
+    owner = None if caller.sees_all else caller.user
+    subscription = hub.subscribe(session_id, header if header is not None else query, owner)
+    keepalive = settings.sse_keepalive_seconds
     return EventStreamResponse(
         _event_stream(hub, subscription, keepalive),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -416,47 +504,39 @@ def _event_response(
 @router.get(
     "/events",
     response_class=EventStreamResponse,
+    responses=problem_responses(*AUTH_PROBLEMS, 429),
     summary="Live events of every session (Server-Sent Events)",
     description=EVENTS_DOC,
 )
 async def all_events(
     supervisor: SupervisorDep,
     settings: SettingsDep,
+    caller: CallerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> EventStreamResponse:
     return _event_response(
-        supervisor.events, None, last_event_id, last_event_id_query, settings.sse_keepalive_seconds
+        supervisor.events, None, last_event_id, last_event_id_query, settings, caller
     )
-
-
-def existing_session(session_id: str, supervisor: SupervisorDep) -> ForwardSession:
-    session = supervisor.get(session_id)
-    if session is None:
-        raise _unknown(session_id)
-    return session
 
 
 @router.get(
     "/sessions/{session_id}/events",
     response_class=EventStreamResponse,
-    responses=problem_responses(404),
+    responses=problem_responses(*AUTH_PROBLEMS, 404, 429),
     summary="Live events of one session (Server-Sent Events)",
     description=EVENTS_DOC + "\n\nThe stream ends after the session's `deleted` event.",
 )
 async def session_events(
-    session: Annotated[ForwardSession, Depends(existing_session)],
+    session: SessionDep,
     supervisor: SupervisorDep,
     settings: SettingsDep,
+    caller: CallerDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> EventStreamResponse:
     return _event_response(
-        supervisor.events,
-        session.spec.id,
-        last_event_id,
-        last_event_id_query,
-        settings.sse_keepalive_seconds,
+        supervisor.events, session.spec.id, last_event_id, last_event_id_query, settings, caller
     )
 
 

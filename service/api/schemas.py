@@ -28,7 +28,7 @@ class ReconnectPolicy(BaseModel):
     )
     max_backoff_seconds: float | None = Field(
         default=None,
-        gt=0,
+        ge=1,
         le=3600,
         description="Cap of the exponential backoff (with jitter) between dials; "
         "null: the service's default (30 s).",
@@ -94,28 +94,28 @@ class SessionCreate(BaseModel):
     )
     keepalive_seconds: float | None = Field(
         default=None,
-        gt=0,
+        ge=1,
         le=3600,
         description="Ping interval on the upstream connection; a peer that leaves 3 pings "
         "unanswered is dead and the session reconnects. Null: the service's default (5 s).",
     )
     connect_wait_seconds: float | None = Field(
         default=None,
-        gt=0,
+        ge=0,
         le=3600,
         description="How long a local connection accepted while the session is not `ready` "
         "waits for it before being closed. Null: the service's default (30 s).",
     )
     ttl_seconds: float | None = Field(
         default=None,
-        gt=0,
+        ge=1,
         le=10 * 365 * 86400,
         description="Stop the session this long after its creation (it then reads `stopped`, "
         "listeners closed, until DELETE).",
     )
     idle_timeout_seconds: float | None = Field(
         default=None,
-        gt=0,
+        ge=1,
         le=10 * 365 * 86400,
         description="Stop the session once it has had no open local connection for this long.",
     )
@@ -135,6 +135,9 @@ class Counters(BaseModel):
     connection_errors: int
     bytes_in: int = Field(description="Bytes from the pod to local clients.")
     bytes_out: int = Field(description="Bytes from local clients to the pod.")
+    connections_refused: int = Field(
+        description="Connections closed at once: the session was at its connection limit."
+    )
 
 
 class ReconnectPublic(BaseModel):
@@ -179,6 +182,9 @@ class SessionPublic(BaseModel):
     connection_errors: int
     bytes_in: int = Field(description="Bytes from the pod to local clients.")
     bytes_out: int = Field(description="Bytes from local clients to the pod.")
+    connections_refused: int = Field(
+        description="Connections closed at once: the session was at its connection limit."
+    )
     reconnects: int = Field(description="Successful re-dials after the connection was lost.")
     reconnect: ReconnectPublic = Field(description="The effective reconnect policy.")
     keepalive_seconds: float

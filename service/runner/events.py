@@ -33,6 +33,7 @@ class Event:
     type: str
     session_id: str | None
     data: dict[str, Any]
+    owner: str = ""  # the session's owner: who may see the event
 
 
 @dataclass(eq=False, slots=True)
@@ -41,13 +42,17 @@ class Subscription:
 
     session_id: str | None
     queue: asyncio.Queue[Event]
+    #: Only the events of this owner's sessions (None: every session's).
+    owner: str | None = None
     backlog: list[Event] = field(default_factory=list)
     #: (the client's Last-Event-ID, the oldest id still buffered) when events were lost.
     gap: tuple[int, int] | None = None
     dropped: bool = False
 
     def wants(self, event: Event) -> bool:
-        return self.session_id is None or event.session_id == self.session_id
+        return (self.session_id is None or event.session_id == self.session_id) and (
+            self.owner is None or event.owner == self.owner
+        )
 
 
 class EventHub:
@@ -65,10 +70,12 @@ class EventHub:
         """The id of the newest event (one less than the next id)."""
         return self._next_id - 1
 
-    def publish(self, type_: str, session_id: str | None, data: dict[str, Any]) -> Event:
+    def publish(
+        self, type_: str, session_id: str | None, data: dict[str, Any], owner: str = ""
+    ) -> Event:
         payload = {"type": type_, "session_id": session_id, **data}
         payload["time"] = datetime.now(UTC).isoformat()
-        event = Event(self._next_id, type_, session_id, payload)
+        event = Event(self._next_id, type_, session_id, payload, owner)
         self._next_id += 1
         self._ring.append(event)
         for subscription in list(self._subscribers):
@@ -85,10 +92,14 @@ class EventHub:
         return event
 
     def subscribe(
-        self, session_id: str | None = None, last_event_id: int | None = None
+        self,
+        session_id: str | None = None,
+        last_event_id: int | None = None,
+        owner: str | None = None,
     ) -> Subscription:
-        """Register a client; with `last_event_id`, what it missed is in `backlog`."""
-        subscription = Subscription(session_id, asyncio.Queue(maxsize=self.queue_size))
+        """Register a client; with `last_event_id`, what it missed is in `backlog`; with
+        `owner`, it gets only the events of that owner's sessions."""
+        subscription = Subscription(session_id, asyncio.Queue(maxsize=self.queue_size), owner)
         if last_event_id is not None:
             oldest = self._ring[0].id if self._ring else self._next_id
             if last_event_id >= self._next_id:

@@ -31,6 +31,7 @@ class TrafficCounters:
     connection_errors: int = 0
     bytes_in: int = 0  # from the pod to local clients
     bytes_out: int = 0  # from local clients to the pod
+    connections_refused: int = 0  # closed at once: over the session's connection limit
 
     def add(self, other: TrafficCounters) -> None:
         self.connections_total += other.connections_total
@@ -38,6 +39,7 @@ class TrafficCounters:
         self.connection_errors += other.connection_errors
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
+        self.connections_refused += other.connections_refused
 
 
 class PairEnd(Protocol):
@@ -149,6 +151,11 @@ class LocalConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.pair is not None:
             self.pair.unblock_upstream()
+
+    def fileno(self) -> int:
+        """The socket's descriptor number (-1 when unknown)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        return sock.fileno() if sock is not None else -1
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from service.aio.fds import near_limit
 from service.aio.tasks import log_failure
 from service.model import SessionStatus, Transport
 from service.runner.backoff import backoff_delays
@@ -368,6 +369,11 @@ class ForwardSession:
 
     def _accepted(self, local: LocalConnection) -> None:
         self._open_connections += 1
+        if self._open_connections > self.policy.max_connections or near_limit(local.fileno()):
+            # Over the session's limit, or into the descriptors kept for the API: refused.
+            local.counters.connections_refused += 1
+            local.abort()
+            return
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None

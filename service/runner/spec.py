@@ -69,6 +69,7 @@ class SessionSpec:
     context: str | None
     transport: Transport
     created_at: datetime
+    owner: str = ""  # who created it ("" without authentication)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,12 @@ class SessionRequest:
     transport: Transport = Transport.AUTO
     #: Per-session settings (`OPTION_FIELDS`), in the shape of `normalize_options`.
     options: dict[str, Any] = field(default_factory=dict)
+    owner: str = ""
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        """The addresses it will listen on (``localhost`` is 127.0.0.1 and ::1)."""
+        return tuple(a.host for a in parse_listen_addresses(self.addresses))
 
     def spec(self, session_id: str, name: str, created_at: datetime) -> SessionSpec:
         listen = parse_listen_addresses(self.addresses)
@@ -98,6 +105,7 @@ class SessionRequest:
             context=self.context,
             transport=self.transport,
             created_at=created_at,
+            owner=self.owner,
         )
 
     def same_as(self, record: SessionRecord) -> bool:
@@ -123,6 +131,7 @@ def build_request(
     context: str | None = None,
     transport: Transport = Transport.AUTO,
     options: Mapping[str, Any] | None = None,
+    owner: str = "",
 ) -> SessionRequest:
     """Check a request as a person wrote it; `RequestError` names what is wrong."""
     try:
@@ -141,6 +150,7 @@ def build_request(
         context=context,
         transport=Transport(transport),
         options=normalize_options(options),
+        owner=owner,
     )
 
 
@@ -179,6 +189,7 @@ class SessionPolicy:
     ttl: float | None = None  # stopped this long after creation
     idle_timeout: float | None = None  # stopped after this long without a local connection
     channel_linger: float = 0.5  # ws-channel: quiet time after a local half-close
+    max_connections: int = 1000  # open local connections; more are closed and counted
     pod_poll_interval: float = 2.0  # GET pod period when the server refuses watches; <= 0: off
     pod_watch_timeout: int = 300  # seconds one pod watch request lasts before it is renewed
 
@@ -199,6 +210,7 @@ class SessionPolicy:
             channel_linger=_or(stored["channel_linger_seconds"], settings.channel_linger_seconds),
             pod_poll_interval=settings.pod_poll_interval_seconds,
             pod_watch_timeout=settings.pod_watch_timeout_seconds,
+            max_connections=settings.max_connections_per_session,
         )
 
 

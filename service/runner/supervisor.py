@@ -29,6 +29,7 @@ from service.ports import PortMapping
 from service.runner.events import EventHub
 from service.runner.listeners import ListenError
 from service.runner.local import TrafficCounters
+from service.runner.policy import PolicyError, check_listeners
 from service.runner.session import ClusterSource, ForwardSession
 from service.runner.spec import SessionPolicy, SessionRequest, normalize_options
 from service.store import (
@@ -53,6 +54,7 @@ def _counter_values(counters: TrafficCounters) -> CounterValues:
         counters.connection_errors,
         counters.bytes_in,
         counters.bytes_out,
+        counters.connections_refused,
     )
 
 
@@ -74,7 +76,13 @@ def _counters_key(session: ForwardSession) -> tuple[Any, ...]:
     return (
         session.reconnects,
         *(
-            (c.connections_total, c.connection_errors, c.bytes_in, c.bytes_out)
+            (
+                c.connections_total,
+                c.connection_errors,
+                c.bytes_in,
+                c.bytes_out,
+                c.connections_refused,
+            )
             for c in session.port_counters
         ),
     )
@@ -82,6 +90,10 @@ def _counters_key(session: ForwardSession) -> tuple[Any, ...]:
 
 class SessionConflict(Exception):
     """A session with this name exists with a different spec."""
+
+
+class SessionLimit(Exception):
+    """The service holds as many sessions as it may (``--max-sessions``)."""
 
 
 def _request_of(record: SessionRecord) -> SessionRequest:
@@ -97,6 +109,7 @@ def _request_of(record: SessionRecord) -> SessionRequest:
         context=record.context,
         transport=Transport(record.transport_requested),
         options=normalize_options(record.options),
+        owner=record.owner,
     )
 
 
@@ -145,6 +158,7 @@ class Supervisor:
             counters.connection_errors = stored.connection_errors
             counters.bytes_in = stored.bytes_in
             counters.bytes_out = stored.bytes_out
+            counters.connections_refused = stored.connections_refused
         self._stored[record.id] = _counters_key(session)
         if record.status == SessionStatus.STOPPED:  # expired: stays as it was reported
             session.status = SessionStatus.STOPPED
@@ -167,8 +181,10 @@ class Supervisor:
                 await session.expire(f"expired: ttl {session.policy.ttl:g} s reached")
                 continue
             try:
+                # The operator's policy may have changed since: it holds for restored ones too.
+                check_listeners(self.settings, session.spec.mappings, session.spec.addresses)
                 session.bind([m.local_port for m in record.mappings])
-            except ListenError as exc:
+            except (ListenError, PolicyError) as exc:
                 log.warning("session %s cannot be restored: %s", record.name, exc)
                 session.status = SessionStatus.FAILED
                 session.last_error = f"cannot restore listeners: {exc}"
@@ -185,19 +201,29 @@ class Supervisor:
     async def create(self, request: SessionRequest) -> tuple[ForwardSession, bool]:
         """Bind, persist, start; returns (session, created). Idempotent by name.
 
-        Raises ListenError (nothing persisted, nothing left bound) and SessionConflict.
+        Raises ListenError (nothing persisted, nothing left bound), SessionConflict,
+        SessionLimit and PolicyError.
         """
         async with self._lock:
             if request.name is not None:
-                existing = await asyncio.to_thread(self.repository.get_by_name, request.name)
+                existing = await asyncio.to_thread(
+                    self.repository.get_by_name, request.name, request.owner
+                )
                 if existing is not None:
                     if request.same_as(existing) and existing.id in self.sessions:
                         return self.sessions[existing.id], False
                     raise SessionConflict(
                         f'a session named "{request.name}" already exists with a different spec'
                     )
+            if len(self.sessions) >= self.settings.max_sessions:
+                raise SessionLimit(
+                    f"podgate holds {len(self.sessions)} sessions, the most it may "
+                    "(--max-sessions): delete one first"
+                )
+            check_listeners(self.settings, request.mappings, request.listen_addresses)
             record = SessionRecord(
                 id=new_session_id(),
+                owner=request.owner,
                 name=request.name or "",
                 namespace=request.namespace,
                 target=request.target,
@@ -238,6 +264,7 @@ class Supervisor:
                     "status": session.status,
                     "local_ports": session.local_ports,
                 },
+                record.owner,
             )
             await session.start()
             return session, True
@@ -257,7 +284,9 @@ class Supervisor:
             self._stored.pop(session_id, None)
             await session.stop()
             await asyncio.to_thread(self.repository.delete, session_id)
-            self.events.publish("deleted", session_id, {"name": session.spec.name})
+            self.events.publish(
+                "deleted", session_id, {"name": session.spec.name}, session.spec.owner
+            )
             return True
 
     async def stop(self) -> None:
@@ -283,7 +312,8 @@ class Supervisor:
     # ------------------------------------------------------- observed state
 
     def _event(self, session: ForwardSession, type_: str, data: dict[str, Any]) -> None:
-        self.events.publish(type_, session.spec.id, {"name": session.spec.name, **data})
+        spec = session.spec
+        self.events.publish(type_, spec.id, {"name": spec.name, **data}, spec.owner)
 
     def _changed(self, session: ForwardSession) -> None:
         self._dirty.add(session.spec.id)

@@ -91,9 +91,13 @@ class SessionRecord(SQLModel, table=True):
     """A forward session: the desired state (target, ports) plus the observed state."""
 
     __tablename__ = "sessions"
+    # A name is unique per owner: callers see only their own sessions (revision 0003).
+    __table_args__ = (UniqueConstraint("owner", "name"),)
 
     id: str = Field(default_factory=new_session_id, primary_key=True)
-    name: str = Field(index=True, unique=True)
+    #: Who created it (the authenticated user; "" without authentication).
+    owner: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    name: str
     namespace: str
     target: str  # as given, e.g. "pod/mypod"
     pod: str | None = None  # the resolved pod name
@@ -116,6 +120,7 @@ class SessionRecord(SQLModel, table=True):
     # Observed counters (sums over the port mappings, plus re-dials), flushed periodically.
     connections_total: int = _counter()
     connection_errors: int = _counter()
+    connections_refused: int = _counter()  # over the connection limit (revision 0003)
     bytes_in: int = _counter(big=True)
     bytes_out: int = _counter(big=True)
     reconnects: int = _counter()
@@ -147,5 +152,6 @@ class PortMappingRecord(SQLModel, table=True):
     # Observed counters of this mapping, flushed periodically (revision 0002).
     connections_total: int = _counter()
     connection_errors: int = _counter()
+    connections_refused: int = _counter()
     bytes_in: int = _counter(big=True)
     bytes_out: int = _counter(big=True)

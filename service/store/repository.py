@@ -39,7 +39,7 @@ class StoreError(Exception):
 
 
 class NameConflict(StoreError):
-    """Another session already has this name."""
+    """Another session of the same owner already has this name."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"a session named {name!r} already exists")
@@ -54,6 +54,7 @@ class CounterValues:
     connection_errors: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    connections_refused: int = 0
 
     def columns(self) -> dict[str, int]:
         return {
@@ -61,12 +62,17 @@ class CounterValues:
             "connection_errors": self.connection_errors,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "connections_refused": self.connections_refused,
         }
 
     @classmethod
     def of(cls, record: SessionRecord | PortMappingRecord) -> "CounterValues":
         return cls(
-            record.connections_total, record.connection_errors, record.bytes_in, record.bytes_out
+            record.connections_total,
+            record.connection_errors,
+            record.bytes_in,
+            record.bytes_out,
+            record.connections_refused,
         )
 
 
@@ -113,7 +119,7 @@ class SessionRepository:
     ) -> SessionRecord:
         """Insert a session and its mappings (positions follow ``mappings``' order).
 
-        Raises ``NameConflict`` when ``record.name`` is taken.
+        Raises ``NameConflict`` when ``record.name`` is taken (by the same owner).
         """
         record.mappings = [_mapping_record(record.id, i, m) for i, m in enumerate(mappings)]
         with self._session() as session:
@@ -122,7 +128,7 @@ class SessionRepository:
                 session.commit()
             except IntegrityError:
                 session.rollback()
-                if self.get_by_name(record.name) is not None:
+                if self.get_by_name(record.name, record.owner) is not None:
                     raise NameConflict(record.name) from None
                 raise
             return record
@@ -136,11 +142,11 @@ class SessionRepository:
             )
             return session.exec(statement).unique().first()
 
-    def get_by_name(self, name: str) -> SessionRecord | None:
+    def get_by_name(self, name: str, owner: str = "") -> SessionRecord | None:
         with self._session() as session:
             statement = (
                 select(SessionRecord)
-                .where(SessionRecord.name == name)
+                .where(SessionRecord.name == name, SessionRecord.owner == owner)
                 .options(joinedload(SessionRecord.mappings))  # type: ignore[arg-type]
             )
             return session.exec(statement).unique().first()

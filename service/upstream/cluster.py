@@ -243,13 +243,16 @@ class Cluster:
             raise UpstreamError(f"GET {url} returned a list without items", retryable=False)
         return [item for item in items if isinstance(item, dict)]
 
-    async def _request(self, url: str, path: str, limit: int) -> tuple[int, str, bytes]:
-        """GET ``path`` with get_pod's bounds and error mapping; ``(status, reason, body)``
-        for any HTTP answer (the body cut at ``limit``)."""
+    async def _request(
+        self, url: str, path: str, limit: int, *, method: str = "GET", body: bytes | None = None
+    ) -> tuple[int, str, bytes]:
+        """``method path`` with get_pod's bounds and error mapping; ``(status, reason,
+        body)`` for any HTTP answer (the body cut at ``limit``)."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._fresh_credentials()
-                response = await self._get(path, aiohttp.ClientTimeout(total=self._timeout))
+                timeout = aiohttp.ClientTimeout(total=self._timeout)
+                response = await self._send(method, path, timeout, body)
                 try:
                     body = await _read_bounded(response.content, limit)
                 finally:
@@ -328,6 +331,24 @@ class Cluster:
         if status in (401, 403, 404) or status >= 500 or status in (408, 429):
             text = describe_http_error(status, reason, body)
             raise UpstreamError(f"GET {url}: {text}", status=status)
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` (JSON) to ``path`` and return the object the server answers
+        (TokenReview, SubjectAccessReview: nothing is stored)."""
+        url = self.server + path
+        status, reason, answer = await self._request(
+            url, path, _MAX_POD_BODY, method="POST", body=json.dumps(body).encode()
+        )
+        if not 200 <= status < 300:
+            text = describe_http_error(status, reason, answer)
+            raise UpstreamError(f"POST {url}: {text}", status=status)
+        try:
+            data = json.loads(answer)
+        except ValueError:
+            raise UpstreamError(f"POST {url} returned a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"POST {url} returned an unexpected body")
+        return data
 
     async def ready(self) -> bool:
         """Whether the API server answers ``GET /readyz`` with 200 (a server that does not
@@ -414,7 +435,16 @@ class Cluster:
         return f"{path}/{quote(name, safe='')}" if name else path
 
     async def _get(self, path_query: str, timeout: aiohttp.ClientTimeout) -> Any:
-        """GET ``server + path_query`` the way the generated REST client did: same TLS
+        return await self._send("GET", path_query, timeout)
+
+    async def _send(
+        self,
+        method: str,
+        path_query: str,
+        timeout: aiohttp.ClientTimeout,
+        body: bytes | None = None,
+    ) -> Any:
+        """``method server + path_query`` the way the generated REST client did: same TLS
         context, auth header, proxy settings and ``Accept``/``Content-Type``; unread body."""
         cfg = self._cfg
         if self._session is None:
@@ -436,8 +466,8 @@ class Cluster:
             kwargs["proxy_headers"] = cfg.proxy_headers
         if cfg.tls_server_name:
             kwargs["server_hostname"] = cfg.tls_server_name
-        return await self._session.get(
-            self.server + path_query, headers=headers, timeout=timeout, **kwargs
+        return await self._session.request(
+            method, self.server + path_query, headers=headers, timeout=timeout, data=body, **kwargs
         )
 
     async def upgrade_spdy(

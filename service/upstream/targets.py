@@ -76,7 +76,8 @@ def _valid_name(name: str) -> bool:
     # DNS-1123 subdomain, as Kubernetes requires for the names of all these kinds.
     if not name or len(name) > 253 or name[0] in "-." or name[-1] in "-.":
         return False
-    return all(c.isdigit() or ("a" <= c <= "z") or c in "-." for c in name)
+    # ASCII only: str.isdigit() would take "١٢٣" (Arabic-Indic digits) and "²".
+    return all(("0" <= c <= "9") or ("a" <= c <= "z") or c in "-." for c in name)
 
 
 def _kind(text: str, written: str) -> str:
@@ -96,6 +97,8 @@ def _kind(text: str, written: str) -> str:
 def parse_target(text: str) -> Target:
     """Parse ``NAME`` or ``TYPE/NAME`` (see the module docstring for the kinds)."""
     stripped = text.strip()
+    if stripped != text:
+        raise TargetError(f"target {text!r}: remove the whitespace around it")
     written, slash, name = stripped.partition("/")
     if not slash:
         kind, name = "pod", stripped

@@ -78,7 +78,7 @@ async def running_api(settings: Settings) -> AsyncIterator[Api]:
         await lifespan.__aenter__()
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://podgate.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield Api(app, client, settings)
     finally:
         # Leaving the lifespan stops every session; it must not hang either.

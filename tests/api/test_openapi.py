@@ -134,7 +134,7 @@ async def test_served_document_is_the_rendered_one() -> None:
     """`GET /openapi.json` (what Swagger UI and client generators read) is the same document."""
     app = create_app(Settings())
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://podgate.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         response = await client.get("/openapi.json")
     assert response.status_code == 200
     assert response.json() == json.loads(render())

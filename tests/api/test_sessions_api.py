@@ -195,7 +195,7 @@ async def test_create_binds_before_201_and_forwards(api: Api, echo: EchoServer) 
         "created_at", "ready_since", "ports", "forwarding", "connections_active",
         "connections_total", "connection_errors", "bytes_in", "bytes_out", "reconnects",
         "reconnect", "keepalive_seconds", "connect_wait_seconds", "ttl_seconds",
-        "idle_timeout_seconds", "channel_linger_seconds", "expires_at",
+        "idle_timeout_seconds", "channel_linger_seconds", "expires_at", "connections_refused",
     }  # fmt: skip
     assert re.fullmatch(r"[0-9a-f]{32}", session["id"])
     assert session["name"] == f"echo-{session['id'][:8]}"
@@ -599,25 +599,28 @@ async def test_restart_restores_sessions_on_the_same_ports(
 # -------------------------------------------------------------------------- CORS
 
 
-async def test_cors_preflight_and_simple_request(api: Api) -> None:
+async def test_cors_preflight_and_simple_request_from_a_listed_origin(
+    settings: Settings,
+) -> None:
     origin = "http://frontend.example"
-    preflight = await api.client.options(
-        "/sessions",
-        headers={
-            "Origin": origin,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
-        },
-    )
-    assert preflight.status_code == 200, preflight.text
-    assert preflight.headers["access-control-allow-origin"] in ("*", origin)
-    methods = {m.strip() for m in preflight.headers["access-control-allow-methods"].split(",")}
-    assert {"GET", "POST", "DELETE"} <= methods
-    assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
+    async with running_api(settings.model_copy(update={"cors_origins": [origin]})) as api:
+        preflight = await api.client.options(
+            "/sessions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+        methods = {m.strip() for m in preflight.headers["access-control-allow-methods"].split(",")}
+        assert {"GET", "POST", "DELETE"} <= methods
+        assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
 
-    simple = await api.client.get("/sessions", headers={"Origin": origin})
-    assert simple.status_code == 200
-    assert simple.headers["access-control-allow-origin"] in ("*", origin)
+        simple = await api.client.get("/sessions", headers={"Origin": origin})
+        assert simple.status_code == 200
+        assert simple.headers["access-control-allow-origin"] == origin
 
 
 async def test_restart_with_a_port_taken_meanwhile(settings: Settings, echo: EchoServer) -> None:

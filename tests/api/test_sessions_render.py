@@ -204,7 +204,7 @@ def test_rebinding_changes_the_rendering(make_session: Factory) -> None:
 
 async def test_get_sessions_route(api: Api, echo: EchoServer) -> None:
     for ports in (["0:7000"], ["0:7001", "0:http"]):
-        response = await api.create(ports=ports, connect_wait_seconds=1e-5, ttl_seconds=60)
+        response = await api.create(ports=ports, connect_wait_seconds=0, ttl_seconds=60)
         assert response.status_code == 201, response.text
     response = await api.client.get("/sessions")
     assert response.status_code == 200

@@ -268,19 +268,15 @@ def test_a_peer_that_stops_answering_pings_is_declared_dead(
     try:
         with FreezableRelay(agent.host_port) as relay:
             kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", relay.url)
+            # Below the floors a session may ask for (1 s): the service's own defaults.
+            settings = {"keepalive_seconds": str(keepalive), "max_backoff_seconds": "0.5"}
             with (
-                run_serve(tmp_path / "data", kubeconfig) as serve,
+                run_serve(tmp_path / "data", kubeconfig, settings=settings) as serve,
                 api_client(serve.url) as api,
                 HttpEventStream(serve.url, "/events") as events,
                 explain_on_failure(serve.process, agent.process),
             ):
-                created = create_session(
-                    api,
-                    target="pod/echo",
-                    ports=[f"0:{ECHO_PORT}"],
-                    keepalive_seconds=keepalive,
-                    reconnect={"max_backoff_seconds": 0.5},
-                )
+                created = create_session(api, target="pod/echo", ports=[f"0:{ECHO_PORT}"])
                 sid, local = created["id"], created["ports"][0]["local_port"]
                 events.wait_for(status_of(sid, "ready"), WAIT)
                 assert roundtrip("127.0.0.1", local, b"through the relay", timeout=WAIT).intact
@@ -372,6 +368,7 @@ def test_a_closed_port_while_20_transfer_and_counters_survive_a_restart(
                 "connection_errors": 0,
                 "bytes_in": sent,
                 "bytes_out": sent,
+                "connections_refused": 0,
             }
             dead_counters = final["ports"][1]["counters"]
             assert (dead_counters["connections_total"], dead_counters["connection_errors"]) == (

@@ -99,9 +99,12 @@ class AsgiEventStream:
             "raw_path": path.encode(),
             "query_string": query.encode(),
             "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+            "headers": [
+                (k.lower().encode(), v.encode())
+                for k, v in {"host": "localhost", **(headers or {})}.items()
+            ],
             "client": ("127.0.0.1", 40000),
-            "server": ("podgate.test", 80),
+            "server": ("localhost", 80),
         }
         self.gate = gate
         self.status: int | None = None

@@ -110,9 +110,10 @@ def test_migration_constraints(engine: Engine) -> None:
     assert fk["options"].get("ondelete") == "CASCADE"
     uniques = inspector.get_unique_constraints("port_mappings")
     assert [u["column_names"] for u in uniques] == [["session_id", "position"]]
-    indexes = {ix["name"]: ix for ix in inspector.get_indexes("sessions")}
-    assert indexes["ix_sessions_name"]["unique"]
-    assert indexes["ix_sessions_name"]["column_names"] == ["name"]
+    # Names are unique per owner (revision 0003), not across owners.
+    uniques = inspector.get_unique_constraints("sessions")
+    assert [u["column_names"] for u in uniques] == [["owner", "name"]]
+    assert "ix_sessions_name" not in {ix["name"] for ix in inspector.get_indexes("sessions")}
 
 
 def test_downgrade_to_base_and_up_again(db_url: str, engine: Engine) -> None:

@@ -12,7 +12,6 @@ from service.upstream.targets import Target, TargetError, parse_target
 
 ACCEPTED = [
     ("web", "pod", "web"),
-    ("  web  ", "pod", "web"),
     ("pod/web", "pod", "web"),
     ("po/web", "pod", "web"),
     ("pods/web", "pod", "web"),
@@ -56,6 +55,12 @@ REFUSED = [
     ("deploy/", ['"" is not a valid deployment name']),
     ("", ['"" is not a valid pod name']),
     ("pod/" + "a" * 254, ["is not a valid pod name"]),
+    # ASCII only: str.isdigit() took Arabic-Indic digits and superscripts.
+    ("pod/\u0661\u0662\u0663", ["is not a valid pod name"]),
+    ("pod/web\u00b2", ["is not a valid pod name"]),
+    # Surrounding whitespace is refused, not silently stripped (and then stored).
+    ("  web  ", ["remove the whitespace around it"]),
+    ("pod/web\n", ["remove the whitespace around it"]),
 ]
 
 

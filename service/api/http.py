@@ -1,0 +1,59 @@
+"""uvicorn's h11 protocol with a deadline for every request head (slowloris).
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but waits forever for
+a request head that arrives a byte at a time, or not at all on a fresh connection. Here
+the head of each request must be complete within ``header_timeout`` seconds of the
+connection (or of the first byte after a response); then the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["guarded_h11"]
+
+
+class _GuardedH11Protocol(H11Protocol):
+    header_timeout = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._head_deadline is None:
+            self._arm_head_deadline()  # a new request begins: its head has a deadline
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        self._head_deadline = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded_h11(header_timeout: float) -> type[H11Protocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``."""
+    return type("GuardedH11Protocol", (_GuardedH11Protocol,), {"header_timeout": header_timeout})
