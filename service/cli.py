@@ -15,6 +15,8 @@ from pathlib import Path
 
 from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 
+log = logging.getLogger("podgate")
+
 
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
@@ -85,7 +87,10 @@ async def _run_agent(args: argparse.Namespace) -> int:
 
     from service.agent.demo import demo_dialer
     from service.agent.registry import PodRegistry, RegistryError
-    from service.agent.server import Agent, tls_context
+    from service.agent.server import Agent, AgentAuth, tls_context
+    from service.aio.fds import raise_nofile_limit
+    from service.config import is_loopback
+    from service.tokens import TokenFile, TokenFileError
 
     try:
         registry = PodRegistry.from_sources(args.pod, [Path(p) for p in args.pods])
@@ -95,14 +100,39 @@ async def _run_agent(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.client_ca is not None and args.tls_cert is None:
+        print("error: --client-ca needs TLS (--tls-cert and --tls-key)", file=sys.stderr)
+        return 2
+    tokens = None
+    if args.token_file is not None:
+        try:
+            tokens = TokenFile(Path(args.token_file))
+        except TokenFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    auth = AgentAuth(tokens=tokens, client_certs=args.client_ca is not None)
+    host, port = args.listen
+    if not auth.enabled and not is_loopback(host):
+        print(
+            f"error: refusing to listen on {host} without authentication: anyone who can "
+            "reach it could connect to the pods. Give --client-ca FILE (with --tls-cert) or "
+            "--token-file FILE, or listen on loopback (--listen 127.0.0.1:PORT).",
+            file=sys.stderr,
+        )
+        return 2
     ssl_context = None
     if args.tls_cert is not None:
         try:
-            ssl_context = tls_context(args.tls_cert, args.tls_key)
+            ssl_context = tls_context(
+                args.tls_cert,
+                args.tls_key,
+                client_ca=args.client_ca,
+                client_cert_required=tokens is None,
+            )
         except (OSError, ssl.SSLError) as exc:
-            print(f"error: cannot load the TLS certificate: {exc}", file=sys.stderr)
+            print(f"error: cannot load the TLS files: {exc}", file=sys.stderr)
             return 2
-    host, port = args.listen
+    raise_nofile_limit()
     agent = Agent(
         registry,
         host=host,
@@ -112,6 +142,18 @@ async def _run_agent(args: argparse.Namespace) -> int:
         websocket_tunnel=args.websocket_tunnel,
         ssl_context=ssl_context,
         h2_max_streams=args.h2_max_streams,
+        auth=auth,
+        streaming_idle_timeout=args.streaming_connection_idle_timeout,
+    )
+    log.info(
+        "authentication: %s",
+        " and ".join(
+            [
+                *(["client certificates (--client-ca)"] if auth.client_certs else []),
+                *([f"bearer tokens ({len(tokens)} in {args.token_file})"] if tokens else []),
+            ]
+        )
+        or "none (loopback only)",
     )
     try:
         await agent.start()
@@ -344,6 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
         "http/1.1 the upgrades",
     )
     agent.add_argument("--tls-key", metavar="FILE", help="the PEM private key for --tls-cert")
+    agent.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (the kubelet's --client-ca-file; "
+        "needs --tls-cert)",
+    )
+    agent.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help='bearer tokens, kube-apiserver\'s format: token,user,uid[,"groups"]; without '
+        "--client-ca or --token-file the agent listens on loopback only",
+    )
+    agent.add_argument(
+        "--streaming-connection-idle-timeout",
+        type=float,
+        default=4 * 3600.0,
+        metavar="SECONDS",
+        help="close an upgraded connection with no forwarded connection and no traffic "
+        "from its client for this long (default 4 h, like the kubelet)",
+    )
     agent.set_defaults(func=_run_agent)
 
     serve = sub.add_parser("serve", help="run the REST API and the session runner")

@@ -190,6 +190,12 @@ class PodForwarder(abc.ABC, Generic[E]):
     @abc.abstractmethod
     def _ends(self) -> Collection[E]: ...
 
+    @property
+    def busy(self) -> bool:
+        """Whether any forwarded connection is open (a streaming connection is idle only
+        without one)."""
+        return bool(self._ends())
+
     @abc.abstractmethod
     def _pod_entry(self, end: E) -> PodEntry:
         """The pod ``end`` dials (DialError if there is none)."""

@@ -39,10 +39,12 @@ from service.agent.sessions import (
     WsChannelSession,
     WsTunnelSession,
 )
+from service.aio.fds import near_limit
 from service.aio.sockets import loop_sets_nodelay, set_nodelay
 from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 from service.protocols.wschannel import ChannelServer
 from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
+from service.tokens import TokenFile, bearer_token
 
 log = logging.getLogger("podgate.agent")
 
@@ -68,6 +70,44 @@ _DISCOVERY = {
     "/api": kubeapi.api_versions,
     "/apis": kubeapi.api_group_list,
     "/api/v1": kubeapi.core_v1_resources,
+}
+
+
+#: A connection whose request head has not arrived within this long is closed (slowloris).
+HEADER_TIMEOUT = 30.0
+#: An idle keep-alive connection between two requests is closed after this long.
+KEEPALIVE_TIMEOUT = 90.0
+#: An upgraded connection without a forwarded connection and without a byte from its
+#: client for this long is closed (the kubelet's --streaming-connection-idle-timeout).
+STREAMING_IDLE_TIMEOUT = 4 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAuth:
+    """Who may use the agent: clients with a certificate the TLS context verified
+    (``--client-ca``), or with a bearer token of ``--token-file``; nobody checked when
+    neither is configured (then the agent listens on loopback only, cli.py)."""
+
+    tokens: TokenFile | None = None
+    client_certs: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens is not None or self.client_certs
+
+    def token_ok(self, authorization: str) -> bool:
+        token = bearer_token(authorization)
+        return bool(token) and self.tokens is not None and self.tokens.lookup(token) is not None
+
+
+_UNAUTHORIZED = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "metadata": {},
+    "status": "Failure",
+    "message": "Unauthorized",
+    "reason": "Unauthorized",
+    "code": 401,
 }
 
 
@@ -108,24 +148,73 @@ class AgentConnection(asyncio.Protocol):
         self.session: ClientSession | None = None
         # The first bytes, while they may still be the HTTP/2 preface (None: decided).
         self._preface: bytes | None = b""
+        self.certified = False  # the client presented a certificate the TLS layer verified
+        # One deadline at a time: the request head, the keep-alive idle, the streaming idle.
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for_head = True
+        self._last_activity = 0.0
 
     # asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and near_limit(sock.fileno()):
+            log.warning("refusing a connection: file descriptors run out")
+            self.transport.abort()  # the reserve stays for the connections already open
+            return
         # The loops we run on set TCP_NODELAY on every TCP transport already.
         if not loop_sets_nodelay(asyncio.get_running_loop()):
             set_nodelay(transport)
         self.agent.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
+        self.certified = ssl_object is not None and bool(ssl_object.getpeercert())
+        self._arm(self.agent.header_timeout)
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             self._start_h2(b"", "TLS, ALPN h2")
 
+    def authorized(self, authorization: str) -> bool:
+        """Whether a request with this Authorization header may go on."""
+        auth = self.agent.auth
+        return not auth.enabled or self.certified or auth.token_ok(authorization)
+
+    # deadlines ----------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = asyncio.get_running_loop().call_later(seconds, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.session is None:
+            # No request head in time, or idle between requests: nothing is lost.
+            self.transport.close()
+            return
+        idle_for = asyncio.get_running_loop().time() - self._last_activity
+        timeout = self.agent.streaming_idle_timeout
+        if self.session.busy or idle_for < timeout:
+            self._arm(timeout - idle_for if not self.session.busy else timeout)
+            return
+        log.info("closing a streaming connection idle for %g s", idle_for)
+        self.session.close()
+
+    def _streaming(self) -> None:
+        """Switched to a session: from now on only the streaming idle timeout applies."""
+        self._last_activity = asyncio.get_running_loop().time()
+        self._arm(self.agent.streaming_idle_timeout)
+
     def data_received(self, data: bytes) -> None:
         if self.session is not None:
+            self._last_activity = asyncio.get_running_loop().time()
             self.session.receive(data)
             return
+        if not self._waiting_for_head:
+            self._waiting_for_head = True  # a new request begins: its head has a deadline
+            self._arm(self.agent.header_timeout)
         if self._preface is not None:
             # HTTP/2 with prior knowledge is recognised before h11 sees a byte.
             head = self._preface + data
@@ -161,13 +250,18 @@ class AgentConnection(asyncio.Protocol):
             self.agent.dialer,
             stream_creation_timeout=self.agent.stream_creation_timeout,
             max_concurrent_streams=self.agent.h2_max_streams,
+            authorized=self.authorized,
         )
         self.session = session
+        self._streaming()
         session.start(how)
         if head:
             session.receive(head)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self.agent.connections.discard(self)
         if self.session is not None:
             self.session.close()
@@ -195,6 +289,10 @@ class AgentConnection(asyncio.Protocol):
             if isinstance(event, h11.Request):
                 self.request = event
                 self.body_size = 0
+                self._waiting_for_head = False
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
             elif isinstance(event, h11.Data):
                 self.body_size += len(event.data)
                 if self.body_size > MAX_BODY:
@@ -211,6 +309,8 @@ class AgentConnection(asyncio.Protocol):
                     return
                 if self.session is None:
                     self._next_cycle()
+                else:
+                    self._streaming()
             elif isinstance(event, h11.ConnectionClosed):
                 self.transport.close()
                 return
@@ -224,6 +324,8 @@ class AgentConnection(asyncio.Protocol):
             self.http.start_next_cycle()
         except h11.LocalProtocolError:
             self.transport.close()
+            return
+        self._arm(self.agent.keepalive_timeout)  # idle until the next request begins
 
     def _send(self, reply: HttpReply) -> None:
         assert self.transport is not None
@@ -247,6 +349,11 @@ class AgentConnection(asyncio.Protocol):
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
+        authorization = " ".join(_header_values(list(request.headers), b"authorization"))
+        if not self.authorized(authorization):
+            challenge = [("WWW-Authenticate", 'Bearer realm="podgate-agent"')]
+            self._send(HttpReply.json(401, _UNAUTHORIZED, challenge))
+            return
         for route in _PORTFORWARD_ROUTES:
             match = route.match(path)
             if match:
@@ -395,11 +502,22 @@ class AgentConnection(asyncio.Protocol):
             self.session.receive(bytes(leftover))
 
 
-def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """A server TLS context offering ALPN ``h2`` (→ HTTP/2 pairs) and ``http/1.1``."""
+def tls_context(
+    cert_file: str,
+    key_file: str,
+    *,
+    client_ca: str | None = None,
+    client_cert_required: bool = True,
+) -> ssl.SSLContext:
+    """A server TLS context offering ALPN ``h2`` (→ HTTP/2 pairs) and ``http/1.1``; with
+    ``client_ca``, client certificates are verified against it (the kubelet's
+    ``--client-ca-file``), and required unless bearer tokens may stand in for them."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_file, key_file)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_cert_required else ssl.CERT_OPTIONAL
     return ctx
 
 
@@ -417,8 +535,16 @@ class Agent:
         websocket_tunnel: bool = True,
         ssl_context: ssl.SSLContext | None = None,
         h2_max_streams: int = MAX_CONCURRENT_STREAMS,
+        auth: AgentAuth | None = None,
+        header_timeout: float = HEADER_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        streaming_idle_timeout: float = STREAMING_IDLE_TIMEOUT,
     ) -> None:
         self.registry = registry
+        self.auth = auth or AgentAuth()
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.streaming_idle_timeout = streaming_idle_timeout
         self.host = host
         self.port = port
         self.dialer = dialer or PodDialer()

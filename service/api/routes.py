@@ -37,6 +37,7 @@ from service.runner.policy import PolicyError
 from service.runner.session import ForwardSession
 from service.runner.spec import OPTION_FIELDS, RequestError, SessionRequest, build_request
 from service.runner.supervisor import SessionConflict, SessionLimit, Supervisor
+from service.tokens import bearer_token
 from service.upstream import UpstreamError
 
 router = APIRouter()
@@ -57,16 +58,13 @@ def get_settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-_BEARER = "bearer "
-
 
 async def get_caller(request: Request) -> Caller:
     """Who is asking: `Authorization: Bearer TOKEN`, checked as configured (security.py)."""
     authenticator: Authenticator = request.app.state.authenticator
     if not authenticator.enabled:
         return ANONYMOUS
-    header = request.headers.get("authorization", "")
-    token = header[len(_BEARER) :].strip() if header.lower().startswith(_BEARER) else ""
+    token = bearer_token(request.headers.get("authorization", ""))
     challenge = {"WWW-Authenticate": 'Bearer realm="podgate"'}
     if not token:
         raise ProblemError(

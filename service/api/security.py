@@ -14,16 +14,13 @@ polls does not cost the API server a review per request.
 
 from __future__ import annotations
 
-import csv
-import hmac
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from service.tokens import ADMIN_GROUP, Caller, TokenFile, TokenFileError
 from service.upstream import Cluster, UpstreamError
 
 __all__ = [
@@ -38,81 +35,14 @@ __all__ = [
 
 log = logging.getLogger("podgate.api")
 
-ADMIN_GROUP = "podgate:admin"
 #: How long a TokenReview or SubjectAccessReview answer is reused.
 REVIEW_TTL = 10.0
 #: Answers kept at most (the least recently used go first).
 REVIEW_CACHE_SIZE = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated user (or, without authentication, the one local user)."""
-
-    user: str
-    uid: str = ""
-    groups: tuple[str, ...] = ()
-    #: Sees every session: no authentication is configured, or a member of podgate:admin.
-    sees_all: bool = False
-    #: Authenticated by the cluster (TokenReview): what it may create the cluster says.
-    from_cluster: bool = False
-
-    @property
-    def owner(self) -> str:
-        """What sessions it creates record as their owner."""
-        return self.user
-
-    def may_see(self, owner: str) -> bool:
-        return self.sees_all or owner == self.user
-
-
 #: The caller when no authentication is configured.
 ANONYMOUS = Caller(user="", sees_all=True)
-
-
-def _caller(user: str, uid: str, groups: tuple[str, ...], *, from_cluster: bool = False) -> Caller:
-    return Caller(user, uid, groups, sees_all=ADMIN_GROUP in groups, from_cluster=from_cluster)
-
-
-class TokenFileError(ValueError):
-    """A token file that cannot be used; the message names the line."""
-
-
-class TokenFile:
-    """kube-apiserver's ``--token-auth-file`` format: ``token,user,uid[,"g1,g2,…"]``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._callers: dict[bytes, Caller] = {}
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise TokenFileError(f"cannot read the token file {path}: {exc.strerror}") from None
-        for number, row in enumerate(csv.reader(text.splitlines()), start=1):
-            if not row or not "".join(row).strip() or row[0].startswith("#"):
-                continue
-            if len(row) < 3 or not row[0] or not row[1]:
-                raise TokenFileError(f'{path}:{number}: expected token,user,uid[,"group1,group2"]')
-            groups = (
-                tuple(g.strip() for g in row[3].split(",") if g.strip()) if len(row) > 3 else ()
-            )
-            token = row[0].strip().encode()
-            if token in self._callers:
-                raise TokenFileError(f"{path}:{number}: the token of line {number} is repeated")
-            self._callers[token] = _caller(row[1].strip(), row[2].strip(), groups)
-        if not self._callers:
-            raise TokenFileError(f"the token file {path} has no token")
-
-    def __len__(self) -> int:
-        return len(self._callers)
-
-    def lookup(self, token: str) -> Caller | None:
-        presented = token.encode()
-        found = None
-        for known, caller in self._callers.items():  # every entry: no early exit to time
-            if hmac.compare_digest(known, presented):
-                found = caller
-        return found
 
 
 class _TtlCache:
@@ -158,7 +88,7 @@ class KubernetesReviews:
         caller = None
         if status.get("authenticated"):
             user = status.get("user") or {}
-            caller = _caller(
+            caller = Caller.of(
                 str(user.get("username") or ""),
                 str(user.get("uid") or ""),
                 tuple(str(g) for g in user.get("groups") or ()),

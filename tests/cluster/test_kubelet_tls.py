@@ -10,6 +10,7 @@ right certificate (``node-1``) serves the same requests.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
@@ -92,3 +93,27 @@ def test_the_apiserver_verifies_the_agents_certificate(
     assert "error upgrading connection: error dialing backend" in stderr, kubectl.describe()
     assert X509_ERRORS[case] in stderr, kubectl.describe()
     assert node.agent.returncode is None, node.agent.describe()
+
+
+def test_the_agent_lets_in_only_the_apiservers_client_certificate(
+    cluster: Cluster, tier_node: Node, tmp_path: Path
+) -> None:
+    """The agents run with --client-ca (the kubelet's --client-ca-file): the apiserver's
+    kubelet client certificate gets in (every other test of the tier goes that way), a
+    client without a certificate or with a user's certificate does not."""
+
+    verify = ssl.create_default_context(cafile=str(cluster.pki.kubelet_ca.cert))
+    pod_path = f"/api/v1/namespaces/{TIER_NAMESPACE}/pods/{TIER_POD}"
+    # The handshake fails: no certificate.
+    with httpx.Client(verify=verify, timeout=10) as anonymous, pytest.raises(httpx.TransportError):
+        anonymous.get(f"{tier_node.url}{pod_path}")
+    user = cluster.users["alice"].cert  # signed by the cluster CA, not the kubelet client CA
+    verify.load_cert_chain(str(user.cert), str(user.key))
+    with httpx.Client(verify=verify, timeout=10) as alice, pytest.raises(httpx.TransportError):
+        alice.get(f"{tier_node.url}{pod_path}")
+    apiserver = ssl.create_default_context(cafile=str(cluster.pki.kubelet_ca.cert))
+    client = cluster.pki.kubelet_client
+    apiserver.load_cert_chain(str(client.cert), str(client.key))
+    with httpx.Client(verify=apiserver, timeout=10) as trusted:
+        answer = trusted.get(f"{tier_node.url}{pod_path}")
+    assert answer.status_code == 200, answer.text

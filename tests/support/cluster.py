@@ -175,6 +175,7 @@ class ClusterPki:
     ca: CertificateAuthority  # the apiserver's serving cert, users' client certs
     serving: IssuedCert  # the apiserver's, for 127.0.0.1
     kubelet_ca: CertificateAuthority  # agents' serving certs
+    kubelet_client_ca: CertificateAuthority  # what agents trust for client certs (--client-ca)
     kubelet_client: IssuedCert  # the apiserver's identity toward agents
     service_account_key: Path  # EC P-256 private key: signs SA tokens
     service_account_pub: Path  # its public key: verifies them
@@ -189,7 +190,9 @@ def make_pki(directory: Path) -> ClusterPki:
         ips=["127.0.0.1"],
     )
     kubelet_ca = make_ca(directory / "kubelet-ca", "podgate-test-kubelet-ca")
-    kubelet_client = ca.issue_client(
+    # A CA of its own: the agents trust the apiserver's client certificate, not users'.
+    kubelet_client_ca = make_ca(directory / "kubelet-client-ca", "podgate-test-kubelet-client-ca")
+    kubelet_client = kubelet_client_ca.issue_client(
         directory / "kubelet-client",
         "kube-apiserver-kubelet-client",
         organizations=["system:masters"],
@@ -200,7 +203,9 @@ def make_pki(directory: Path) -> ClusterPki:
         ["pkey", "-in", sa_key, "-pubout", "-out", sa_pub],  # the apiserver wants PUBLIC KEY
     ):
         subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=30)
-    return ClusterPki(directory, ca, serving, kubelet_ca, kubelet_client, sa_key, sa_pub)
+    return ClusterPki(
+        directory, ca, serving, kubelet_ca, kubelet_client_ca, kubelet_client, sa_key, sa_pub
+    )
 
 
 @dataclass(frozen=True)
@@ -763,7 +768,9 @@ class Cluster:
         registry.parent.mkdir(parents=True, exist_ok=True)
         registry.write_text(yaml.safe_dump({"pods": entries}))
         args = [*PODGATE, "agent", "--listen", "127.0.0.1:0", "--pods", str(registry)]
-        args += ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key), *agent_args]
+        args += ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
+        # As a kubelet: only the apiserver's kubelet client certificate gets in.
+        args += ["--client-ca", str(self.pki.kubelet_client_ca.cert), *agent_args]
         agent = self._stack.enter_context(
             ManagedProcess(args, env=podgate_env(), name=f"podgate-agent-{node_name}")
         )

@@ -50,5 +50,9 @@ class ClientSession(Protocol):
     def goaway(self) -> None:
         """Graceful shutdown: accept no new forwarded connections."""
 
+    @property
+    def busy(self) -> bool:
+        """Whether any forwarded connection is open."""
+
     async def wait_drained(self) -> None:
         """Return once no forwarded connection is left."""

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from h2.errors import ErrorCodes
@@ -105,10 +106,13 @@ class H2Session(PairedSession[H2Pair]):
         *,
         stream_creation_timeout: float = 30.0,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        authorized: Callable[[str], bool] = lambda authorization: True,
     ) -> None:
         super().__init__(transport, dialer, stream_creation_timeout)
         self.transport: asyncio.Transport = transport
         self.registry = registry
+        #: Whether a stream's ``authorization`` header is good enough (agent.py AgentAuth).
+        self._authorized = authorized
         self.h2 = H2PairServer(max_concurrent_streams=max_concurrent_streams)
         self._goaway_sent = False
         self._last_stream_id = 0  # highest client stream seen: the GOAWAY last-stream-id
@@ -180,6 +184,9 @@ class H2Session(PairedSession[H2Pair]):
         self._last_stream_id = max(self._last_stream_id, sid)
         if self._goaway_sent:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if not self._authorized(headers.get("authorization", "")):
+            self._reject(sid, PairRequestError(401, "Unauthorized"), event.end_stream)
             return
         if headers.get(":path") == AGENT_PATH and headers.get(":method") == "GET":
             self.h2.answer_agent_query(sid, __version__)

@@ -169,5 +169,9 @@ class WsTunnelSession:
     def goaway(self) -> None:
         self.spdy.goaway()
 
+    @property
+    def busy(self) -> bool:
+        return self.spdy.busy
+
     async def wait_drained(self) -> None:
         await self.spdy.wait_drained()
