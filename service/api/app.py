@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api.guard import RequestGuard
+from service.api.metrics import Metrics
 from service.api.problems import install_problem_handlers
 from service.api.routes import router
 from service.api.security import Authenticator, KubernetesReviews, TokenFile
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
 
     reviews = KubernetesReviews(default_cluster) if settings.auth == "kubernetes" else None
     authenticator = Authenticator(tokens, reviews)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +64,7 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
             events=EventHub(settings.event_buffer_size, settings.event_queue_size),
         )
         app.state.supervisor = supervisor
+        metrics.attach(supervisor)
         await supervisor.start()
         try:
             yield
@@ -82,6 +85,7 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
     app.add_middleware(RequestGuard, settings=settings)
     app.state.settings = settings
     app.state.authenticator = authenticator
+    app.state.metrics = metrics
     install_problem_handlers(app)
     app.include_router(router)
     return app

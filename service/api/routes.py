@@ -13,10 +13,11 @@ from itertools import chain, count
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.sse import format_sse_event
 from starlette.background import BackgroundTask
 
+from service.api.metrics import CONTENT_TYPE
 from service.api.problems import ProblemError, problem_responses
 from service.api.schemas import (
     Counters,
@@ -536,6 +537,25 @@ async def session_events(
     return _event_response(
         supervisor.events, session.spec.id, last_event_id, last_event_id_query, settings, caller
     )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}},
+        **problem_responses(*AUTH_PROBLEMS, 403),
+    },
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request, caller: CallerDep) -> Response:
+    """The text exposition of prometheus-client: per-session and per-port traffic,
+    statuses, dial latency by transport, process metrics. Every session's series: for
+    callers who see every session (members of `podgate:admin`, or no authentication)."""
+    if not caller.sees_all:
+        raise ProblemError(403, "the metrics cover every session: a podgate:admin token is needed")
+    rendered = request.app.state.metrics.render()
+    return Response(rendered, media_type=CONTENT_TYPE)
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")

@@ -63,6 +63,7 @@ class ForwardSession:
         on_change: Callable[[ForwardSession], None],
         on_accept: Callable[[LocalConnection], None] | None = None,
         on_event: EventSink | None = None,
+        on_dialled: Callable[[Transport, float], None] | None = None,
         policy: SessionPolicy | None = None,
     ) -> None:
         self.spec = spec
@@ -72,6 +73,7 @@ class ForwardSession:
         self._on_change = on_change
         self._on_accept = on_accept
         self._on_event = on_event
+        self._on_dialled = on_dialled  # (transport, seconds) of every successful dial
         self.status = SessionStatus.PENDING
         self.last_error: str | None = None
         self.transport: Transport | None = None  # negotiated
@@ -314,7 +316,10 @@ class ForwardSession:
             keepalive=self.policy.keepalive,
             linger=self.policy.channel_linger,
         )
+        started = asyncio.get_running_loop().time()
         link = await DIALERS[self.spec.transport](cluster, self.spec.namespace, pod.name, hooks)
+        if self._on_dialled is not None:
+            self._on_dialled(link.kind, asyncio.get_running_loop().time() - started)
         if self._stopping:
             link.close()
             return None

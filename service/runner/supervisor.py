@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -126,6 +126,8 @@ class Supervisor:
         self.clusters = clusters
         self.settings = settings  # every session's defaults
         self.events = events if events is not None else EventHub()
+        #: Told the transport and duration of every successful dial (metrics).
+        self.on_dialled: Callable[[Transport, float], None] | None = None
         self.sessions: dict[str, ForwardSession] = {}
         self._dirty: set[str] = set()
         self._stored: dict[str, tuple[Any, ...]] = {}  # counters as last written
@@ -148,8 +150,13 @@ class Supervisor:
             self.clusters,
             on_change=self._changed,
             on_event=self._event,
+            on_dialled=self._dialled,
             policy=self.policy(record.options),
         )
+
+    def _dialled(self, transport: Transport, seconds: float) -> None:
+        if self.on_dialled is not None:
+            self.on_dialled(transport, seconds)
 
     def _restore_observed(self, session: ForwardSession, record: SessionRecord) -> None:
         session.reconnects = record.reconnects

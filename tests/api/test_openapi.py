@@ -28,6 +28,8 @@ ROUTES: dict[tuple[str, str], set[str]] = {
     # Issue 5: live events (Server-Sent Events).
     ("get", "/events"): {"200", "422"},
     ("get", "/sessions/{session_id}/events"): {"200", "404", "422"},
+    # Issue 12: Prometheus metrics.
+    ("get", "/metrics"): {"200", "401", "403"},
 }
 
 
