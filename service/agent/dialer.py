@@ -79,11 +79,18 @@ class PodDialer:
 
     async def dial(self, pod: PodEntry, port: int) -> socket.socket:
         """A connected, non-blocking socket to `port` of `pod`, or DialError."""
+        if pod.phase != "Running":
+            # The kubelet's check: only a running pod's network can be entered.
+            raise DialError(f"pod {pod.namespace}/{pod.name} is not running (phase {pod.phase})")
         kind = pod.target.kind
         if kind == "netns":
             return await self._dial_netns(pod.target.location, port)
         if kind == "host":
             return await self._dial_host(pod.target.location, port)
+        if kind == "pod-ip":
+            return await self._dial_ips(pod.target.location.split(","), port)
+        if kind == "none":
+            raise DialError(pod.target.location)
         dial = self.kinds.get(kind)
         if dial is None:
             raise DialError(f"no dialer for pod target {pod.target}")
@@ -125,6 +132,23 @@ class PodDialer:
             f'failed to connect to localhost:{port} inside namespace "{os.path.basename(path)}", '
             f"IPv4: {failures[0]} IPv6 {failures[1]} "
         )
+
+    async def _dial_ips(self, addresses: list[str], port: int) -> socket.socket:
+        """The pod's IPs in order (IPv4 first), as the kubelet would dial them."""
+        failures = []
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            shown = f"[{address}]" if ":" in address else address
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise DialError(f"cannot create a socket: {_go_style(exc)}") from None
+            try:
+                return await self._connect(sock, (address, port))
+            except (OSError, TimeoutError) as exc:
+                net = "tcp6" if ":" in address else "tcp4"
+                failures.append(f"dial {net} {shown}:{port}: connect: {_go_style(exc)}")
+        raise DialError("; ".join(failures) or f"no address to dial port {port}")
 
     async def _dial_host(self, host: str, port: int) -> socket.socket:
         try:

@@ -326,7 +326,14 @@ class PodRegistry:
             self.add_workload(workload)
 
     def add(self, pod: PodEntry) -> None:
+        """Add a pod, or replace the one of that namespace and name."""
         self._pods[pod.key] = pod
+
+    def remove(self, namespace: str, name: str) -> None:
+        self._pods.pop((namespace, name), None)
+
+    def all_pods(self) -> list[PodEntry]:
+        return list(self._pods.values())
 
     def add_service(self, service: ServiceEntry) -> None:
         self._services[service.key] = service

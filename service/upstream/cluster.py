@@ -304,19 +304,31 @@ class Cluster:
         ``(the pod or None, the list's resourceVersion)``. A watch from that version is
         served even when the pod's own version is older than the server's watch cache (after
         an API server restart a watch from it gets 410 Gone)."""
-        query = urlencode({"fieldSelector": f"metadata.name={name}"})
-        url = f"{self.server}/api/v1/namespaces/{namespace}/pods?{query}"
-        data = await self._read_object(
-            "pods", url, self._path("api/v1", namespace, "pods") + "?" + query
-        )
+        items, version = await self.list_pods_raw(namespace, f"metadata.name={name}")
+        pods = [PodInfo.from_json(item) for item in items]
+        return (pods[0] if pods else None), version
+
+    def _pods_path(self, namespace: str | None) -> str:
+        """``/api/v1/namespaces/NS/pods``, or ``/api/v1/pods`` for every namespace."""
+        return "/api/v1/pods" if namespace is None else self._path("api/v1", namespace, "pods")
+
+    async def list_pods_raw(
+        self, namespace: str | None, field_selector: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """LIST the pods of ``namespace`` (None: every namespace) matching
+        ``field_selector``: ``(raw JSON items, the list's resourceVersion)``."""
+        path = self._pods_path(namespace)
+        if field_selector:
+            path += "?" + urlencode({"fieldSelector": field_selector})
+        url = self.server + path
+        data = await self._read_object("pods", url, path, limit=_MAX_LIST_BODY)
         if data is None:
-            return None, ""
+            return [], ""
         items = data.get("items")
         if not isinstance(items, list):
             raise UpstreamError(f"GET {url} returned a list without items", retryable=False)
-        pods = [PodInfo.from_json(item) for item in items if isinstance(item, dict)]
         version = (data.get("metadata") or {}).get("resourceVersion")
-        return (pods[0] if pods else None), str(version or "")
+        return [item for item in items if isinstance(item, dict)], str(version or "")
 
     async def check_portforward(self, namespace: str, pod: str) -> None:
         """GET …/pods/{pod}/portforward without an upgrade: the API server authorizes the
@@ -359,7 +371,7 @@ class Cluster:
             return False
         return status == 200 or (400 <= status < 500 and status not in (408, 429))
 
-    async def watch_pod(
+    def watch_pod(
         self,
         namespace: str,
         name: str,
@@ -367,7 +379,25 @@ class Cluster:
         resource_version: str = "",
         timeout_seconds: int = WATCH_TIMEOUT,
     ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
-        """Watch one pod: ``GET …/pods?watch=true&fieldSelector=metadata.name=NAME``.
+        """Watch one pod: ``GET …/pods?watch=true&fieldSelector=metadata.name=NAME``
+        (see `watch_pods`)."""
+        return self.watch_pods(
+            namespace,
+            f"metadata.name={name}",
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+        )
+
+    async def watch_pods(
+        self,
+        namespace: str | None,
+        field_selector: str = "",
+        *,
+        resource_version: str = "",
+        timeout_seconds: int = WATCH_TIMEOUT,
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """Watch the pods of ``namespace`` (None: every namespace) that match
+        ``field_selector``.
 
         Yields ``(type, object)`` (ADDED, MODIFIED, DELETED, BOOKMARK; raw JSON), from
         ``resource_version`` on when given. Ends when the server ends the watch (after
@@ -380,19 +410,19 @@ class Cluster:
         ``watch.Watch``: that one reads an error answer as events and re-requests forever
         on an empty body; here the status is checked first and nothing is retried.
         """
-        url = f"{self.server}/api/v1/namespaces/{namespace}/pods?watch=true"
+        path = self._pods_path(namespace)
+        url = f"{self.server}{path}?watch=true"
         try:
             async with asyncio.timeout(self._timeout):
                 await self._fresh_credentials()
-                query: dict[str, str] = {
-                    "allowWatchBookmarks": "true",
-                    "fieldSelector": f"metadata.name={name}",
-                }
+                query: dict[str, str] = {"allowWatchBookmarks": "true"}
+                if field_selector:
+                    query["fieldSelector"] = field_selector
                 if resource_version:
                     query["resourceVersion"] = resource_version
                 query |= {"timeoutSeconds": str(timeout_seconds), "watch": "true"}
                 response = await self._get(
-                    self._path("api/v1", namespace, "pods") + "?" + urlencode(query),
+                    path + "?" + urlencode(query),
                     aiohttp.ClientTimeout(
                         sock_connect=self._timeout, sock_read=timeout_seconds + self._timeout
                     ),

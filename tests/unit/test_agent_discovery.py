@@ -1,0 +1,157 @@
+"""`podgate agent --cluster`: registry entries from raw pods, and a pod's network namespace
+found from its UID (on a recorded /proc tree, and on this machine's real /proc with a
+process of a real network namespace moved into a cgroup named after a pod)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.agent.discovery import pod_entry
+from service.agent.netns import NetnsNotFound, find_pod_netns
+from service.agent.registry import PodTarget
+from tests.support.netns import NetNamespace, network_namespace
+
+UID = "1f6c0d2e-7a3b-4c5d-9e8f-0a1b2c3d4e5f"
+
+
+def _pod(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "shop",
+            "name": "web-1",
+            "uid": UID,
+            "labels": {"app": "web"},
+        },
+        "spec": {
+            "containers": [
+                {"name": "a", "ports": [{"containerPort": 8080, "name": "http"}]},
+                {"name": "b", "ports": [{"containerPort": 9090, "protocol": "UDP"}]},
+            ]
+        },
+        "status": status,
+    }
+
+
+def _by_ip(uid: str, ips: list[str]) -> PodTarget | None:
+    return PodTarget("pod-ip", ",".join(ips)) if ips else None
+
+
+def test_a_running_pod_becomes_an_entry_dialled_by_ip_ipv4_first() -> None:
+    entry = pod_entry(
+        _pod(
+            phase="Running",
+            podIPs=[{"ip": "fd00::7"}, {"ip": "10.1.2.7"}],
+            conditions=[{"type": "Ready", "status": "True"}],
+        ),
+        _by_ip,
+    )
+    assert entry is not None
+    assert (entry.namespace, entry.name, entry.uid) == ("shop", "web-1", UID)
+    assert entry.target == PodTarget("pod-ip", "10.1.2.7,fd00::7")
+    assert [(p.container_port, p.name, p.protocol) for p in entry.ports] == [
+        (8080, "http", "TCP"),
+        (9090, None, "UDP"),
+    ]
+    assert entry.labels == {"app": "web"}
+    assert (entry.phase, entry.ready) == ("Running", True)
+
+
+def test_a_pod_without_an_address_or_not_running_is_kept_but_not_dialable() -> None:
+    pending = pod_entry(_pod(phase="Pending"), _by_ip)
+    assert pending is not None
+    assert pending.target.kind == "none" and "has no address yet" in pending.target.location
+    assert (pending.phase, pending.ready) == ("Pending", False)
+    legacy = pod_entry(_pod(phase="Running", podIP="10.1.2.8"), _by_ip)  # no podIPs field
+    assert legacy is not None and legacy.target == PodTarget("pod-ip", "10.1.2.8")
+
+
+def _recorded_proc(tmp_path: Path, processes: dict[int, tuple[str, str]]) -> Path:
+    """A /proc as the agent reads it: PID/cgroup and PID/ns/net (a link), and self."""
+    proc = tmp_path / "proc"
+    for pid, (cgroup, netns) in processes.items():
+        (proc / str(pid) / "ns").mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(cgroup)
+        os.symlink(netns, proc / str(pid) / "ns" / "net")
+    (proc / "self" / "ns").mkdir(parents=True)
+    os.symlink("net:[4026531840]", proc / "self" / "ns" / "net")
+    return proc
+
+
+@pytest.mark.parametrize(
+    "cgroup",
+    [
+        # cgroupfs driver (cgroup v1), the sandbox of a burstable pod
+        f"12:pids:/kubepods/burstable/pod{UID}/3c1f\n1:name=systemd:/kubepods/burstable/pod{UID}/3c1f\n",
+        # systemd driver (cgroup v2): dashes become underscores in the slice name
+        "0::/kubepods.slice/kubepods-besteffort.slice/"
+        f"kubepods-besteffort-pod{UID.replace('-', '_')}.slice/cri-containerd-3c1f.scope\n",
+    ],
+    ids=["cgroupfs", "systemd"],
+)
+def test_the_pods_netns_is_found_from_its_uid(tmp_path: Path, cgroup: str) -> None:
+    proc = _recorded_proc(
+        tmp_path,
+        {
+            1: ("0::/init.scope\n", "net:[4026531840]"),
+            4711: (cgroup, "net:[4026532456]"),
+            4800: (cgroup, "net:[4026532456]"),  # the app container: a later process
+        },
+    )
+    assert find_pod_netns(UID, proc) == str(proc / "4711" / "ns" / "net")
+
+
+def test_a_pod_not_on_this_node_or_on_the_hosts_network_is_not_found(tmp_path: Path) -> None:
+    proc = _recorded_proc(
+        tmp_path,
+        {
+            1: ("0::/init.scope\n", "net:[4026531840]"),
+            900: (f"0::/kubepods/pod{UID}/c\n", "net:[4026531840]"),  # hostNetwork: the node's
+        },
+    )
+    with pytest.raises(NetnsNotFound, match="hostNetwork"):
+        find_pod_netns(UID, proc)
+    with pytest.raises(NetnsNotFound, match="hostPID"):
+        find_pod_netns(str(uuid.uuid4()), proc)
+
+
+@pytest.fixture
+def pod_process() -> Iterator[tuple[str, NetNamespace, int]]:
+    """A process in a real network namespace, moved into a cgroup named like a pod's
+    (cgroupfs layout, on this machine's named systemd hierarchy, as on a node)."""
+    uid = str(uuid.uuid4())
+    hierarchy = Path("/sys/fs/cgroup/systemd")
+    assert hierarchy.is_dir(), "needs a writable cgroup hierarchy (root on Linux)"
+    cgroup = hierarchy / "podgate-test" / "kubepods" / "burstable" / f"pod{uid}" / "sandbox"
+    cgroup.mkdir(parents=True)
+    with network_namespace("podgate-netns-lookup") as ns:
+        # It prints once it runs inside the namespace (`ip netns exec` enters it first).
+        sandbox = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, "sh", "-c", "echo in; exec sleep 60"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert sandbox.stdout is not None and sandbox.stdout.readline() == "in\n"
+            (cgroup / "cgroup.procs").write_text(str(sandbox.pid))
+            yield uid, ns, sandbox.pid
+        finally:
+            sandbox.kill()
+            sandbox.wait()
+            for level in [cgroup, *list(cgroup.parents)[:4]]:
+                level.rmdir()
+
+
+def test_the_netns_of_a_real_process_in_a_pod_cgroup(
+    pod_process: tuple[str, NetNamespace, int],
+) -> None:
+    uid, ns, pid = pod_process
+    found = find_pod_netns(uid)
+    assert found == f"/proc/{pid}/ns/net"
+    assert os.stat(found).st_ino == os.stat(ns.path).st_ino  # the very namespace
