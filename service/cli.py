@@ -18,6 +18,10 @@ from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 log = logging.getLogger("podgate")
 
 
+#: How long `podgate agent --cluster` waits for the first pod list before it listens.
+DISCOVERY_WAIT = 30.0
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
@@ -86,11 +90,15 @@ async def _run_agent(args: argparse.Namespace) -> int:
     import ssl
 
     from service.agent.demo import demo_dialer
+    from service.agent.discovery import PodDiscovery
     from service.agent.registry import PodRegistry, RegistryError
     from service.agent.server import Agent, AgentAuth, tls_context
+    from service.agent.targets import TargetPolicy, TargetPolicyError, service_dialer
     from service.aio.fds import raise_nofile_limit
+    from service.aio.tasks import TaskSet
     from service.config import is_loopback
     from service.tokens import TokenFile, TokenFileError
+    from service.upstream import Cluster, UpstreamError
 
     try:
         registry = PodRegistry.from_sources(args.pod, [Path(p) for p in args.pods])
@@ -133,11 +141,29 @@ async def _run_agent(args: argparse.Namespace) -> int:
             print(f"error: cannot load the TLS files: {exc}", file=sys.stderr)
             return 2
     raise_nofile_limit()
+    try:
+        policy = TargetPolicy(args.allow_target)
+    except TargetPolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    registry.targets = policy
+    cluster = discovery = None
+    if args.cluster:
+        try:
+            cluster = await Cluster.load(args.kubeconfig, args.context)
+        except UpstreamError as exc:
+            print(f"error: --cluster: {exc}", file=sys.stderr)
+            return 1
+        cluster.start_refresh()
+        discovery = PodDiscovery(cluster, registry, node=args.node, dial=args.dial)
+    # `--pod NS/NAME=demo:...` serves the demo pod too; svc: targets are read from the API.
+    dialer = demo_dialer()
+    dialer.kinds = {**dialer.kinds, "svc": service_dialer(cluster, dialer.dial_address)}
     agent = Agent(
         registry,
         host=host,
         port=port,
-        dialer=demo_dialer(),  # `--pod NS/NAME=demo:...` serves the demo pod too
+        dialer=dialer,
         stream_creation_timeout=args.stream_creation_timeout,
         websocket_tunnel=args.websocket_tunnel,
         ssl_context=ssl_context,
@@ -155,15 +181,27 @@ async def _run_agent(args: argparse.Namespace) -> int:
         )
         or "none (loopback only)",
     )
+    tasks = TaskSet()
+    if discovery is not None:
+        tasks.start(discovery.run(), name="pod discovery")
+        try:  # serve a filled registry from the start, if the API server answers soon
+            async with asyncio.timeout(DISCOVERY_WAIT):
+                await discovery.synced.wait()
+        except TimeoutError:
+            log.warning("no pod list from the API server within %g s; serving", DISCOVERY_WAIT)
     try:
         await agent.start()
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        await tasks.close()
         return 1
     _freeze_startup_heap()
     print(f"Listening on {agent.url}", flush=True)
     await _wait_for_signal()
     await agent.shutdown(drain_timeout=args.drain_timeout)
+    await tasks.close()
+    if cluster is not None:
+        await cluster.close()
     return 0
 
 
@@ -196,6 +234,8 @@ async def _run_serve(args: argparse.Namespace) -> int:
         ("max_listeners_per_session", args.max_listeners_per_session),
         ("max_connections_per_session", args.max_connections_per_session),
         ("max_event_subscribers", args.max_event_subscribers),
+        ("default_agent", args.default_agent),
+        ("default_agent_context", args.default_agent_context),
     ):
         if value:
             overrides[key] = value
@@ -398,6 +438,32 @@ def build_parser() -> argparse.ArgumentParser:
         help='bearer tokens, kube-apiserver\'s format: token,user,uid[,"groups"]; without '
         "--client-ca or --token-file the agent listens on loopback only",
     )
+    cluster = agent.add_argument_group("helper agent in a cluster (README: Helper agent)")
+    cluster.add_argument(
+        "--cluster",
+        action="store_true",
+        help="fill the pod registry from the API server (a watch of pods; kubeconfig or "
+        "in-cluster credentials, as serve finds them)",
+    )
+    cluster.add_argument("--kubeconfig", help="kubeconfig path (default $KUBECONFIG, in-cluster)")
+    cluster.add_argument("--context", help="kubeconfig context")
+    cluster.add_argument("--node", metavar="NAME", help="only the pods of this node")
+    cluster.add_argument(
+        "--dial",
+        choices=["pod-ip", "netns"],
+        default="pod-ip",
+        help="pod-ip (default): dial the pods' IPs; netns: enter each pod's network namespace "
+        "on this node (needs hostPID), falling back to its IP",
+    )
+    cluster.add_argument(
+        "--allow-target",
+        action="append",
+        default=[],
+        metavar="svc|CIDR|NAME",
+        help="targets besides pods that clients may name (svc:NAME, ip:ADDRESS, host:NAME): "
+        "svc for Services, a CIDR for addresses in it, a host name (*.domain for its "
+        "subdomains); default: pods only",
+    )
     agent.add_argument(
         "--streaming-connection-idle-timeout",
         type=float,
@@ -424,6 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="also run an in-process agent with a demo pod default/hello and use it as cluster",
+    )
+    serve.add_argument(
+        "--default-agent",
+        metavar="URL",
+        help="a podgate agent that sessions go through unless they say otherwise (via), "
+        "e.g. the helper agent of the cluster serve runs in (PODGATE_DEFAULT_AGENT)",
+    )
+    serve.add_argument(
+        "--default-agent-context",
+        metavar="NAME",
+        help="the kubeconfig context with the default agent's CA and token or client certificate",
     )
     security = serve.add_argument_group("security (README: Security)")
     security.add_argument(

@@ -88,7 +88,7 @@ class PodDialer:
         if kind == "host":
             return await self._dial_host(pod.target.location, port)
         if kind == "pod-ip":
-            return await self._dial_ips(pod.target.location.split(","), port)
+            return await self.dial_addresses(pod.target.location.split(","), port)
         if kind == "none":
             raise DialError(pod.target.location)
         dial = self.kinds.get(kind)
@@ -133,8 +133,12 @@ class PodDialer:
             f"IPv4: {failures[0]} IPv6 {failures[1]} "
         )
 
-    async def _dial_ips(self, addresses: list[str], port: int) -> socket.socket:
-        """The pod's IPs in order (IPv4 first), as the kubelet would dial them."""
+    async def dial_address(self, address: str, port: int) -> socket.socket:
+        """One IP address (a Service's ClusterIP, say), or DialError."""
+        return await self.dial_addresses([address], port)
+
+    async def dial_addresses(self, addresses: list[str], port: int) -> socket.socket:
+        """IP addresses in order (a pod's: IPv4 first, as the kubelet would dial them)."""
         failures = []
         for address in addresses:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET

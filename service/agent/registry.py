@@ -25,9 +25,13 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
+
+
+class TargetLookup(Protocol):
+    def entry(self, namespace: str, name: str) -> PodEntry | None: ...
 
 
 class RegistryError(ValueError):
@@ -316,6 +320,8 @@ class PodRegistry:
         workloads: Iterable[WorkloadEntry] = (),
     ) -> None:
         self._pods: dict[tuple[str, str], PodEntry] = {}
+        #: Makes entries of the targets that are not pods (set by the agent's start-up).
+        self.targets: TargetLookup | None = None
         self._services: dict[tuple[str, str], ServiceEntry] = {}
         self._workloads: dict[tuple[str, str, str], WorkloadEntry] = {}
         for pod in pods:
@@ -357,7 +363,12 @@ class PodRegistry:
         ]
 
     def get(self, namespace: str, name: str) -> PodEntry | None:
-        return self._pods.get((namespace, name))
+        """The pod; or for a ``kind:value`` name (a Service, an address, a host) what the
+        agent's target policy makes of it (agent/targets.py)."""
+        pod = self._pods.get((namespace, name))
+        if pod is None and self.targets is not None:
+            return self.targets.entry(namespace, name)
+        return pod
 
     def in_namespace(self, namespace: str) -> list[PodEntry]:
         return [p for p in self._pods.values() if p.namespace == namespace]
