@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     #: Seconds between keep-alive comments on an idle event stream.
     sse_keepalive_seconds: float = 15.0
 
+    #: A podgate agent (URL) that sessions go through unless they say otherwise (`via`),
+    #: e.g. the helper agent of a cluster podgate serve runs in.
+    default_agent: str = ""
+    #: The kubeconfig context with the default agent's credentials (CA, token or client
+    #: certificate); empty: none.
+    default_agent_context: str = ""
+
     # -------------------------------------------------------------- security (README)
     #: kube-apiserver's static token file (`token,user,uid[,"group1,group2"]`): requests
     #: need `Authorization: Bearer TOKEN`.

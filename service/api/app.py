@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
             clusters,
             settings,
             events=EventHub(settings.event_buffer_size, settings.event_queue_size),
+            agents=clusters.agent,
         )
         app.state.supervisor = supervisor
         metrics.attach(supervisor)

@@ -27,6 +27,7 @@ from service.api.schemas import (
     SessionCreate,
     SessionPublic,
     SessionsPublic,
+    Via,
 )
 from service.api.security import ANONYMOUS, Authenticator, Caller
 from service.config import Settings
@@ -153,11 +154,18 @@ def to_public(session: ForwardSession) -> SessionPublic:
         ttl_seconds=policy.ttl,
         idle_timeout_seconds=policy.idle_timeout,
         channel_linger_seconds=policy.channel_linger,
+        via=Via(agent=spec.via[0], context=spec.via[1]) if spec.via is not None else None,
         expires_at=session.expires_at,
     )
 
 
-def _create_request(body: SessionCreate, caller: Caller) -> SessionRequest:
+def _create_request(body: SessionCreate, caller: Caller, settings: Settings) -> SessionRequest:
+    options = body.model_dump(include=set(OPTION_FIELDS))
+    if body.via is None and settings.default_agent:
+        options["via"] = {
+            "agent": settings.default_agent,
+            "context": settings.default_agent_context or None,
+        }
     try:
         return build_request(
             body.namespace,
@@ -167,7 +175,7 @@ def _create_request(body: SessionCreate, caller: Caller) -> SessionRequest:
             name=body.name,
             context=body.context,
             transport=body.transport,
-            options=body.model_dump(include=set(OPTION_FIELDS)),
+            options=options,
             owner=caller.owner,
         )
     except RequestError as exc:
@@ -187,6 +195,7 @@ def _create_request(body: SessionCreate, caller: Caller) -> SessionRequest:
 async def create_session(
     body: SessionCreate,
     supervisor: SupervisorDep,
+    settings: SettingsDep,
     response: Response,
     caller: CallerDep,
     request: Request,
@@ -203,13 +212,13 @@ async def create_session(
             403,
             f'user "{caller.user}" may not {missing}, which port-forwarding needs',
         )
-    if caller.from_cluster and body.context:
+    if caller.from_cluster and (body.context or body.via):
         raise ProblemError(
             403,
-            "with --auth kubernetes a session uses the cluster that authenticated its caller: "
-            "leave out context",
+            "with --auth kubernetes a session uses the cluster that authenticated its caller "
+            "(and the service's default agent, if any): leave out context and via",
         )
-    session_request = _create_request(body, caller)
+    session_request = _create_request(body, caller, settings)
     try:
         session, created = await supervisor.create(session_request)
     except ListenError as exc:

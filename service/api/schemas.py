@@ -35,6 +35,27 @@ class ReconnectPolicy(BaseModel):
     )
 
 
+class Via(BaseModel):
+    """Go through a podgate agent instead of the cluster's API server and kubelets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="The agent's URL (`https://` with TLS: ALPN h2, or `http://`: h2c).",
+        examples=["https://podgate-agent.podgate.svc:10250"],
+    )
+    context: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="A kubeconfig context of the service describing the agent: its CA and "
+        "a token or client certificate.",
+    )
+
+
 class SessionCreate(BaseModel):
     """A forward session to create; `ports` use `oc port-forward` syntax."""
 
@@ -57,7 +78,8 @@ class SessionCreate(BaseModel):
     target: str = Field(
         min_length=1,
         max_length=300,
-        description="`NAME`, `pod/NAME`, `svc/NAME`, `deploy/NAME`, `sts/NAME` or `rs/NAME`.",
+        description="`NAME`, `pod/NAME`, `svc/NAME`, `deploy/NAME`, `sts/NAME` or `rs/NAME`; "
+        "through an agent also `ip/ADDRESS` and `host/NAME`.",
         examples=["pod/hello"],
     )
     ports: list[str] = Field(
@@ -118,6 +140,13 @@ class SessionCreate(BaseModel):
         ge=1,
         le=10 * 365 * 86400,
         description="Stop the session once it has had no open local connection for this long.",
+    )
+    via: Via | None = Field(
+        default=None,
+        description="Through a podgate agent (a helper agent in the cluster): pods are "
+        "dialled by the agent (transport `h2` unless another is given), and `svc/`, "
+        "`ip/` and `host/` targets are dialled by the agent itself. Null: the service's "
+        "default agent, if it has one, else the cluster.",
     )
     channel_linger_seconds: float | None = Field(
         default=None,
@@ -192,6 +221,7 @@ class SessionPublic(BaseModel):
     ttl_seconds: float | None
     idle_timeout_seconds: float | None
     channel_linger_seconds: float
+    via: Via | None = Field(description="The podgate agent it goes through, if any.")
     expires_at: datetime | None = Field(description="When the TTL stops the session, if set.")
 
 

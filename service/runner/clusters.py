@@ -1,4 +1,5 @@
-"""Clusters by kubeconfig context, loaded once and shared by the sessions that use them."""
+"""Clusters by kubeconfig context, loaded once and shared by the sessions that use them;
+and the helper agents sessions go through (``via``), by URL and credentials context."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class ClusterPool:
         self.kubeconfig = kubeconfig or None
         self.default_context = default_context or None
         self._clusters: dict[str | None, Cluster] = {}
+        self._agents: dict[tuple[str, str | None], Cluster] = {}
         self._lock = asyncio.Lock()
 
     async def __call__(self, context: str | None) -> Cluster:
@@ -30,7 +32,21 @@ class ClusterPool:
                 self._clusters[key] = cluster
             return cluster
 
+    async def agent(self, url: str, context: str | None) -> Cluster:
+        """The agent at ``url``, dialled with the credentials of kubeconfig ``context``
+        (a context describing the agent: its CA, a token or a client certificate; None:
+        none)."""
+        key = (url, context or None)
+        agent = self._agents.get(key)
+        if agent is None:
+            credentials = await Cluster.load(self.kubeconfig, context) if context else None
+            agent = self._agents.setdefault(key, Cluster.for_agent(url, credentials))
+        return agent
+
     async def close(self) -> None:
+        for agent in self._agents.values():
+            await agent.close()
+        self._agents = {}
         clusters, self._clusters = list(self._clusters.values()), {}
         for cluster in clusters:
             await cluster.close()

@@ -40,9 +40,9 @@ from service.runner.podwatch import wait_until_gone
 from service.runner.recovery import cluster_recovery
 from service.runner.spec import SessionPolicy, SessionSpec
 from service.upstream import Cluster, PodInfo, UpstreamError, resolve_target
-from service.upstream.targets import parse_target
+from service.upstream.targets import AGENT_KINDS, parse_target
 
-__all__ = ["ClusterSource", "EventSink", "ForwardSession"]
+__all__ = ["AgentSource", "ClusterSource", "EventSink", "ForwardSession"]
 
 log = logging.getLogger("podgate.runner")
 
@@ -50,6 +50,12 @@ log = logging.getLogger("podgate.runner")
 ClusterSource = Callable[[str | None], Awaitable[Cluster]]
 #: Receives (session, event type, event data) for the live event stream.
 EventSink = Callable[["ForwardSession", str, dict[str, Any]], None]
+#: Gives the agent to dial for (URL, credentials context) of a session's ``via``.
+AgentSource = Callable[[str, str | None], Awaitable[Cluster]]
+
+
+async def _no_agents(url: str, context: str | None) -> Cluster:
+    return Cluster.for_agent(url)
 
 
 class ForwardSession:
@@ -64,6 +70,7 @@ class ForwardSession:
         on_accept: Callable[[LocalConnection], None] | None = None,
         on_event: EventSink | None = None,
         on_dialled: Callable[[Transport, float], None] | None = None,
+        agents: AgentSource | None = None,
         policy: SessionPolicy | None = None,
     ) -> None:
         self.spec = spec
@@ -74,6 +81,7 @@ class ForwardSession:
         self._on_accept = on_accept
         self._on_event = on_event
         self._on_dialled = on_dialled  # (transport, seconds) of every successful dial
+        self._agents = agents or _no_agents
         self.status = SessionStatus.PENDING
         self.last_error: str | None = None
         self.transport: Transport | None = None  # negotiated
@@ -262,11 +270,12 @@ class ForwardSession:
             self._lost_at = asyncio.get_running_loop().time()
             self._set(SessionStatus.RECONNECTING, reason)
 
-    async def _while_ready(self, cluster: Cluster, pod: PodInfo) -> None:
-        """Wait for the link to be lost, watching the pod meanwhile."""
+    async def _while_ready(self, cluster: Cluster, pod: PodInfo | None) -> None:
+        """Wait for the link to be lost, watching the pod (if there is one) meanwhile."""
         link = self._link
         watcher: asyncio.Task[None] | None = None
-        if self.policy.pod_poll_interval > 0 and link is not None and self._tasks is not None:
+        watch = pod is not None and self.policy.pod_poll_interval > 0
+        if watch and pod is not None and link is not None and self._tasks is not None:
             watcher = self._tasks.create_task(
                 self._watch_pod(cluster, pod, link), name=f"session {self.spec.name}: pod watch"
             )
@@ -299,16 +308,25 @@ class ForwardSession:
         else:
             link.fail(change.reason)  # reported through _lost
 
-    async def _dial(self) -> tuple[Cluster, PodInfo] | None:
+    async def _dial(self) -> tuple[Cluster, PodInfo | None] | None:
+        via = self.spec.via
         cluster = self._cluster_seen = await self._cluster(self.spec.context)
-        # Resolved on every dial: a Service or Deployment may point at another pod by now.
-        resolution = await resolve_target(
-            cluster, self.spec.namespace, self.target, self.spec.mappings
-        )
-        pod = resolution.pod
+        upstream = cluster if via is None else await self._agents(*via)
         previous_pod = self.pod
-        self.pod = pod.name
-        self.remote_ports = [m.remote_port for m in resolution.mappings]
+        pod: PodInfo | None = None
+        if via is not None and self.target.kind in AGENT_KINDS:
+            # The agent dials the Service, address or host itself (like krelay).
+            name = self.target.agent_name
+            self.pod = None
+            self.remote_ports = [m.remote_port for m in self.spec.mappings]
+        else:
+            # Resolved on every dial: a Service or Deployment may point at another pod.
+            resolution = await resolve_target(
+                cluster, self.spec.namespace, self.target, self.spec.mappings
+            )
+            pod = resolution.pod
+            name = self.pod = pod.name
+            self.remote_ports = [m.remote_port for m in resolution.mappings]
         self._link_lost.clear()
         hooks = LinkHooks(
             on_lost=self._lost,
@@ -317,7 +335,7 @@ class ForwardSession:
             linger=self.policy.channel_linger,
         )
         started = asyncio.get_running_loop().time()
-        link = await DIALERS[self.spec.transport](cluster, self.spec.namespace, pod.name, hooks)
+        link = await DIALERS[self.spec.transport](upstream, self.spec.namespace, name, hooks)
         if self._on_dialled is not None:
             self._on_dialled(link.kind, asyncio.get_running_loop().time() - started)
         if self._stopping:
@@ -342,7 +360,7 @@ class ForwardSession:
             self._emit(
                 "reconnect",
                 reconnects=self.reconnects,
-                pod=pod.name,
+                pod=self.pod,
                 previous_pod=previous_pod,
                 transport=link.kind,
                 outage_seconds=outage,

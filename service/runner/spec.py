@@ -22,7 +22,7 @@ from service.ports import (
     parse_port_specs,
     require_local_port_for_names,
 )
-from service.upstream.targets import TargetError, parse_target
+from service.upstream.targets import AGENT_KINDS, TargetError, parse_target
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -47,6 +47,7 @@ OPTION_FIELDS = frozenset(
         "ttl_seconds",
         "idle_timeout_seconds",
         "channel_linger_seconds",
+        "via",
     }
 )
 
@@ -70,6 +71,8 @@ class SessionSpec:
     transport: Transport
     created_at: datetime
     owner: str = ""  # who created it ("" without authentication)
+    #: A podgate agent to dial instead of the cluster: (URL, credentials context).
+    via: tuple[str, str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ class SessionRequest:
             transport=self.transport,
             created_at=created_at,
             owner=self.owner,
+            via=_via_pair(self.options.get("via")),
         )
 
     def same_as(self, record: SessionRecord) -> bool:
@@ -134,13 +138,24 @@ def build_request(
     owner: str = "",
 ) -> SessionRequest:
     """Check a request as a person wrote it; `RequestError` names what is wrong."""
+    normalized = normalize_options(options)
     try:
-        parse_target(target)
+        kind = parse_target(target).kind
         mappings = parse_port_specs(ports, allow_names=True)
         require_local_port_for_names(mappings)
         parse_listen_addresses(addresses)
     except (TargetError, PortSpecError, ListenAddressError) as exc:
         raise RequestError(str(exc)) from None
+    if kind in ("ip", "host") and normalized["via"] is None:
+        raise RequestError(f'target "{target}": {kind}/ targets go through a podgate agent (via)')
+    if normalized["via"] is not None and kind in AGENT_KINDS:
+        named = [m.spec for m in mappings if m.remote_name]
+        if named:
+            raise RequestError(
+                f"the agent dials {target} itself: give its port as a number, not {named[0]}"
+            )
+    if normalized["via"] is not None and transport == Transport.AUTO:
+        transport = Transport.H2  # podgate's own link is the fast path to an agent
     return SessionRequest(
         namespace=namespace,
         target=target,
@@ -149,7 +164,7 @@ def build_request(
         name=name,
         context=context,
         transport=Transport(transport),
-        options=normalize_options(options),
+        options=normalized,
         owner=owner,
     )
 
@@ -174,7 +189,15 @@ def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         "ttl_seconds": options.get("ttl_seconds"),
         "idle_timeout_seconds": options.get("idle_timeout_seconds"),
         "channel_linger_seconds": options.get("channel_linger_seconds"),
+        "via": _normalize_via(options.get("via")),
     }
+
+
+def _normalize_via(via: Any) -> dict[str, Any] | None:
+    """``{"agent": URL, "context": NAME | None}`` or None (dial the cluster itself)."""
+    if not via:
+        return None
+    return {"agent": str(via["agent"]).rstrip("/"), "context": via.get("context") or None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +235,10 @@ class SessionPolicy:
             pod_watch_timeout=settings.pod_watch_timeout_seconds,
             max_connections=settings.max_connections_per_session,
         )
+
+
+def _via_pair(via: dict[str, Any] | None) -> tuple[str, str | None] | None:
+    return None if via is None else (via["agent"], via["context"])
 
 
 def _or(value: Any, default: float) -> float:

@@ -30,7 +30,7 @@ from service.runner.events import EventHub
 from service.runner.listeners import ListenError
 from service.runner.local import TrafficCounters
 from service.runner.policy import PolicyError, check_listeners
-from service.runner.session import ClusterSource, ForwardSession
+from service.runner.session import AgentSource, ClusterSource, ForwardSession
 from service.runner.spec import SessionPolicy, SessionRequest, normalize_options
 from service.store import (
     CounterValues,
@@ -121,9 +121,11 @@ class Supervisor:
         settings: Settings,
         *,
         events: EventHub | None = None,
+        agents: AgentSource | None = None,
     ) -> None:
         self.repository = repository
         self.clusters = clusters
+        self.agents = agents  # the helper agents of sessions that go through one (via)
         self.settings = settings  # every session's defaults
         self.events = events if events is not None else EventHub()
         #: Told the transport and duration of every successful dial (metrics).
@@ -151,6 +153,7 @@ class Supervisor:
             on_change=self._changed,
             on_event=self._event,
             on_dialled=self._dialled,
+            agents=self.agents,
             policy=self.policy(record.options),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import functools
 import json
@@ -164,6 +165,20 @@ class Cluster:
             ) from exc
         return cls(cfg, None, source="in-cluster service account")
 
+    @classmethod
+    def for_agent(cls, url: str, credentials: Cluster | None = None) -> Cluster:
+        """A `podgate agent` at ``url`` as a dial target, with the credentials (token or
+        client certificate) and certificate authority of ``credentials`` (a kubeconfig
+        context describing the agent), or none."""
+        if credentials is not None:
+            cfg = copy.copy(credentials.configuration)
+            cfg.api_key = dict(cfg.api_key)
+            loader, source = credentials._loader, f"agent {url} ({credentials.source})"
+        else:
+            cfg, loader, source = Configuration(), None, f"agent {url}"
+        cfg.host = url.rstrip("/")
+        return cls(cfg, loader, source=source)
+
     # ------------------------------------------------------------------ properties
 
     @property
@@ -206,6 +221,13 @@ class Cluster:
         url = f"{self.server}/api/v1/namespaces/{namespace}/services/{name}"
         return await self._read_object(
             "services", url, self._path("api/v1", namespace, "services", name)
+        )
+
+    async def get_endpoints(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """GET the Endpoints of a Service (raw JSON); None when they do not exist."""
+        url = f"{self.server}/api/v1/namespaces/{namespace}/endpoints/{name}"
+        return await self._read_object(
+            "endpoints", url, self._path("api/v1", namespace, "endpoints", name)
         )
 
     async def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

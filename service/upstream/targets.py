@@ -7,6 +7,7 @@ Accepted, as ``kubectl port-forward`` accepts them (kinds are case-insensitive):
     deploy/NAME, deployment/NAME, deployments/NAME     a Deployment (apps/v1)
     sts/NAME, statefulset/NAME, statefulsets/NAME      a StatefulSet (apps/v1)
     rs/NAME, replicaset/NAME, replicasets/NAME         a ReplicaSet (apps/v1)
+    ip/ADDRESS, host/NAME                              an address, through a podgate agent
 
 A kind may carry its API group (and version) as kubectl accepts it: ``deployment.apps/NAME``,
 ``deployment.v1.apps/NAME``, ``service.v1./NAME``. :func:`service.upstream.resolve.resolve_target`
@@ -15,10 +16,11 @@ turns a :class:`Target` into the pod to dial.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Target", "TargetError", "parse_target"]
+__all__ = ["AGENT_KINDS", "KINDS", "Target", "TargetError", "parse_target"]
 
 #: The canonical kinds, with the API group each lives in ("" is the core group).
 KINDS: dict[str, str] = {
@@ -27,7 +29,12 @@ KINDS: dict[str, str] = {
     "deployment": "apps",
     "statefulset": "apps",
     "replicaset": "apps",
+    "ip": "",
+    "host": "",
 }
+#: Kinds a podgate agent dials itself when a session goes through one (``via``): a
+#: Service (at its ClusterIP, like krelay), an IP address, a host name.
+AGENT_KINDS = frozenset({"service", "ip", "host"})
 
 _ALIASES: dict[str, str] = {
     "po": "pod",
@@ -45,11 +52,13 @@ _ALIASES: dict[str, str] = {
     "rs": "replicaset",
     "replicaset": "replicaset",
     "replicasets": "replicaset",
+    "ip": "ip",
+    "host": "host",
 }
 
 _ACCEPTED = (
     "NAME, pod/NAME, svc/NAME (service), deploy/NAME (deployment), "
-    "sts/NAME (statefulset) or rs/NAME (replicaset)"
+    "sts/NAME (statefulset), rs/NAME (replicaset), or through an agent ip/ADDRESS or host/NAME"
 )
 
 
@@ -70,6 +79,12 @@ class Target:
     @property
     def is_pod(self) -> bool:
         return self.kind == "pod"
+
+    @property
+    def agent_name(self) -> str:
+        """How a podgate agent is asked for it in place of a pod name (``svc:web``,
+        ``ip:10.0.0.7``, ``host:db.example.com``; a ':' is in no pod name)."""
+        return f"{'svc' if self.kind == 'service' else self.kind}:{self.name}"
 
 
 def _valid_name(name: str) -> bool:
@@ -108,6 +123,11 @@ def parse_target(text: str) -> Target:
         kind = _kind(text, written)
     if "/" in name:
         raise TargetError(f'target "{text}": expected TYPE/NAME with one "/"; use {_ACCEPTED}')
+    if kind == "ip":
+        try:
+            return Target(kind, str(ipaddress.ip_address(name)))
+        except ValueError:
+            raise TargetError(f'target "{text}": "{name}" is not an IP address') from None
     if not _valid_name(name):
         raise TargetError(
             f'target "{text}": "{name}" is not a valid {kind} name '

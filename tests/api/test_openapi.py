@@ -98,6 +98,8 @@ def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> N
         "idle_timeout_seconds",
         # issue 13: the ws-channel linger
         "channel_linger_seconds",
+        # issue 14: through a helper agent
+        "via",
     } == set(create["properties"])  # fmt: skip
     assert set(schemas["ReconnectPolicy"]["properties"]) == {
         "enabled", "max_attempts", "max_backoff_seconds",
