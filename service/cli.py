@@ -90,7 +90,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
     import ssl
 
     from service.agent.demo import demo_dialer
-    from service.agent.discovery import PodDiscovery
+    from service.agent.discovery import PodDiscovery, netns_dialer
     from service.agent.registry import PodRegistry, RegistryError
     from service.agent.server import Agent, AgentAuth, tls_context
     from service.agent.targets import TargetPolicy, TargetPolicyError, service_dialer
@@ -158,7 +158,11 @@ async def _run_agent(args: argparse.Namespace) -> int:
         discovery = PodDiscovery(cluster, registry, node=args.node, dial=args.dial)
     # `--pod NS/NAME=demo:...` serves the demo pod too; svc: targets are read from the API.
     dialer = demo_dialer()
-    dialer.kinds = {**dialer.kinds, "svc": service_dialer(cluster, dialer.dial_address)}
+    dialer.kinds = {
+        **dialer.kinds,
+        "svc": service_dialer(cluster, dialer.dial_address),
+        "pod-netns": netns_dialer(dialer),
+    }
     agent = Agent(
         registry,
         host=host,
@@ -236,6 +240,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
         ("max_event_subscribers", args.max_event_subscribers),
         ("default_agent", args.default_agent),
         ("default_agent_context", args.default_agent_context),
+        ("agent_kubeconfig", args.agent_kubeconfig),
     ):
         if value:
             overrides[key] = value
@@ -501,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-agent-context",
         metavar="NAME",
         help="the kubeconfig context with the default agent's CA and token or client certificate",
+    )
+    serve.add_argument(
+        "--agent-kubeconfig",
+        metavar="FILE",
+        help="the kubeconfig whose contexts describe agents (default: --kubeconfig's)",
     )
     security = serve.add_argument_group("security (README: Security)")
     security.add_argument(

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     #: The kubeconfig context with the default agent's credentials (CA, token or client
     #: certificate); empty: none.
     default_agent_context: str = ""
+    #: The kubeconfig whose contexts describe agents (`via.context`, the default agent's);
+    #: empty: the service's kubeconfig. In a cluster, serve itself uses in-cluster config
+    #: and a mounted kubeconfig for the agent (deploy/kubernetes/agent/).
+    agent_kubeconfig: str = ""
 
     # -------------------------------------------------------------- security (README)
     #: kube-apiserver's static token file (`token,user,uid[,"group1,group2"]`): requests

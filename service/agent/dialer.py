@@ -84,11 +84,11 @@ class PodDialer:
             raise DialError(f"pod {pod.namespace}/{pod.name} is not running (phase {pod.phase})")
         kind = pod.target.kind
         if kind == "netns":
-            return await self._dial_netns(pod.target.location, port)
+            return await self.dial_netns(pod.target.location, port)
         if kind == "host":
             return await self._dial_host(pod.target.location, port)
         if kind == "pod-ip":
-            return await self.dial_addresses(pod.target.location.split(","), port)
+            return await self.dial_addresses(list(pod.addresses), port)
         if kind == "none":
             raise DialError(pod.target.location)
         dial = self.kinds.get(kind)
@@ -107,7 +107,8 @@ class PodDialer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
-    async def _dial_netns(self, path: str, port: int) -> socket.socket:
+    async def dial_netns(self, path: str, port: int) -> socket.socket:
+        """`localhost:PORT` inside the network namespace at ``path``, or DialError."""
         loop = asyncio.get_running_loop()
         failures: list[str] = []
         for family, addr, net in (

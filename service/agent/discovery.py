@@ -3,13 +3,14 @@
 Like client-go's reflector: list the pods (every namespace, or those on ``--node``), then
 watch from the list's resourceVersion; on 410 Gone or a broken watch, list again, with a
 growing delay while errors repeat. Each pod becomes a registry entry with its ports,
-labels, phase and readiness, and where to dial it:
+labels, phase, readiness and IPs, and where to dial it:
 
 - ``--dial pod-ip``: its ``status.podIPs`` (IPv4 first), for an agent that runs anywhere
   in the cluster (a Deployment);
-- ``--dial netns``: its network namespace on this node, found from its UID
-  (``netns.py``), for an agent that runs on every node with ``hostPID`` (a DaemonSet); a
-  pod whose namespace cannot be found is dialled by IP, and the reason is logged.
+- ``--dial netns``: its network namespace on this node, found from its UID when a
+  connection is dialled (``netns.py``; a sandbox that restarts has a new PID), for an
+  agent that runs on every node with ``hostPID`` (a DaemonSet); a pod whose namespace
+  cannot be found is dialled by IP, and the reason is logged.
 
 Pods that are not Running stay in the registry (GET pod shows their phase) but are not
 dialled (``dialer.py``).
@@ -20,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from service.agent.netns import NetnsNotFound, find_pod_netns
+from service.agent.dialer import DialError, DialFunction, PodDialer
+from service.agent.netns import NetnsNotFound, find_pod_netns, names_pod
 from service.agent.registry import ContainerPort, PodEntry, PodRegistry, PodTarget
 from service.upstream import Cluster, UpstreamError, WatchExpired, WatchRefused
 
-__all__ = ["DialMode", "PodDiscovery", "pod_entry"]
+__all__ = ["DialMode", "PodDiscovery", "netns_dialer", "pod_entry"]
 
 log = logging.getLogger("podgate.agent")
 
@@ -51,10 +53,8 @@ def _ips(status: dict[str, Any]) -> list[str]:
     return sorted(found, key=lambda ip: ":" in ip)  # IPv4 first, like the kubelet's dial
 
 
-def pod_entry(
-    pod: dict[str, Any], target: Callable[[str, list[str]], PodTarget | None]
-) -> PodEntry | None:
-    """A registry entry for a raw pod; ``target(uid, ips)`` says where to dial it."""
+def pod_entry(pod: dict[str, Any], dial: DialMode = "pod-ip") -> PodEntry | None:
+    """A registry entry for a raw pod, dialled as ``dial`` says."""
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -72,17 +72,57 @@ def pod_entry(
                     )
                 )
     phase = str(status.get("phase") or "Unknown")
-    where = target(uid, _ips(status))
+    ips = _ips(status)
+    if dial == "netns":
+        where = PodTarget("pod-netns", uid)
+    elif ips:
+        where = PodTarget("pod-ip", ",".join(ips))
+    else:
+        where = PodTarget("none", f"pod {namespace}/{name} has no address yet")
     return PodEntry(
         namespace=namespace,
         name=name,
-        target=where or PodTarget("none", f"pod {namespace}/{name} has no address yet"),
+        target=where,
         uid=uid,
         ports=tuple(ports),
         labels={str(k): str(v) for k, v in (metadata.get("labels") or {}).items()},
         phase=phase,
         ready=phase == "Running" and _ready(status),
+        addresses=tuple(ips),
     )
+
+
+def netns_dialer(dialer: PodDialer, proc: Path = Path("/proc")) -> DialFunction:
+    """The dial function of ``pod-netns`` targets: inside the pod's network namespace,
+    found from its UID under ``proc``, else its IPs (the reason logged once per pod)."""
+    known: dict[str, str] = {}  # uid -> /proc/PID/ns/net, rechecked before each use
+    fallbacks: set[str] = set()
+
+    def lookup(uid: str) -> str:
+        path = known.get(uid)
+        if path is not None and names_pod(Path(path).parent.parent, uid):
+            return path
+        if len(known) > 4096:
+            known.clear()  # bounded: pods come and go for months
+        known[uid] = path = find_pod_netns(uid, proc)
+        return path
+
+    async def dial(pod: PodEntry, port: int) -> socket.socket:
+        try:
+            path = await asyncio.get_running_loop().run_in_executor(None, lookup, pod.uid)
+        except NetnsNotFound as exc:
+            known.pop(pod.uid, None)
+            if not pod.addresses:
+                raise DialError(
+                    f"pod {pod.namespace}/{pod.name}: {exc}, and it has no IP"
+                ) from None
+            if pod.uid not in fallbacks:
+                fallbacks.add(pod.uid)
+                log.warning("pod %s/%s: %s; dialling its IP", pod.namespace, pod.name, exc)
+            return await dialer.dial_addresses(list(pod.addresses), port)
+        return await dialer.dial_netns(path, port)
+
+    return dial
 
 
 class PodDiscovery:
@@ -95,31 +135,18 @@ class PodDiscovery:
         *,
         node: str | None = None,
         dial: DialMode = "pod-ip",
-        proc: Path = Path("/proc"),
         watch_timeout: int = WATCH_TIMEOUT,
     ) -> None:
         self.cluster = cluster
         self.registry = registry
         self.node = node
         self.dial = dial
-        self.proc = proc
         self.watch_timeout = watch_timeout
         self.synced = asyncio.Event()  # set once the first list is in the registry
-        self._fallbacks: set[str] = set()  # pods whose netns lookup failed (logged once)
 
     @property
     def field_selector(self) -> str:
         return f"spec.nodeName={self.node}" if self.node else ""
-
-    def _target(self, uid: str, ips: list[str]) -> PodTarget | None:
-        if self.dial == "netns":
-            try:
-                return PodTarget("netns", find_pod_netns(uid, self.proc))
-            except NetnsNotFound as exc:
-                if uid not in self._fallbacks:
-                    self._fallbacks.add(uid)
-                    log.warning("pod %s: %s; dialling its IP instead", uid, exc)
-        return PodTarget("pod-ip", ",".join(ips)) if ips else None
 
     def _apply(self, kind: str, pod: dict[str, Any]) -> None:
         metadata = pod.get("metadata") or {}
@@ -127,7 +154,7 @@ class PodDiscovery:
         if kind == "DELETED":
             self.registry.remove(*key)
             return
-        entry = pod_entry(pod, self._target)
+        entry = pod_entry(pod, self.dial)
         if entry is not None:
             self.registry.add(entry)
 

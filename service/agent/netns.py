@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["NetnsNotFound", "find_pod_netns"]
+__all__ = ["NetnsNotFound", "find_pod_netns", "names_pod"]
 
 
 class NetnsNotFound(LookupError):
@@ -23,23 +23,27 @@ def _uid_forms(uid: str) -> tuple[str, ...]:
     return (f"pod{uid}", f"pod{uid.replace('-', '_')}")
 
 
+def names_pod(process: Path, uid: str) -> bool:
+    """Whether the process at ``process`` (``/proc/PID``) is in a cgroup of pod ``uid``."""
+    try:
+        cgroups = (process / "cgroup").read_text()
+    except OSError:
+        return False  # gone meanwhile, or not ours to read
+    return any(form in cgroups for form in _uid_forms(uid))
+
+
 def find_pod_netns(uid: str, proc: Path = Path("/proc")) -> str:
     """The path of the network namespace of the pod with ``uid``: ``/proc/PID/ns/net`` of
     the oldest (lowest PID) process whose cgroup path names the pod."""
     if not uid:
         raise NetnsNotFound("the pod has no uid")
-    forms = _uid_forms(uid)
     try:
         entries = sorted(int(e.name) for e in os.scandir(proc) if e.name.isdigit())
     except OSError as exc:
         raise NetnsNotFound(f"cannot read {proc}: {exc.strerror}") from None
     own = _netns_id(proc / "self" / "ns" / "net")
     for pid in entries:
-        try:
-            cgroups = (proc / str(pid) / "cgroup").read_text()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if not any(form in cgroups for form in forms):
+        if not names_pod(proc / str(pid), uid):
             continue
         path = proc / str(pid) / "ns" / "net"
         netns = _netns_id(path)
@@ -49,7 +53,8 @@ def find_pod_netns(uid: str, proc: Path = Path("/proc")) -> str:
             raise NetnsNotFound(f"pod {uid} shares the node's network (hostNetwork)")
         return str(path)
     raise NetnsNotFound(
-        f"no process of pod {uid} is visible in {proc} (does the agent run with hostPID?)"
+        f"no process of pod {uid} is visible in {proc} (is the pod on another node? "
+        "does the agent run with hostPID?)"
     )
 
 

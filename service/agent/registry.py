@@ -91,6 +91,7 @@ class PodEntry:
     labels: Mapping[str, str] = field(default_factory=dict)
     phase: str = "Running"
     ready: bool = True  # the Ready condition, reported only while phase is Running
+    addresses: tuple[str, ...] = ()  # status.podIPs of a discovered pod, IPv4 first
 
     @property
     def key(self) -> tuple[str, str]:

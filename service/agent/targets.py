@@ -99,8 +99,9 @@ class TargetPolicy:
 def service_dialer(
     cluster: Cluster | None, connect: Callable[[str, int], Awaitable[socket.socket]]
 ) -> DialFunction:
-    """The dial function of ``svc`` targets: the Service's ClusterIP, or for a headless
-    one the first ready endpoint (``connect`` dials the address)."""
+    """The dial function of ``svc`` targets: the Service's ClusterIP on the Service port,
+    or for a headless one its first ready endpoint on the port that Service port names
+    (``connect`` dials the address)."""
 
     async def dial(pod: PodEntry, port: int) -> socket.socket:
         namespace, _, name = pod.target.location.partition("/")
@@ -114,21 +115,38 @@ def service_dialer(
             raise DialError(f"service {name}: {exc}") from None
         if service is None:
             raise DialError(f'services "{name}" not found')
-        address = str((service.get("spec") or {}).get("clusterIP") or "")
-        if not address or address == "None":
-            address = await _ready_endpoint(cluster, namespace, name)
-        return await connect(address, port)
+        spec = service.get("spec") or {}
+        address = str(spec.get("clusterIP") or "")
+        if address and address != "None":
+            return await connect(address, port)
+        # Headless: no virtual IP, so dial an endpoint on the port it serves for `port`.
+        named = [p for p in spec.get("ports") or [] if p.get("port") == port]
+        if spec.get("ports") and not named:
+            raise DialError(f"service {name} has no port {port}")
+        address, endpoint_port = await _ready_endpoint(
+            cluster, namespace, name, named[0].get("name") if named else None, port
+        )
+        return await connect(address, endpoint_port)
 
     return dial
 
 
-async def _ready_endpoint(cluster: Cluster, namespace: str, name: str) -> str:
+async def _ready_endpoint(
+    cluster: Cluster, namespace: str, name: str, port_name: str | None, port: int
+) -> tuple[str, int]:
     try:
         endpoints = await cluster.get_endpoints(namespace, name)
     except UpstreamError as exc:
         raise DialError(f"service {name}: {exc}") from None
     for subset in (endpoints or {}).get("subsets") or []:
+        ports = subset.get("ports") or []
+        if port_name is not None or ports:
+            # The Endpoints port of the same name ("" when the Service has one port).
+            matching = [p for p in ports if (p.get("name") or None) == port_name]
+            if not matching:
+                continue
+            port = int(matching[0]["port"])
         for address in subset.get("addresses") or []:
             if address.get("ip"):
-                return str(address["ip"])
+                return str(address["ip"]), port
     raise DialError(f"service {name} has no ready endpoint")

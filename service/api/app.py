@@ -54,7 +54,9 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
             demo, kubeconfig = await start_demo_agent(settings.data_dir)
         await asyncio.to_thread(migrate, settings.db_url)
         engine = make_engine(settings.db_url)
-        clusters = ClusterPool(kubeconfig, settings.context)
+        clusters = ClusterPool(
+            kubeconfig, settings.context, agent_kubeconfig=settings.agent_kubeconfig
+        )
         pool[:] = [clusters]
         log.info("authentication: %s", authenticator.describe())
         supervisor = Supervisor(

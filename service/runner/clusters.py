@@ -11,9 +11,16 @@ from service.upstream import Cluster
 class ClusterPool:
     """`await pool(context)` gives the `Cluster` for a context (None: the default one)."""
 
-    def __init__(self, kubeconfig: str | None = None, default_context: str | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        default_context: str | None = None,
+        *,
+        agent_kubeconfig: str | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig or None
         self.default_context = default_context or None
+        self.agent_kubeconfig = agent_kubeconfig or self.kubeconfig
         self._clusters: dict[str | None, Cluster] = {}
         self._agents: dict[tuple[str, str | None], Cluster] = {}
         self._lock = asyncio.Lock()
@@ -33,13 +40,13 @@ class ClusterPool:
             return cluster
 
     async def agent(self, url: str, context: str | None) -> Cluster:
-        """The agent at ``url``, dialled with the credentials of kubeconfig ``context``
-        (a context describing the agent: its CA, a token or a client certificate; None:
-        none)."""
+        """The agent at ``url``, dialled with the credentials of ``context`` of the agents'
+        kubeconfig (a context describing the agent: its CA, a token or a client
+        certificate; None: none)."""
         key = (url, context or None)
         agent = self._agents.get(key)
         if agent is None:
-            credentials = await Cluster.load(self.kubeconfig, context) if context else None
+            credentials = await Cluster.load(self.agent_kubeconfig, context) if context else None
             agent = self._agents.setdefault(key, Cluster.for_agent(url, credentials))
         return agent
 

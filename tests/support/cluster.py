@@ -579,7 +579,7 @@ class PodSpec:
     ``ready_since`` is the Ready condition's lastTransitionTime (default: now);
     ``restarts`` the containers' restartCount; ``ports`` the container ports, a number or
     ``(name, number)``; ``network`` the namespace the agent dials it in (default: the
-    cluster's shared pod network).
+    cluster's shared pod network); ``ips`` its ``status.podIPs`` while Running.
     """
 
     namespace: str
@@ -592,6 +592,7 @@ class PodSpec:
     ready_since: datetime.datetime | None = None
     restarts: int = 0
     network: NetNamespace | None = None
+    ips: Sequence[str] = ("127.0.0.1",)
 
     @property
     def key(self) -> str:
@@ -852,7 +853,8 @@ class Cluster:
                 "status": {
                     "phase": spec.phase,
                     "hostIP": "127.0.0.1",
-                    "podIP": "127.0.0.1" if running else None,
+                    "podIP": spec.ips[0] if running and spec.ips else None,
+                    "podIPs": [{"ip": ip} for ip in spec.ips] if running else None,
                     "startTime": started,
                     "conditions": [
                         {

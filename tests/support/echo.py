@@ -69,8 +69,8 @@ class EchoServer:
     :meth:`start` / :meth:`close` yourself.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self._server = _EchoTCPServer((host, 0))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = _EchoTCPServer((host, port))
         self.host: str = host
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -97,9 +97,10 @@ class EchoServer:
 
 
 @contextlib.contextmanager
-def echo_server(host: str = "127.0.0.1") -> Iterator[EchoServer]:
-    """Run an :class:`EchoServer` for the duration of the ``with`` block."""
-    server = EchoServer(host).start()
+def echo_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[EchoServer]:
+    """Run an :class:`EchoServer` for the duration of the ``with`` block (``port`` 0: one
+    the OS chooses)."""
+    server = EchoServer(host, port).start()
     try:
         yield server
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,3 +58,43 @@ def echo_server_in(ns: NetNamespace, port: int) -> Iterator[subprocess.Popen[str
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+#: Where :func:`pod_sandbox` makes pod cgroups: the named systemd hierarchy (cgroup v1),
+#: which a root test may write, in the cgroupfs driver's layout.
+POD_CGROUPS = Path("/sys/fs/cgroup/systemd/podgate-test")
+
+
+@contextmanager
+def pod_sandbox(uid: str, ns: NetNamespace, *, user: int = 0) -> Iterator[int]:
+    """A process in ``ns`` moved into a cgroup named like pod ``uid``'s sandbox
+    (``…/kubepods/burstable/pod<uid>/sandbox``), as the kubelet leaves it on a node,
+    running as ``user`` (``pause`` runs as 65535). Yields its PID; the process and the
+    cgroups go afterwards."""
+    if not POD_CGROUPS.parent.is_dir():
+        raise RuntimeError(f"needs the writable cgroup hierarchy {POD_CGROUPS.parent} (root)")
+    pod = POD_CGROUPS / "kubepods" / "burstable" / f"pod{uid}"
+    cgroup = pod / "sandbox"
+    cgroup.mkdir(parents=True)
+    # It prints once it runs inside the namespace (`ip netns exec` enters it first).
+    sandbox = subprocess.Popen(
+        [
+            *("ip", "netns", "exec", ns.name),
+            *("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"),
+            *("sh", "-c", "echo in; exec sleep 600"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sandbox.stdout is not None and sandbox.stdout.readline() == "in\n"
+        (cgroup / "cgroup.procs").write_text(str(sandbox.pid))
+        yield sandbox.pid
+    finally:
+        sandbox.kill()
+        sandbox.wait()
+        cgroup.rmdir()
+        pod.rmdir()
+        for level in (pod.parent, pod.parent.parent, POD_CGROUPS):
+            with contextlib.suppress(OSError):  # another sandbox still uses it
+                level.rmdir()

@@ -1,11 +1,13 @@
 """`podgate agent --cluster`: registry entries from raw pods, and a pod's network namespace
 found from its UID (on a recorded /proc tree, and on this machine's real /proc with a
-process of a real network namespace moved into a cgroup named after a pod)."""
+process of a real network namespace moved into a cgroup named after a pod), then dialled."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-import subprocess
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from service.agent.discovery import pod_entry
+from service.agent.dialer import DialError, PodDialer
+from service.agent.discovery import netns_dialer, pod_entry
 from service.agent.netns import NetnsNotFound, find_pod_netns
-from service.agent.registry import PodTarget
-from tests.support.netns import NetNamespace, network_namespace
+from service.agent.registry import PodEntry, PodTarget
+from tests.support.echo import echo_server
+from tests.support.netns import NetNamespace, echo_server_in, network_namespace, pod_sandbox
 
 UID = "1f6c0d2e-7a3b-4c5d-9e8f-0a1b2c3d4e5f"
 
@@ -39,10 +43,6 @@ def _pod(**status: Any) -> dict[str, Any]:
     }
 
 
-def _by_ip(uid: str, ips: list[str]) -> PodTarget | None:
-    return PodTarget("pod-ip", ",".join(ips)) if ips else None
-
-
 def test_a_running_pod_becomes_an_entry_dialled_by_ip_ipv4_first() -> None:
     entry = pod_entry(
         _pod(
@@ -50,11 +50,11 @@ def test_a_running_pod_becomes_an_entry_dialled_by_ip_ipv4_first() -> None:
             podIPs=[{"ip": "fd00::7"}, {"ip": "10.1.2.7"}],
             conditions=[{"type": "Ready", "status": "True"}],
         ),
-        _by_ip,
     )
     assert entry is not None
     assert (entry.namespace, entry.name, entry.uid) == ("shop", "web-1", UID)
     assert entry.target == PodTarget("pod-ip", "10.1.2.7,fd00::7")
+    assert entry.addresses == ("10.1.2.7", "fd00::7")
     assert [(p.container_port, p.name, p.protocol) for p in entry.ports] == [
         (8080, "http", "TCP"),
         (9090, None, "UDP"),
@@ -64,12 +64,16 @@ def test_a_running_pod_becomes_an_entry_dialled_by_ip_ipv4_first() -> None:
 
 
 def test_a_pod_without_an_address_or_not_running_is_kept_but_not_dialable() -> None:
-    pending = pod_entry(_pod(phase="Pending"), _by_ip)
+    pending = pod_entry(_pod(phase="Pending"))
     assert pending is not None
     assert pending.target.kind == "none" and "has no address yet" in pending.target.location
     assert (pending.phase, pending.ready) == ("Pending", False)
-    legacy = pod_entry(_pod(phase="Running", podIP="10.1.2.8"), _by_ip)  # no podIPs field
+    legacy = pod_entry(_pod(phase="Running", podIP="10.1.2.8"))  # no podIPs field
     assert legacy is not None and legacy.target == PodTarget("pod-ip", "10.1.2.8")
+    # netns mode: found by UID when dialled, with the IPs to fall back on
+    netns = pod_entry(_pod(phase="Running", podIP="10.1.2.8"), "netns")
+    assert netns is not None and netns.target == PodTarget("pod-netns", UID)
+    assert netns.addresses == ("10.1.2.8",)
 
 
 def _recorded_proc(tmp_path: Path, processes: dict[int, tuple[str, str]]) -> Path:
@@ -123,29 +127,10 @@ def test_a_pod_not_on_this_node_or_on_the_hosts_network_is_not_found(tmp_path: P
 
 @pytest.fixture
 def pod_process() -> Iterator[tuple[str, NetNamespace, int]]:
-    """A process in a real network namespace, moved into a cgroup named like a pod's
-    (cgroupfs layout, on this machine's named systemd hierarchy, as on a node)."""
+    """A process in a real network namespace, moved into a cgroup named like a pod's."""
     uid = str(uuid.uuid4())
-    hierarchy = Path("/sys/fs/cgroup/systemd")
-    assert hierarchy.is_dir(), "needs a writable cgroup hierarchy (root on Linux)"
-    cgroup = hierarchy / "podgate-test" / "kubepods" / "burstable" / f"pod{uid}" / "sandbox"
-    cgroup.mkdir(parents=True)
-    with network_namespace("podgate-netns-lookup") as ns:
-        # It prints once it runs inside the namespace (`ip netns exec` enters it first).
-        sandbox = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, "sh", "-c", "echo in; exec sleep 60"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert sandbox.stdout is not None and sandbox.stdout.readline() == "in\n"
-            (cgroup / "cgroup.procs").write_text(str(sandbox.pid))
-            yield uid, ns, sandbox.pid
-        finally:
-            sandbox.kill()
-            sandbox.wait()
-            for level in [cgroup, *list(cgroup.parents)[:4]]:
-                level.rmdir()
+    with network_namespace("podgate-netns-lookup") as ns, pod_sandbox(uid, ns) as pid:
+        yield uid, ns, pid
 
 
 def test_the_netns_of_a_real_process_in_a_pod_cgroup(
@@ -155,3 +140,42 @@ def test_the_netns_of_a_real_process_in_a_pod_cgroup(
     found = find_pod_netns(uid)
     assert found == f"/proc/{pid}/ns/net"
     assert os.stat(found).st_ino == os.stat(ns.path).st_ino  # the very namespace
+
+
+def _discovered(uid: str, addresses: tuple[str, ...] = ()) -> PodEntry:
+    return PodEntry("shop", "web-1", PodTarget("pod-netns", uid), uid, addresses=addresses)
+
+
+async def _echoes(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    with sock:
+        await loop.sock_sendall(sock, b"ping")
+        return await loop.sock_recv(sock, 4)
+
+
+async def test_a_discovered_pod_is_dialled_inside_its_netns_found_when_dialled() -> None:
+    """The lookup happens per dial: a sandbox that restarts (new PID) is found again."""
+    uid = str(uuid.uuid4())
+    dial = netns_dialer(PodDialer())
+    with network_namespace("podgate-netns-dial") as ns, echo_server_in(ns, 7000):
+        with pod_sandbox(uid, ns):
+            assert await _echoes(await dial(_discovered(uid), 7000)) == b"ping"
+        with pytest.raises(DialError, match=r"no process of pod .* hostPID"):
+            await dial(_discovered(uid), 7000)  # between sandboxes: nothing to enter
+        with pod_sandbox(uid, ns):
+            assert await _echoes(await dial(_discovered(uid), 7000)) == b"ping"
+
+
+async def test_a_pod_whose_netns_is_not_found_is_dialled_by_ip_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    uid = str(uuid.uuid4())
+    dial = netns_dialer(PodDialer())
+    with echo_server("127.0.0.1") as server, caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            sock = await dial(_discovered(uid, ("127.0.0.1",)), server.port)
+            assert await _echoes(sock) == b"ping"
+    assert server.connections == 2
+    reasons = [r.getMessage() for r in caplog.records if "dialling its IP" in r.getMessage()]
+    assert len(reasons) == 1, reasons  # once per pod, not per connection
+    assert f"no process of pod {uid}" in reasons[0]
