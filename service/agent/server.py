@@ -40,9 +40,13 @@ from service.agent.sessions import (
     WsTunnelSession,
 )
 from service.aio.sockets import loop_sets_nodelay, set_nodelay
-from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
-from service.protocols.wschannel import ChannelServer
-from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
+from service.protocols.h2 import MAX_CONCURRENT_STREAMS
+from service.protocols.websocket import (
+    SPDY_TUNNEL_PROTOCOL,
+    ChannelServer,
+    HandshakeError,
+    parse_upgrade_request,
+)
 
 log = logging.getLogger("podgate.agent")
 

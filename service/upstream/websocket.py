@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from service.protocols.wschannel import ChannelAccepted, ChannelClient, ChannelRejected
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
+    ChannelAccepted,
+    ChannelClient,
+    ChannelRejected,
     TunnelAccepted,
     TunnelClient,
     TunnelRejected,

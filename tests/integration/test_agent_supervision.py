@@ -22,7 +22,7 @@ from service.agent.dialer import PodDialer
 from service.agent.registry import ContainerPort, PodEntry, PodRegistry, PodTarget
 from service.agent.server import Agent
 from service.protocols.spdy import RstStatus
-from service.protocols.wschannel import (
+from service.protocols.websocket import (
     ChannelAccepted,
     ChannelClient,
     ChannelClosed,

@@ -39,14 +39,15 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.stream import portforward
 
-from service.protocols.h2pair import PairStateError
-from service.protocols.wschannel import (
+from service.protocols.h2 import PairStateError
+from service.protocols.websocket import (
+    OPCODE_BINARY,
     ChannelAccepted,
     ChannelClient,
     ChannelClosed,
     ChannelData,
+    encode_message,
 )
-from service.protocols.wstunnel import OPCODE_BINARY, encode_message
 from tests.support.echo import EchoServer, echo_server, roundtrip
 from tests.support.h2link import H2Link, StreamReset
 from tests.support.kube import kubectl_env, kubectl_path, start_port_forward, write_kubeconfig

@@ -1,6 +1,6 @@
 """An asyncio HTTP/2 pair client for tests (protocols.md §5.2), over asyncio streams.
 
-Built on ``service.protocols.h2pair.H2PairClient``. One reader task feeds received
+Built on ``service.protocols.h2.H2PairClient``. One reader task feeds received
 bytes to the sans-IO client and sorts its events per stream; received DATA is
 acknowledged only when the test *consumes* it (``read``), the way a real client
 acknowledges once bytes are written to its local socket. So a test that stops reading
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     H2PairClient,
     LinkTerminated,
     PairData,

@@ -14,7 +14,7 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived, StreamEnded
 from h2.settings import SettingCodes
 
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     CONNECTION_WINDOW,
     MAX_FRAME_SIZE,
     STREAM_WINDOW,

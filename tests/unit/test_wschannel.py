@@ -8,8 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.protocols.wschannel import (
+from service.protocols.websocket import (
     MAX_MESSAGE_PAYLOAD,
+    OPCODE_BINARY,
+    OPCODE_TEXT,
     V4_BASE64,
     V4_BINARY,
     ChannelAccepted,
@@ -23,16 +25,12 @@ from service.protocols.wschannel import (
     ChannelRequestError,
     ChannelServer,
     PongReceived,
-    parse_ports_query,
-    select_subprotocol,
-)
-from service.protocols.wstunnel import (
-    OPCODE_BINARY,
-    OPCODE_TEXT,
     TunnelRequested,
     TunnelServer,
     WebSocketStateError,
     encode_message,
+    parse_ports_query,
+    select_subprotocol,
 )
 from tests.support.splits import SPLIT_MODES, feed
 from tests.support.wsraw import ws_frames

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from service.protocols.wstunnel import (
+from service.protocols.websocket.frames import (
     OPCODE_BINARY,
     OPCODE_TEXT,
     Buffer,

@@ -11,7 +11,7 @@ from wsproto.frame_protocol import XorMaskerSimple
 
 from service.protocols.spdy import Event as SpdyEvent
 from service.protocols.spdy import SpdyConnection
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     OPCODE_BINARY,
     OPCODE_TEXT,
     SPDY_TUNNEL_PROTOCOL,
@@ -589,7 +589,7 @@ def test_response_headers_cannot_inject_lines() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 4095, 4096, 4097, 100_003])
 def test_c_masker_matches_the_int_xor_oracle(size: int) -> None:
-    from service.protocols import wstunnel
+    from service.protocols.websocket import frames as wstunnel
 
     assert wstunnel._c_apply_mask is not None, "websockets' C masker is a declared dependency"
     data = bytes(range(256)) * (size // 256 + 1)

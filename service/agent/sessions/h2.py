@@ -47,7 +47,7 @@ from service.agent.dialer import DialError, PodDialer
 from service.agent.pairs import PairedSession, StreamPair
 from service.agent.pod import PodConnection, cause_text
 from service.agent.registry import PodEntry, PodRegistry
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     AGENT_PATH,
     MAX_CONCURRENT_STREAMS,
     H2PairServer,

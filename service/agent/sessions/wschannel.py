@@ -31,17 +31,15 @@ from dataclasses import dataclass
 from service.agent.dialer import PodDialer
 from service.agent.pod import PodConnection, PodEnd, PodForwarder, cause_text
 from service.agent.registry import PodEntry
-from service.protocols.wschannel import (
+from service.protocols.websocket import (
+    CLOSE_NORMAL,
     MAX_MESSAGE_PAYLOAD,
+    OPCODE_BINARY,
+    OPCODE_TEXT,
     ChannelClosed,
     ChannelData,
     ChannelError,
     ChannelServer,
-)
-from service.protocols.wstunnel import (
-    CLOSE_NORMAL,
-    OPCODE_BINARY,
-    OPCODE_TEXT,
     WebSocketStateError,
     frame_header,
 )

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from service.agent.dialer import PodDialer
 from service.agent.registry import PodEntry
 from service.agent.sessions.spdy import SpdyPortForwardSession
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     SPDY_TUNNEL_PROTOCOL,

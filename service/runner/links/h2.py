@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from service.aio.sockets import set_nodelay
 from service.model import Transport
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     AGENT_PATH,
     H2PairClient,
     LinkTerminated,

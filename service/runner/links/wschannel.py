@@ -19,13 +19,13 @@ import logging
 
 from service.aio.tasks import TaskSet
 from service.model import Transport
-from service.protocols.wschannel import (
+from service.protocols.websocket import (
     ChannelClient,
     ChannelClosed,
     ChannelData,
     ChannelErrorText,
+    WebSocketError,
 )
-from service.protocols.wstunnel import WebSocketError
 from service.runner.links.base import LinkHooks
 from service.runner.local import LocalConnection
 from service.upstream import Cluster, UpstreamError

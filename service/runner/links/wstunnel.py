@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from service.aio.readbuffer import SharedBufferReader
 from service.model import Transport
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     StreamBytes,
     TunnelClient,
     TunnelClosed,

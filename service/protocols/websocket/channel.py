@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
-from .wstunnel import (
+from .frames import (
     CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,
