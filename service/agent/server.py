@@ -342,7 +342,7 @@ class AgentConnection(asyncio.Protocol):
         try:
             ws_request = parse_upgrade_request(request.method, request.target, request.headers)
         except HandshakeError as exc:
-            return HttpReply.text(exc.status, exc.message, exc.headers)
+            return HttpReply.text(exc.error_code, exc.message, exc.headers)
         leftover = bytes(self.http.trailing_data[0])
         session: WsTunnelSession | WsChannelSession
         if self.agent.websocket_tunnel and SPDY_TUNNEL_PROTOCOL in ws_request.subprotocols:
@@ -360,7 +360,7 @@ class AgentConnection(asyncio.Protocol):
             try:
                 server = ChannelServer.from_request(ws_request)
             except HandshakeError as exc:
-                return HttpReply.text(exc.status, exc.message, exc.headers)
+                return HttpReply.text(exc.error_code, exc.message, exc.headers)
             session = WsChannelSession(
                 self.transport, server, pod, self.agent.dialer, trailing_data=leftover
             )

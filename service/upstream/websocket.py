@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from service.protocols.websocket import (
-    ChannelAccepted,
     ChannelClient,
-    ChannelRejected,
-    TunnelAccepted,
+    HandshakeAccepted,
+    HandshakeRejected,
     TunnelClient,
-    TunnelRejected,
     WebSocketError,
 )
 
@@ -119,7 +117,7 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._fail(UpstreamError(f"WebSocket error from {self.endpoint.url}: {exc}"))
             return
         for index, event in enumerate(events):
-            if isinstance(event, TunnelRejected | ChannelRejected):
+            if isinstance(event, HandshakeRejected):
                 text = describe_http_error(event.status, event.reason, bytes(event.body))
                 self._fail(
                     TunnelRefused(
@@ -128,7 +126,7 @@ class _HandshakeProtocol(asyncio.Protocol):
                     )
                 )
                 return
-            if isinstance(event, TunnelAccepted | ChannelAccepted):
+            if isinstance(event, HandshakeAccepted):
                 self.transport.pause_reading()  # later bytes belong to the caller's protocol
                 pending = self.client.data_to_send()
                 if pending:

@@ -42,10 +42,10 @@ from kubernetes.stream import portforward
 from service.protocols.h2 import PairStateError
 from service.protocols.websocket import (
     OPCODE_BINARY,
-    ChannelAccepted,
     ChannelClient,
-    ChannelClosed,
-    ChannelData,
+    ConnectionTerminated,
+    DataReceived,
+    HandshakeAccepted,
     encode_message,
 )
 from tests.support.echo import EchoServer, echo_server, roundtrip
@@ -386,7 +386,7 @@ def _channel_echo(cc: ChannelClient, sock: socket.socket, expected: int) -> byte
     while len(got) < expected:
         for event in _channel_events(cc, sock):
             assert event is not None, "connection closed early"
-            if isinstance(event, ChannelData):
+            if isinstance(event, DataReceived):
                 assert event.port_index == 0
                 got += event.data
     return bytes(got)
@@ -401,7 +401,7 @@ def test_channels_ignore_unknown_channels_and_client_error_channel_bytes(
         with sock:
             accepted = False
             while not accepted:
-                accepted = any(isinstance(e, ChannelAccepted) for e in _channel_events(cc, sock))
+                accepted = any(isinstance(e, HandshakeAccepted) for e in _channel_events(cc, sock))
             # Channel 9 does not exist, channel 1 is the (server→client) error channel.
             if base64:
                 sock.sendall(encode_message(OPCODE_TEXT, b"9anVuaw==", mask=True))
@@ -421,10 +421,10 @@ def test_channels_ignore_unknown_channels_and_client_error_channel_bytes(
             while not closed:
                 for event in _channel_events(cc, sock):
                     assert event is not None, "EOF before the agent's Close"
-                    if isinstance(event, ChannelData):
+                    if isinstance(event, DataReceived):
                         echoed += event.data
-                    elif isinstance(event, ChannelClosed):
-                        closed.append(event.code)
+                    elif isinstance(event, ConnectionTerminated):
+                        closed.append(event.error_code)
             assert closed == [1000]
             assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
             assert sock.recv(1) == b""

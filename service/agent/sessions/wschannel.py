@@ -36,10 +36,10 @@ from service.protocols.websocket import (
     MAX_MESSAGE_PAYLOAD,
     OPCODE_BINARY,
     OPCODE_TEXT,
-    ChannelClosed,
-    ChannelData,
     ChannelError,
     ChannelServer,
+    ConnectionTerminated,
+    DataReceived,
     WebSocketStateError,
     frame_header,
 )
@@ -111,9 +111,9 @@ class WsChannelSession(PodForwarder[ChannelPort]):
             self.close()
             return
         for event in events:
-            if isinstance(event, ChannelData):
+            if isinstance(event, DataReceived):
                 self._client_data(self.ports[event.port_index], event.data)
-            elif isinstance(event, ChannelClosed):
+            elif isinstance(event, ConnectionTerminated):
                 if event.clean and not all(p.done for p in self.ports):
                     self._client_close()
                 else:
