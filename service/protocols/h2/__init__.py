@@ -1,4 +1,59 @@
-"""Sans-IO stream pairs over HTTP/2, podgate's own link to its agent (protocols.md §5.2)."""
+"""Sans-IO stream pairs over HTTP/2, podgate's own link to its agent (protocols.md §5.2).
 
-from .pairs import *  # noqa: F403
-from .pairs import __all__ as __all__
+``pairs`` maps python-hyper h2's connection to stream pairs (``H2PairClient``,
+``H2PairServer``, header validation, the agent handshake), with its ``events`` and
+``errors``; ``internals`` holds everything that reaches into h2 4.x's internals.
+"""
+
+from .errors import PairLimitReached, PairProtocolError, PairRequestError, PairStateError
+from .events import (
+    LinkTerminated,
+    PairData,
+    PairEnded,
+    PairEvent,
+    PairReset,
+    PairResponse,
+    PairStreamOpened,
+    PingAnswered,
+    WindowOpened,
+)
+from .pairs import (
+    AGENT_KIND,
+    AGENT_PATH,
+    CONNECTION_WINDOW,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    STREAM_WINDOW,
+    H2PairClient,
+    H2PairServer,
+    agent_identity,
+    parse_pair_path,
+    validate_pair_headers,
+)
+
+__all__ = [
+    "AGENT_KIND",
+    "AGENT_PATH",
+    "CONNECTION_WINDOW",
+    "MAX_CONCURRENT_STREAMS",
+    "MAX_FRAME_SIZE",
+    "STREAM_WINDOW",
+    "H2PairClient",
+    "H2PairServer",
+    "LinkTerminated",
+    "PairData",
+    "PairEnded",
+    "PairEvent",
+    "PairLimitReached",
+    "PairProtocolError",
+    "PairRequestError",
+    "PairReset",
+    "PairResponse",
+    "PairStateError",
+    "PairStreamOpened",
+    "PingAnswered",
+    "WindowOpened",
+    "agent_identity",
+    "parse_pair_path",
+    "validate_pair_headers",
+]
