@@ -747,7 +747,7 @@ async def test_h2_sigterm_sends_goaway_and_drains_open_pairs(
             async with asyncio.timeout(10):
                 await link.goaway_received.wait()
             assert link.goaway is not None
-            assert (link.goaway.code, link.goaway.last_stream_id) == (0, pair.data)
+            assert (link.goaway.error_code, link.goaway.last_stream_id) == (0, pair.data)
             # H2PairClient opens no pair after a GOAWAY; streams a client had opened before
             # it learnt of the GOAWAY are sent raw here. The agent refuses them.
             with pytest.raises(PairStateError):

@@ -25,12 +25,13 @@ class PairLimitReached(PairStateError):
 
 
 class PairRequestError(Exception):
-    """A stream to refuse with HTTP ``status`` and ``message`` as the text body."""
+    """A stream to refuse with HTTP status ``error_code`` and ``message`` as the text
+    body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, error_code: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.error_code = error_code
         self.message = message
 
     def __str__(self) -> str:
-        return f"{self.status}: {self.message}"
+        return f"{self.error_code}: {self.message}"

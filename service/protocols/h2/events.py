@@ -1,26 +1,29 @@
 """Events returned by ``H2PairClient.receive_data`` and ``H2PairServer.receive_data``:
-h2's events mapped to small frozen ones; all past tense, all immutable."""
+h2's events mapped to small frozen ones; all past tense, all immutable.
+
+The names are those of every protocol here (protocols.md, "Event names"), h2's own
+where it has one; codes from the wire are in ``error_code``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = [
-    "LinkTerminated",
-    "PairData",
-    "PairEnded",
-    "PairEvent",
-    "PairReset",
-    "PairResponse",
-    "PairStreamOpened",
-    "PingAnswered",
+    "ConnectionTerminated",
+    "DataReceived",
+    "Event",
+    "PingAcknowledged",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamReplied",
+    "StreamReset",
     "WindowOpened",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class PairStreamOpened:
-    """Server: the client opened a stream. With ``end_stream`` a ``PairEnded`` follows."""
+class StreamOpened:
+    """Server: the client opened a stream. With ``end_stream`` a ``StreamEnded`` follows."""
 
     stream_id: int
     headers: dict[str, str]
@@ -28,15 +31,16 @@ class PairStreamOpened:
 
 
 @dataclass(frozen=True, slots=True)
-class PairResponse:
-    """Client: the agent answered a stream (200, or an error status)."""
+class StreamReplied:
+    """Client: the agent answered a stream (200, the SYN_REPLY equivalent, or an error
+    status)."""
 
     stream_id: int
     status: int
 
 
 @dataclass(frozen=True, slots=True)
-class PairData:
+class DataReceived:
     """Bytes on a stream (often a slice of a received chunk: write it out, or copy it to
     keep it); acknowledge ``flow_controlled_length`` once written out."""
 
@@ -46,18 +50,19 @@ class PairData:
 
 
 @dataclass(frozen=True, slots=True)
-class PairEnded:
+class StreamEnded:
     """The peer half-closed the stream (END_STREAM)."""
 
     stream_id: int
 
 
 @dataclass(frozen=True, slots=True)
-class PairReset:
-    """The stream is gone: RST_STREAM from the peer (``remote``), or h2 reset it."""
+class StreamReset:
+    """The stream is gone: RST_STREAM(``error_code``) from the peer (``remote``), or h2
+    reset it."""
 
     stream_id: int
-    code: int
+    error_code: int
     remote: bool = True
 
 
@@ -70,28 +75,29 @@ class WindowOpened:
 
 
 @dataclass(frozen=True, slots=True)
-class PingAnswered:
-    """The peer acknowledged our ping carrying ``data``."""
+class PingAcknowledged:
+    """The peer acknowledged our ping carrying ``ping_data``."""
 
-    data: bytes
+    ping_data: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class LinkTerminated:
-    """The peer sent GOAWAY; streams above ``last_stream_id`` were not processed. After a
-    graceful one (``code`` 0) a client's streams up to it go on to their end (drain)."""
+class ConnectionTerminated:
+    """The peer sent GOAWAY(``error_code``); streams above ``last_stream_id`` were not
+    processed. After a graceful one (``error_code`` 0) a client's streams up to it go on
+    to their end (drain)."""
 
-    code: int
+    error_code: int
     last_stream_id: int
 
 
-PairEvent = (
-    PairStreamOpened
-    | PairResponse
-    | PairData
-    | PairEnded
-    | PairReset
+Event = (
+    StreamOpened
+    | StreamReplied
+    | DataReceived
+    | StreamEnded
+    | StreamReset
     | WindowOpened
-    | PingAnswered
-    | LinkTerminated
+    | PingAcknowledged
+    | ConnectionTerminated
 )

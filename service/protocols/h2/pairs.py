@@ -5,7 +5,7 @@ streams, ``POST /v1/portforward/{namespace}/{pod}`` with ``streamtype`` (``error
 with END_STREAM, ``data`` without), ``port`` and ``requestid``. Built on python-hyper
 h2 4.x; this module maps h2's events to small frozen events of its own.
 
-Flow control is end to end: acknowledge every ``PairData.flow_controlled_length``
+Flow control is end to end: acknowledge every ``DataReceived.flow_controlled_length``
 with ``acknowledge()`` only once those bytes were written to the local socket, and
 acknowledge it even when the bytes are dropped (stream reset, socket gone), or the
 connection window leaks. ``send_data`` accepts what the windows allow now and returns
@@ -28,18 +28,18 @@ from typing import Final, cast
 from urllib.parse import quote, unquote
 
 from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated as H2ConnectionTerminated
+from h2.events import DataReceived as H2DataReceived
+from h2.events import Event as H2Event
 from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
     PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
     ResponseReceived,
-    StreamEnded,
-    StreamReset,
     WindowUpdated,
 )
-from h2.events import Event as H2Event
+from h2.events import StreamEnded as H2StreamEnded
+from h2.events import StreamReset as H2StreamReset
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes
@@ -47,14 +47,14 @@ from hpack import NeverIndexedHeaderTuple
 
 from .errors import PairLimitReached, PairProtocolError, PairRequestError, PairStateError
 from .events import (
-    LinkTerminated,
-    PairData,
-    PairEnded,
-    PairEvent,
-    PairReset,
-    PairResponse,
-    PairStreamOpened,
-    PingAnswered,
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    PingAcknowledged,
+    StreamEnded,
+    StreamOpened,
+    StreamReplied,
+    StreamReset,
     WindowOpened,
 )
 from .internals import Buffer, new_connection
@@ -219,10 +219,10 @@ class _PairEndpoint:
         except H2ProtocolError as exc:
             raise PairStateError(f"cannot end stream {stream_id}: {exc}") from exc
 
-    def reset_stream(self, stream_id: int, code: int = ErrorCodes.CANCEL) -> None:
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
         """RST_STREAM (CANCEL by default); a no-op if the stream is already closed."""
         try:
-            self._conn.reset_stream(stream_id, code)
+            self._conn.reset_stream(stream_id, error_code)
         except StreamClosedError:
             pass
         except H2ProtocolError as exc:
@@ -249,7 +249,7 @@ class _PairEndpoint:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive_data(self, data: Buffer) -> list[PairEvent]:
+    def receive_data(self, data: Buffer) -> list[Event]:
         """Parse received bytes into pair events. A connection error queues GOAWAY and
         raises ``PairProtocolError``."""
         if not self._initiated:
@@ -261,34 +261,34 @@ class _PairEndpoint:
             raise PairProtocolError(str(exc) or type(exc).__name__, code) from exc
         return self._translate(events)
 
-    def _translate(self, events: list[H2Event]) -> list[PairEvent]:
-        out: list[PairEvent] = []
+    def _translate(self, events: list[H2Event]) -> list[Event]:
+        out: list[Event] = []
         for ev in events:
-            if isinstance(ev, DataReceived):
-                out.append(PairData(ev.stream_id, ev.data, ev.flow_controlled_length))
-            elif isinstance(ev, StreamEnded):
-                out.append(PairEnded(ev.stream_id))
+            if isinstance(ev, H2DataReceived):
+                out.append(DataReceived(ev.stream_id, ev.data, ev.flow_controlled_length))
+            elif isinstance(ev, H2StreamEnded):
+                out.append(StreamEnded(ev.stream_id))
             elif isinstance(ev, RequestReceived):
                 out.append(
-                    PairStreamOpened(
+                    StreamOpened(
                         ev.stream_id, _header_dict(ev.headers), ev.stream_ended is not None
                     )
                 )
             elif isinstance(ev, ResponseReceived):
                 status = _header_dict(ev.headers).get(":status", "0")
-                out.append(PairResponse(ev.stream_id, int(status) if status.isdigit() else 0))
+                out.append(StreamReplied(ev.stream_id, int(status) if status.isdigit() else 0))
             elif isinstance(ev, WindowUpdated):
                 out.append(WindowOpened(ev.stream_id or 0))
-            elif isinstance(ev, StreamReset):
-                out.append(PairReset(ev.stream_id, int(ev.error_code or 0), ev.remote_reset))
+            elif isinstance(ev, H2StreamReset):
+                out.append(StreamReset(ev.stream_id, int(ev.error_code or 0), ev.remote_reset))
             elif isinstance(ev, RemoteSettingsChanged):
                 self.settings_received = True
                 if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
                     out.append(WindowOpened(0))
             elif isinstance(ev, PingAckReceived):
-                out.append(PingAnswered(ev.ping_data or b""))
-            elif isinstance(ev, ConnectionTerminated):
-                out.append(LinkTerminated(int(ev.error_code or 0), ev.last_stream_id or 0))
+                out.append(PingAcknowledged(ev.ping_data or b""))
+            elif isinstance(ev, H2ConnectionTerminated):
+                out.append(ConnectionTerminated(int(ev.error_code or 0), ev.last_stream_id or 0))
             # Ping/settings acks are automatic; trailers, priority, unknown frames: ignored.
         return out
 
@@ -372,7 +372,7 @@ class H2PairClient(_PairEndpoint):
 
     def query_agent(self, extra_headers: Sequence[tuple[str, str]] = ()) -> int:
         """Open the handshake stream (``GET AGENT_PATH``, END_STREAM); return its id. The
-        answer comes as ``PairResponse``, ``PairData`` and ``PairEnded`` on it: judge it
+        answer comes as ``StreamReplied``, ``DataReceived`` and ``StreamEnded`` on it: judge it
         with ``agent_identity``. Needs no SETTINGS from the peer (one stream)."""
         conn = self._conn
         headers = [
@@ -390,15 +390,15 @@ class H2PairClient(_PairEndpoint):
         return stream_id
 
     def ping(self) -> bytes:
-        """Queue a PING; ``PingAnswered`` carries the returned 8 bytes."""
+        """Queue a PING; ``PingAcknowledged`` carries the returned 8 bytes."""
         self._ping_counter += 1
         data = self._ping_counter.to_bytes(8, "big")
         self._conn.ping(data)
         return data
 
-    def close(self, code: int = ErrorCodes.NO_ERROR) -> None:
-        """Queue GOAWAY."""
-        self._conn.close_connection(error_code=code)
+    def close(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
+        """Queue GOAWAY(``error_code``)."""
+        self._conn.close_connection(error_code=error_code)
 
 
 # ---------------------------------------------------------------------- server
@@ -451,8 +451,8 @@ class H2PairServer(_PairEndpoint):
 
     def reject_stream(self, stream_id: int, error: PairRequestError) -> None:
         """Answer a stream that failed validation: status, text body, END_STREAM."""
-        self.send_text_and_end(stream_id, error.message, status=error.status)
+        self.send_text_and_end(stream_id, error.message, status=error.error_code)
 
-    def goaway(self, code: int = ErrorCodes.NO_ERROR) -> None:
-        """Queue GOAWAY(``code``, last stream id): the client opens a new connection."""
-        self._conn.close_connection(error_code=code)
+    def goaway(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
+        """Queue GOAWAY(``error_code``, last stream id): the client opens a new connection."""
+        self._conn.close_connection(error_code=error_code)
