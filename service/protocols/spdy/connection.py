@@ -108,7 +108,7 @@ class SpdyConnection:
         self.client_side = client_side
         self.max_data_frame = max_data_frame
         # Why: one DataReceived per stream run per read (not per 32 KiB frame) means one
-        # local write instead of ~8; off by default so per-frame events stay as before.
+        # local write instead of ~8. Off by default: one DataReceived per DATA frame.
         self.merge_data = merge_data
         self._parity = 1 if client_side else 0
         self._next_stream_id = 1 if client_side else 2
