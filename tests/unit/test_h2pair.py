@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import hyperframe.frame
 import pytest
@@ -597,3 +599,26 @@ def test_the_repr_counter_catches_plain_h2(repr_counter: dict[str, int]) -> None
         "serialize_body": 1,
         "_raw_data_repr": 1,
     }
+
+
+# h2 modules whose use ties us to h2 4.x (subclassed, or private): the h2>=4.4,<5 pin in
+# pyproject.toml is for service/protocols/h2/internals.py alone, so only it may import them.
+_H2_INTERNAL_MODULES = ("h2.config", "h2.connection", "h2.frame_buffer", "h2.stream", "h2._")
+
+
+def test_only_internals_reaches_into_h2() -> None:
+    root = Path(__file__).resolve().parents[2] / "service"
+    allowed = root / "protocols" / "h2" / "internals.py"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith(_H2_INTERNAL_MODULES) and path != allowed:
+                    offenders.append(f"{path.relative_to(root)}: {name}")
+    assert offenders == []
