@@ -81,13 +81,15 @@ class WebSocketEndpoint:
         self.max_reject_body = max_reject_body
         self.subprotocol: str | None = None
         self.request = request  # server: the upgrade request
-        self._state = State.IDLE if client else State.HANDSHAKE
         self._error: WebSocketError | None = None  # the violation that made it FAILED
-        self._client_handshake: ClientHandshake | None = None
+        self._client_handshake: ClientHandshake | None = None  # client: from initiate()
         self._server_handshake: ServerHandshake | None = None
-        if request is not None:  # a request parsed elsewhere (server)
+        if client:
+            self._state = State.IDLE
+        elif request is not None:  # a request parsed elsewhere
             self._state = State.REQUESTED
-        elif not client:
+        else:
+            self._state = State.HANDSHAKE
             self._server_handshake = ServerHandshake()
         self._early = bytearray(trailing_data)  # server: frames that came before our 101
         self._pending = b""  # server: those frames, parsed on the first call after accept
