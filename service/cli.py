@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
+from service.protocols.h2 import MAX_CONCURRENT_STREAMS
 
 log = logging.getLogger("podgate")
 

@@ -41,9 +41,13 @@ from service.agent.sessions import (
 )
 from service.aio.fds import near_limit
 from service.aio.sockets import loop_sets_nodelay, set_nodelay
-from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
-from service.protocols.wschannel import ChannelServer
-from service.protocols.wstunnel import SPDY_TUNNEL_PROTOCOL, HandshakeError, parse_upgrade_request
+from service.protocols.h2 import MAX_CONCURRENT_STREAMS
+from service.protocols.websocket import (
+    SPDY_TUNNEL_PROTOCOL,
+    ChannelServer,
+    HandshakeError,
+    parse_upgrade_request,
+)
 from service.tokens import TokenFile, bearer_token
 
 log = logging.getLogger("podgate.agent")
@@ -445,7 +449,7 @@ class AgentConnection(asyncio.Protocol):
         try:
             ws_request = parse_upgrade_request(request.method, request.target, request.headers)
         except HandshakeError as exc:
-            return HttpReply.text(exc.status, exc.message, exc.headers)
+            return HttpReply.text(exc.error_code, exc.message, exc.headers)
         leftover = bytes(self.http.trailing_data[0])
         session: WsTunnelSession | WsChannelSession
         if self.agent.websocket_tunnel and SPDY_TUNNEL_PROTOCOL in ws_request.subprotocols:
@@ -463,7 +467,7 @@ class AgentConnection(asyncio.Protocol):
             try:
                 server = ChannelServer.from_request(ws_request)
             except HandshakeError as exc:
-                return HttpReply.text(exc.status, exc.message, exc.headers)
+                return HttpReply.text(exc.error_code, exc.message, exc.headers)
             session = WsChannelSession(
                 self.transport, server, pod, self.agent.dialer, trailing_data=leftover
             )

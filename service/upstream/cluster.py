@@ -22,8 +22,7 @@ import aiohttp
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.configuration import Configuration
 
-from service.protocols.wschannel import ChannelClient
-from service.protocols.wstunnel import TunnelClient
+from service.protocols.websocket import ChannelClient, TunnelClient
 
 from .endpoint import auth_headers, build_ssl_context, describe_connect_error, portforward_url
 from .errors import (

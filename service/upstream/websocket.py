@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from service.protocols.wschannel import ChannelAccepted, ChannelClient, ChannelRejected
-from service.protocols.wstunnel import (
-    TunnelAccepted,
+from service.protocols.websocket import (
+    ChannelClient,
+    HandshakeAccepted,
+    HandshakeRejected,
     TunnelClient,
-    TunnelRejected,
     WebSocketError,
 )
 
@@ -117,7 +117,7 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._fail(UpstreamError(f"WebSocket error from {self.endpoint.url}: {exc}"))
             return
         for index, event in enumerate(events):
-            if isinstance(event, TunnelRejected | ChannelRejected):
+            if isinstance(event, HandshakeRejected):
                 text = describe_http_error(event.status, event.reason, bytes(event.body))
                 self._fail(
                     TunnelRefused(
@@ -126,7 +126,7 @@ class _HandshakeProtocol(asyncio.Protocol):
                     )
                 )
                 return
-            if isinstance(event, TunnelAccepted | ChannelAccepted):
+            if isinstance(event, HandshakeAccepted):
                 self.transport.pause_reading()  # later bytes belong to the caller's protocol
                 pending = self.client.data_to_send()
                 if pending:

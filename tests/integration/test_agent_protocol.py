@@ -937,7 +937,7 @@ async def test_malformed_frame_closes_only_its_connection(
 
             bad.send_raw(malformed)
             goaway = await bad.wait_goaway()
-            assert goaway.status == GoAwayStatus.PROTOCOL_ERROR
+            assert goaway.error_code == GoAwayStatus.PROTOCOL_ERROR
             await bad.wait_closed()
             async with asyncio.timeout(10):
                 await victim.done.wait()  # the broken connection's pod socket is closed
@@ -1081,8 +1081,8 @@ async def test_sigterm_sends_goaway_drains_the_pair_and_exits_0() -> None:
 
                 proc.send_signal(signal.SIGTERM)
                 goaway = await client.wait_goaway()
-                assert goaway.status == GoAwayStatus.OK
-                assert goaway.last_good_stream_id == data_sid
+                assert goaway.error_code == GoAwayStatus.OK
+                assert goaway.last_stream_id == data_sid
                 await idle.wait_goaway()  # every session is told, busy or not
                 with pytest.raises(ConnectionRefusedError):
                     await asyncio.open_connection("127.0.0.1", port)  # no longer listening

@@ -22,11 +22,11 @@ from service.agent.dialer import PodDialer
 from service.agent.registry import ContainerPort, PodEntry, PodRegistry, PodTarget
 from service.agent.server import Agent
 from service.protocols.spdy import RstStatus
-from service.protocols.wschannel import (
-    ChannelAccepted,
+from service.protocols.websocket import (
     ChannelClient,
-    ChannelClosed,
-    ChannelErrorText,
+    ConnectionTerminated,
+    ErrorTextReceived,
+    HandshakeAccepted,
 )
 from tests.support.h2link import H2Link
 from tests.support.spdy_client import spdy_session
@@ -123,13 +123,13 @@ async def test_channel_port_gets_the_error_text(caplog: pytest.LogCaptureFixture
         async with asyncio.timeout(10):
             while data := await reader.read(65536):
                 events += cc.receive_data(data)
-        assert isinstance(events[0], ChannelAccepted)
-        errors = [e.text for e in events if isinstance(e, ChannelErrorText)]
+        assert isinstance(events[0], HandshakeAccepted)
+        errors = [e.text for e in events if isinstance(e, ErrorTextReceived)]
         assert errors == [
             f"error forwarding port {POD_PORT} to pod broken, uid {UID}: the dialer exploded"
         ]
-        closed = [e for e in events if isinstance(e, ChannelClosed)]
-        assert [c.code for c in closed] == [1000]  # its only port finished: Close, then EOF
+        closed = [e for e in events if isinstance(e, ConnectionTerminated)]
+        assert [c.error_code for c in closed] == [1000]  # its only port finished: Close, then EOF
         _assert_logged_with_its_name(caplog, f"dial broken:{POD_PORT}")
         assert not agent.connections  # the session ended with its connection
         writer.close()

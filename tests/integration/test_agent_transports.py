@@ -39,14 +39,15 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.stream import portforward
 
-from service.protocols.h2pair import PairStateError
-from service.protocols.wschannel import (
-    ChannelAccepted,
+from service.protocols.h2 import PairStateError
+from service.protocols.websocket import (
+    OPCODE_BINARY,
     ChannelClient,
-    ChannelClosed,
-    ChannelData,
+    ConnectionTerminated,
+    DataReceived,
+    HandshakeAccepted,
+    encode_message,
 )
-from service.protocols.wstunnel import OPCODE_BINARY, encode_message
 from tests.support.echo import EchoServer, echo_server, roundtrip
 from tests.support.h2link import H2Link, StreamReset
 from tests.support.kube import kubectl_env, kubectl_path, start_port_forward, write_kubeconfig
@@ -385,7 +386,7 @@ def _channel_echo(cc: ChannelClient, sock: socket.socket, expected: int) -> byte
     while len(got) < expected:
         for event in _channel_events(cc, sock):
             assert event is not None, "connection closed early"
-            if isinstance(event, ChannelData):
+            if isinstance(event, DataReceived):
                 assert event.port_index == 0
                 got += event.data
     return bytes(got)
@@ -400,7 +401,7 @@ def test_channels_ignore_unknown_channels_and_client_error_channel_bytes(
         with sock:
             accepted = False
             while not accepted:
-                accepted = any(isinstance(e, ChannelAccepted) for e in _channel_events(cc, sock))
+                accepted = any(isinstance(e, HandshakeAccepted) for e in _channel_events(cc, sock))
             # Channel 9 does not exist, channel 1 is the (server→client) error channel.
             if base64:
                 sock.sendall(encode_message(OPCODE_TEXT, b"9anVuaw==", mask=True))
@@ -420,10 +421,10 @@ def test_channels_ignore_unknown_channels_and_client_error_channel_bytes(
             while not closed:
                 for event in _channel_events(cc, sock):
                     assert event is not None, "EOF before the agent's Close"
-                    if isinstance(event, ChannelData):
+                    if isinstance(event, DataReceived):
                         echoed += event.data
-                    elif isinstance(event, ChannelClosed):
-                        closed.append(event.code)
+                    elif isinstance(event, ConnectionTerminated):
+                        closed.append(event.error_code)
             assert closed == [1000]
             assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
             assert sock.recv(1) == b""
@@ -746,7 +747,7 @@ async def test_h2_sigterm_sends_goaway_and_drains_open_pairs(
             async with asyncio.timeout(10):
                 await link.goaway_received.wait()
             assert link.goaway is not None
-            assert (link.goaway.code, link.goaway.last_stream_id) == (0, pair.data)
+            assert (link.goaway.error_code, link.goaway.last_stream_id) == (0, pair.data)
             # H2PairClient opens no pair after a GOAWAY; streams a client had opened before
             # it learnt of the GOAWAY are sent raw here. The agent refuses them.
             with pytest.raises(PairStateError):

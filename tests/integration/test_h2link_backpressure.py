@@ -27,7 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from service.protocols.h2pair import STREAM_WINDOW
+from service.protocols.h2 import STREAM_WINDOW
 from service.runner.links.base import LinkHooks
 from service.runner.links.h2 import H2Link, H2Pair
 from service.runner.local import LOCAL_WRITE_HIGH_WATER, LocalConnection

@@ -1,6 +1,6 @@
 """An asyncio HTTP/2 pair client for tests (protocols.md §5.2), over asyncio streams.
 
-Built on ``service.protocols.h2pair.H2PairClient``. One reader task feeds received
+Built on ``service.protocols.h2.H2PairClient``. One reader task feeds received
 bytes to the sans-IO client and sorts its events per stream; received DATA is
 acknowledged only when the test *consumes* it (``read``), the way a real client
 acknowledges once bytes are written to its local socket. So a test that stops reading
@@ -30,16 +30,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
+    ConnectionTerminated,
+    DataReceived,
     H2PairClient,
-    LinkTerminated,
-    PairData,
-    PairEnded,
     PairProtocolError,
-    PairReset,
-    PairResponse,
+    StreamEnded,
+    StreamReplied,
     WindowOpened,
 )
+from service.protocols.h2 import StreamReset as StreamResetEvent
 
 __all__ = ["H2Link", "LinkClosed", "Pair", "StreamReset"]
 
@@ -69,7 +69,7 @@ class Pair:
 @dataclass
 class _Stream:
     status: asyncio.Future[int]
-    chunks: deque[PairData] = field(default_factory=deque)
+    chunks: deque[DataReceived] = field(default_factory=deque)
     ended: bool = False
     reset_code: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,7 +91,7 @@ class H2Link:
         ssl_object = writer.get_extra_info("ssl_object")
         self.alpn: str | None = ssl_object.selected_alpn_protocol() if ssl_object else None
         self.streams: dict[int, _Stream] = {}
-        self.goaway: LinkTerminated | None = None
+        self.goaway: ConnectionTerminated | None = None
         self.goaway_received = asyncio.Event()
         self.closed = False
         self.error: BaseException | None = None
@@ -170,35 +170,35 @@ class H2Link:
                     stream.status.set_exception(LinkClosed("connection closed"))
 
     def _dispatch(self, event: object) -> None:
-        if isinstance(event, PairData):
+        if isinstance(event, DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self.client.acknowledge(event.stream_id, event.flow_controlled_length)
                 return
             stream.chunks.append(event)
             stream.changed.set()
-        elif isinstance(event, PairResponse):
+        elif isinstance(event, StreamReplied):
             stream = self.streams.get(event.stream_id)
             if stream is not None and not stream.status.done():
                 stream.status.set_result(event.status)
-        elif isinstance(event, PairEnded):
+        elif isinstance(event, StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.ended = True
                 stream.changed.set()
-        elif isinstance(event, PairReset):
+        elif isinstance(event, StreamResetEvent):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.reset_code = event.code
+                stream.reset_code = event.error_code
                 stream.changed.set()
                 if not stream.status.done():
-                    stream.status.set_exception(StreamReset(event.stream_id, event.code))
+                    stream.status.set_exception(StreamReset(event.stream_id, event.error_code))
                 self._window.set()
         elif isinstance(event, WindowOpened):
             if event.stream_id in self.streams:
                 self.streams[event.stream_id].window_events += 1
             self._window.set()
-        elif isinstance(event, LinkTerminated):
+        elif isinstance(event, ConnectionTerminated):
             self.goaway = event
             self.goaway_received.set()
 

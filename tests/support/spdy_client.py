@@ -396,7 +396,7 @@ class SpdyClient:
         elif isinstance(event, StreamEnded) and record is not None:
             record.ended = True
         elif isinstance(event, StreamReset) and record is not None:
-            record.reset_status = event.status
+            record.reset_status = event.error_code
         elif isinstance(event, StreamRejected) and record is not None:
             record.reset_status = event.error.error_code
         elif isinstance(event, PingAcknowledged):

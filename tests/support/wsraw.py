@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.protocols.wstunnel import mask_payload
+from service.protocols.websocket import mask_payload
 
 __all__ = [
     "OPCODE_BINARY",

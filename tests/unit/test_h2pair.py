@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import hyperframe.frame
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, StreamEnded
+from h2.events import DataReceived as H2DataReceived
+from h2.events import StreamEnded as H2StreamEnded
 from h2.settings import SettingCodes
 
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     CONNECTION_WINDOW,
     MAX_FRAME_SIZE,
     STREAM_WINDOW,
+    ConnectionTerminated,
+    DataReceived,
+    Event,
     H2PairClient,
     H2PairServer,
-    LinkTerminated,
-    PairData,
-    PairEnded,
-    PairEvent,
     PairProtocolError,
     PairRequestError,
-    PairReset,
-    PairResponse,
     PairStateError,
-    PairStreamOpened,
-    PingAnswered,
+    PingAcknowledged,
+    StreamEnded,
+    StreamOpened,
+    StreamReplied,
+    StreamReset,
     WindowOpened,
     parse_pair_path,
     validate_pair_headers,
@@ -48,15 +51,17 @@ def connected(mode: str = "whole") -> tuple[H2PairClient, H2PairServer]:
 
 def opened_pair(
     mode: str = "whole",
-) -> tuple[H2PairClient, H2PairServer, int, int, list[PairEvent]]:
+) -> tuple[H2PairClient, H2PairServer, int, int, list[Event]]:
     client, server = connected(mode)
     error_id, data_id = client.open_pair("default", "web-0", 8080, 0)
     events = feed(server.receive_data, client.data_to_send(), mode)
     return client, server, error_id, data_id, events
 
 
-def data_of(events: Sequence[PairEvent], stream_id: int) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, PairData) and e.stream_id == stream_id)
+def data_of(events: Sequence[Event], stream_id: int) -> bytes:
+    return b"".join(
+        e.data for e in events if isinstance(e, DataReceived) and e.stream_id == stream_id
+    )
 
 
 # ---------------------------------------------------------------- connection set-up
@@ -102,9 +107,9 @@ def test_server_queues_its_preface_at_once() -> None:
 def test_open_pair(mode: str) -> None:
     client, server, error_id, data_id, events = opened_pair(mode)
     assert (error_id, data_id) == (1, 3)
-    opened = [e for e in events if isinstance(e, PairStreamOpened)]
+    opened = [e for e in events if isinstance(e, StreamOpened)]
     assert [(e.stream_id, e.end_stream) for e in opened] == [(1, True), (3, False)]
-    assert PairEnded(1) in events and PairEnded(3) not in events
+    assert StreamEnded(1) in events and StreamEnded(3) not in events
     error_headers, data_headers = opened[0].headers, opened[1].headers
     assert error_headers[":method"] == "POST"
     assert error_headers[":path"] == "/v1/portforward/default/web-0"
@@ -115,9 +120,9 @@ def test_open_pair(mode: str) -> None:
     server.respond(error_id, 200)
     server.respond(data_id, 200)
     events = feed(client.receive_data, server.data_to_send(), mode)
-    assert [e for e in events if isinstance(e, PairResponse)] == [
-        PairResponse(1, 200),
-        PairResponse(3, 200),
+    assert [e for e in events if isinstance(e, StreamReplied)] == [
+        StreamReplied(1, 200),
+        StreamReplied(3, 200),
     ]
 
 
@@ -125,7 +130,7 @@ def test_extra_headers_and_quoted_path() -> None:
     client, server = connected()
     client.open_pair("ns", "pod/x y", 1, "req-7", [("Authorization", "Bearer t")])
     events = server.receive_data(client.data_to_send())
-    opened = [e for e in events if isinstance(e, PairStreamOpened)]
+    opened = [e for e in events if isinstance(e, StreamOpened)]
     assert opened[0].headers["authorization"] == "Bearer t"
     assert opened[0].headers[":path"] == "/v1/portforward/ns/pod%2Fx%20y"
     assert parse_pair_path(opened[0].headers[":path"]) == ("ns", "pod/x y")
@@ -145,7 +150,7 @@ def test_data_both_ways_and_half_close(mode: str) -> None:
     assert not client.can_send(data_id)
     events = feed(server.receive_data, client.data_to_send(), mode)
     assert data_of(events, data_id) == b"ping over h2"
-    assert events[-1] == PairEnded(data_id)
+    assert events[-1] == StreamEnded(data_id)
     # The agent may still answer after the client's half-close.
     assert server.can_send(data_id)
     assert server.send_data(data_id, b"pong") == 4
@@ -153,7 +158,7 @@ def test_data_both_ways_and_half_close(mode: str) -> None:
     server.end_stream(error_id)  # success: the error stream ends with no data
     events = feed(client.receive_data, server.data_to_send(), mode)
     assert data_of(events, data_id) == b"pong"
-    assert PairEnded(data_id) in events and PairEnded(error_id) in events
+    assert StreamEnded(data_id) in events and StreamEnded(error_id) in events
     with pytest.raises(PairStateError):
         client.send_data(data_id, b"late")
     with pytest.raises(PairStateError):
@@ -175,12 +180,14 @@ def test_flow_control_bounds_sends_and_acknowledge_releases_more(direction: str)
     assert sender.send_data(data_id, payload[taken:]) == 0
     received = receiver.receive_data(sender.data_to_send())
     assert len(data_of(received, data_id)) == STREAM_WINDOW
-    assert all(e.flow_controlled_length == len(e.data) for e in received if isinstance(e, PairData))
+    assert all(
+        e.flow_controlled_length == len(e.data) for e in received if isinstance(e, DataReceived)
+    )
     # Unacknowledged bytes are not credited back, whatever is read.
     assert sender.receive_data(receiver.data_to_send()) == []
     assert sender.send_data(data_id, payload[taken:]) == 0
     got = data_of(received, data_id)
-    pending = [e for e in received if isinstance(e, PairData)]
+    pending = [e for e in received if isinstance(e, DataReceived)]
     rounds = 0
     while len(got) < len(payload):
         rounds += 1
@@ -193,7 +200,7 @@ def test_flow_control_bounds_sends_and_acknowledge_releases_more(direction: str)
         assert 0 < more <= STREAM_WINDOW
         taken += more
         received = receiver.receive_data(sender.data_to_send())
-        pending = [e for e in received if isinstance(e, PairData)]
+        pending = [e for e in received if isinstance(e, DataReceived)]
         got += data_of(received, data_id)
     assert got == payload
     assert rounds > 2
@@ -208,7 +215,7 @@ def test_frames_respect_the_peers_max_frame_size() -> None:
     _, data_id = client.open_pair("n", "p", 80, 0)
     assert client.send_data(data_id, b"x" * 50000) == 50000
     events = server.receive_data(client.data_to_send())
-    sizes = [len(e.data) for e in events if isinstance(e, PairData)]
+    sizes = [len(e.data) for e in events if isinstance(e, DataReceived)]
     assert sizes == [16384, 16384, 16384, 50000 - 3 * 16384]
 
 
@@ -222,7 +229,7 @@ def test_a_256k_read_is_one_frame_between_our_two_sides(direction: str) -> None:
     payload = os.urandom(256 * 1024)
     assert sender.send_data(data_id, payload) == len(payload)
     events = receiver.receive_data(sender.data_to_send())
-    assert [len(e.data) for e in events if isinstance(e, PairData)] == [len(payload)]
+    assert [len(e.data) for e in events if isinstance(e, DataReceived)] == [len(payload)]
     assert data_of(events, data_id) == payload
 
 
@@ -267,12 +274,12 @@ def test_sent_data_frames_are_what_stock_h2_expects(mode: str) -> None:
     events = feed(stock.receive_data, client.data_to_send(), mode)
     got: dict[int, bytes] = {sid: b"" for sid in payloads}
     for ev in events:
-        if isinstance(ev, DataReceived):
+        if isinstance(ev, H2DataReceived):
             assert ev.stream_id is not None and ev.data is not None
             assert len(ev.data) <= 16384
             got[ev.stream_id] += ev.data
     assert got == payloads
-    assert isinstance(events[-1], StreamEnded) and events[-1].stream_id == last
+    assert isinstance(events[-1], H2StreamEnded) and events[-1].stream_id == last
     total = sum(len(d) for d in payloads.values())
     for sid, data in payloads.items():
         stock_window = stock._get_stream_by_id(sid)._inbound_window_manager.current_window_size
@@ -302,8 +309,8 @@ def test_received_data_from_stock_h2_padded_or_not(mode: str) -> None:
         flow += len(chunk) + (0 if pad is None else pad + 1)
     events = feed(server.receive_data, stock.data_to_send(), mode)
     assert data_of(events, sid) == payload
-    assert sum(e.flow_controlled_length for e in events if isinstance(e, PairData)) == flow
-    assert events[-1] == PairEnded(sid)
+    assert sum(e.flow_controlled_length for e in events if isinstance(e, DataReceived)) == flow
+    assert events[-1] == StreamEnded(sid)
     assert stock.outbound_flow_control_window == CONNECTION_WINDOW - flow
     inbound = server._conn._inbound_flow_control_window_manager.current_window_size
     assert inbound == CONNECTION_WINDOW - flow
@@ -317,7 +324,7 @@ def test_received_payloads_never_hold_much_more_memory_than_they_carry() -> None
         client.send_data(data_id, os.urandom(size))
     wire = client.data_to_send()
     events = server.receive_data(wire)
-    datas = [e.data for e in events if isinstance(e, PairData)]
+    datas = [e.data for e in events if isinstance(e, DataReceived)]
     assert [len(d) for d in datas] == [10, 300, 120_000, 5, 200_000]
     assert any(isinstance(d, memoryview) for d in datas)  # the big ones: not copied
     for d in datas:
@@ -341,7 +348,7 @@ def test_an_oversized_frame_is_refused_at_its_header() -> None:
     with pytest.raises(PairProtocolError) as info:
         server.receive_data(header)  # no body sent: refused before we would buffer it
     assert info.value.error_code == ErrorCodes.FRAME_SIZE_ERROR
-    assert client.receive_data(server.data_to_send())[-1] == LinkTerminated(
+    assert client.receive_data(server.data_to_send())[-1] == ConnectionTerminated(
         ErrorCodes.FRAME_SIZE_ERROR, 0
     )
 
@@ -359,10 +366,10 @@ def test_reset_stream() -> None:
     client.reset_stream(data_id)
     client.reset_stream(data_id)  # already closed: a no-op
     events = server.receive_data(client.data_to_send())
-    assert events == [PairReset(data_id, ErrorCodes.CANCEL, True)]
+    assert events == [StreamReset(data_id, ErrorCodes.CANCEL, True)]
     server.reset_stream(error_id)
     assert client.receive_data(server.data_to_send()) == [
-        PairReset(error_id, ErrorCodes.CANCEL, True)
+        StreamReset(error_id, ErrorCodes.CANCEL, True)
     ]
     assert not server.can_send(data_id)
     assert server.window(data_id) == 0
@@ -378,7 +385,7 @@ def test_data_received_on_a_reset_stream_keeps_the_connection_window() -> None:
     server.reset_stream(data_id)
     events = server.receive_data(client.data_to_send())  # crossed the RST on the wire
     for ev in events:
-        if isinstance(ev, PairData):
+        if isinstance(ev, DataReceived):
             server.acknowledge(ev.stream_id, ev.flow_controlled_length)
     client.receive_data(server.data_to_send())
     _, data2 = client.open_pair("n", "p", 80, 1)
@@ -413,7 +420,7 @@ def test_data_received_on_a_reset_stream_keeps_the_connection_window() -> None:
 def test_validate_pair_headers_errors(headers: dict[str, str], message: str) -> None:
     with pytest.raises(PairRequestError) as info:
         validate_pair_headers(headers)
-    assert (info.value.status, info.value.message) == (400, message)
+    assert (info.value.error_code, info.value.message) == (400, message)
 
 
 @pytest.mark.parametrize(
@@ -422,7 +429,7 @@ def test_validate_pair_headers_errors(headers: dict[str, str], message: str) -> 
 def test_parse_pair_path_errors(path: str) -> None:
     with pytest.raises(PairRequestError) as info:
         parse_pair_path(path)
-    assert info.value.status == 404
+    assert info.value.error_code == 404
 
 
 @pytest.mark.parametrize("mode", SPLIT_MODES)
@@ -443,14 +450,14 @@ def test_stream_without_port_gets_400_text_and_end_stream(mode: str) -> None:
         ],
     )
     events = feed(server.receive_data, client.data_to_send(), mode)
-    [opened] = [e for e in events if isinstance(e, PairStreamOpened)]
+    [opened] = [e for e in events if isinstance(e, StreamOpened)]
     with pytest.raises(PairRequestError) as info:
         validate_pair_headers(opened.headers)
     server.reject_stream(opened.stream_id, info.value)
     events = feed(client.receive_data, server.data_to_send(), mode)
-    assert events[0] == PairResponse(sid, 400)
+    assert events[0] == StreamReplied(sid, 400)
     assert data_of(events, sid) == b'"port" header is required'
-    assert events[-1] == PairEnded(sid)
+    assert events[-1] == StreamEnded(sid)
 
 
 def test_send_text_and_end_with_status() -> None:
@@ -460,8 +467,8 @@ def test_send_text_and_end_with_status() -> None:
     server.send_text_and_end(data_id, "", status=502)
     events = client.receive_data(server.data_to_send())
     assert data_of(events, error_id) == b"error forwarding port 8080 to pod web-0"
-    assert PairResponse(data_id, 502) in events
-    assert PairEnded(error_id) in events and PairEnded(data_id) in events
+    assert StreamReplied(data_id, 502) in events
+    assert StreamEnded(error_id) in events and StreamEnded(data_id) in events
 
 
 # ---------------------------------------------------------------- ping, goaway, errors
@@ -472,17 +479,17 @@ def test_ping_is_answered() -> None:
     data = client.ping()
     assert len(data) == 8
     assert server.receive_data(client.data_to_send()) == []
-    assert client.receive_data(server.data_to_send()) == [PingAnswered(data)]
+    assert client.receive_data(server.data_to_send()) == [PingAcknowledged(data)]
     assert client.ping() != data
 
 
 def test_goaway_both_ways() -> None:
     client, server, _, data_id, _ = opened_pair()
     server.goaway()
-    assert client.receive_data(server.data_to_send()) == [LinkTerminated(0, data_id)]
+    assert client.receive_data(server.data_to_send()) == [ConnectionTerminated(0, data_id)]
     client2, server2 = connected()
     client2.close()
-    assert server2.receive_data(client2.data_to_send()) == [LinkTerminated(0, 0)]
+    assert server2.receive_data(client2.data_to_send()) == [ConnectionTerminated(0, 0)]
 
 
 def test_protocol_error_queues_goaway_and_raises() -> None:
@@ -493,7 +500,7 @@ def test_protocol_error_queues_goaway_and_raises() -> None:
         )  # WINDOW_UPDATE 0
     assert info.value.error_code == ErrorCodes.PROTOCOL_ERROR
     events = client.receive_data(server.data_to_send())
-    assert events == [LinkTerminated(ErrorCodes.PROTOCOL_ERROR, 0)]
+    assert events == [ConnectionTerminated(ErrorCodes.PROTOCOL_ERROR, 0)]
     with pytest.raises(PairProtocolError):
         H2PairServer().receive_data(b"GET / HTTP/1.1\r\n\r\n")
 
@@ -560,7 +567,7 @@ def test_receiving_data_frames_never_reprs_the_payload(repr_counter: dict[str, i
     _, server, data_id, wire = _many_data_frames()
     for counter in repr_counter:
         repr_counter[counter] = 0  # sending serialises bodies legitimately
-    events: list[PairEvent] = []
+    events: list[Event] = []
     for chunk in chunks_of(wire, "random-3"):
         events += server.receive_data(chunk)
     assert len(data_of(events, data_id)) == 200 * 4096
@@ -592,3 +599,26 @@ def test_the_repr_counter_catches_plain_h2(repr_counter: dict[str, int]) -> None
         "serialize_body": 1,
         "_raw_data_repr": 1,
     }
+
+
+# h2 modules whose use ties us to h2 4.x (subclassed, or private): the h2>=4.4,<5 pin in
+# pyproject.toml is for service/protocols/h2/internals.py alone, so only it may import them.
+_H2_INTERNAL_MODULES = ("h2.config", "h2.connection", "h2.frame_buffer", "h2.stream", "h2._")
+
+
+def test_only_internals_reaches_into_h2() -> None:
+    root = Path(__file__).resolve().parents[2] / "service"
+    allowed = root / "protocols" / "h2" / "internals.py"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith(_H2_INTERNAL_MODULES) and path != allowed:
+                    offenders.append(f"{path.relative_to(root)}: {name}")
+    assert offenders == []

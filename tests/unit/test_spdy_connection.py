@@ -366,7 +366,7 @@ def test_goaway_from_client() -> None:
     with pytest.raises(ConnectionStateError):
         client.open_stream(PAIR)
     assert server.receive_data(wire + b"garbage after goaway") == [
-        ConnectionTerminated(0, GoAwayStatus.OK)
+        ConnectionTerminated(error_code=GoAwayStatus.OK, last_stream_id=0)
     ]
     assert server.terminated
     assert server.receive_data(bytes.fromhex(V5_SYN_STREAM_1)) == []
@@ -378,7 +378,9 @@ def test_goaway_last_good_is_highest_accepted_peer_stream() -> None:
     client, server = SpdyConnection(True), SpdyConnection(False)
     open_pair(client, server)
     server.goaway(GoAwayStatus.INTERNAL_ERROR)
-    assert pump(server, client) == [ConnectionTerminated(3, GoAwayStatus.INTERNAL_ERROR)]
+    assert pump(server, client) == [
+        ConnectionTerminated(error_code=GoAwayStatus.INTERNAL_ERROR, last_stream_id=3)
+    ]
     # New streams after our GOAWAY are ignored, but their headers still go through zlib.
     client2 = SpdyConnection(True)
     server2 = SpdyConnection(False)

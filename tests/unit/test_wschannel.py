@@ -8,31 +8,30 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.protocols.wschannel import (
+from service.protocols.websocket import (
     MAX_MESSAGE_PAYLOAD,
-    V4_BASE64,
-    V4_BINARY,
-    ChannelAccepted,
-    ChannelClient,
-    ChannelClosed,
-    ChannelData,
-    ChannelError,
-    ChannelErrorText,
-    ChannelEvent,
-    ChannelRejected,
-    ChannelRequestError,
-    ChannelServer,
-    PongReceived,
-    parse_ports_query,
-    select_subprotocol,
-)
-from service.protocols.wstunnel import (
     OPCODE_BINARY,
     OPCODE_TEXT,
-    TunnelRequested,
+    V4_BASE64,
+    V4_BINARY,
+    V4_PROTOCOLS,
+    ChannelClient,
+    ChannelError,
+    ChannelRequestError,
+    ChannelServer,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorTextReceived,
+    Event,
+    HandshakeAccepted,
+    HandshakeRejected,
+    PingAcknowledged,
+    RequestReceived,
     TunnelServer,
     WebSocketStateError,
     encode_message,
+    parse_ports_query,
+    select_subprotocol,
 )
 from tests.support.splits import SPLIT_MODES, feed
 from tests.support.wsraw import ws_frames
@@ -40,16 +39,16 @@ from tests.support.wsraw import ws_frames
 TARGET = "/api/v1/namespaces/default/pods/web-0/portforward"
 
 
-def data_of(events: Sequence[ChannelEvent], port_index: int) -> bytes:
+def data_of(events: Sequence[Event], port_index: int) -> bytes:
     return b"".join(
-        e.data for e in events if isinstance(e, ChannelData) and e.port_index == port_index
+        e.data for e in events if isinstance(e, DataReceived) and e.port_index == port_index
     )
 
 
-def request_for(client: ChannelClient) -> tuple[TunnelRequested, bytes]:
+def request_for(client: ChannelClient) -> tuple[RequestReceived, bytes]:
     parser = TunnelServer()
     [request] = parser.receive_data(client.initiate())
-    assert isinstance(request, TunnelRequested)
+    assert isinstance(request, RequestReceived)
     return request, parser.trailing_data
 
 
@@ -61,7 +60,7 @@ def open_pair(
     server = ChannelServer.from_request(request, trailing_data=trailing)
     events = feed(client.receive_data, server.accept(), mode)
     expected = V4_BASE64 if use_base64 else V4_BINARY
-    assert events == [ChannelAccepted(expected)]
+    assert events == [HandshakeAccepted(expected, events[0].headers)]  # type: ignore[union-attr]
     return client, server
 
 
@@ -82,7 +81,8 @@ def open_pair(
     ],
 )
 def test_select_subprotocol(offered: list[str], selected: str | None) -> None:
-    assert select_subprotocol(offered) == selected
+    # The kubelet's choice: no subprotocol at all means binary framing.
+    assert select_subprotocol(offered, V4_PROTOCOLS, default="") == selected
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_parse_ports_query(query: str, ports: list[int]) -> None:
 def test_parse_ports_query_errors(query: str, message: str) -> None:
     with pytest.raises(ChannelRequestError) as info:
         parse_ports_query(query)
-    assert info.value.status == 400
+    assert info.value.error_code == 400
     assert info.value.message == message
 
 
@@ -175,10 +175,10 @@ def test_client_strips_and_checks_every_prefix(mode: str, use_base64: bool) -> N
     server = ChannelServer.from_request(request)
     wire = server.accept() + server.send_data(1, b"to-443") + server.send_data(0, b"to-80")
     events = feed(client.receive_data, wire, mode)
-    assert isinstance(events[0], ChannelAccepted)
+    assert isinstance(events[0], HandshakeAccepted)
     assert data_of(events, 0) == b"to-80"
     assert data_of(events, 1) == b"to-443"
-    assert not any(isinstance(e, ChannelErrorText) for e in events)
+    assert not any(isinstance(e, ErrorTextReceived) for e in events)
 
 
 def _hand_made_client(
@@ -227,7 +227,7 @@ def test_prefix_split_over_frames_of_one_message() -> None:
     assert client.receive_data(first + second) == []
     client.receive_data(encode_message(OPCODE_BINARY, b"\x01\x50\x00", mask=False))
     events = client.receive_data(encode_message(OPCODE_BINARY, b"\x00data", mask=False))
-    assert events == [ChannelData(0, b"data")]
+    assert events == [DataReceived(b"data", 0)]
 
 
 # ---------------------------------------------------------------- data, errors, channels
@@ -246,8 +246,8 @@ def test_data_both_ways(mode: str, use_base64: bool) -> None:
     )
     events = feed(client.receive_data, answer, mode)
     assert data_of(events, 0) == b"HTTP/1.0 200 OK\r\n\r\n"
-    assert [e for e in events if isinstance(e, ChannelErrorText)] == [
-        ChannelErrorText(1, "error forwarding port 443 to pod web-0")
+    assert [e for e in events if isinstance(e, ErrorTextReceived)] == [
+        ErrorTextReceived(1, "error forwarding port 443 to pod web-0")
     ]
 
 
@@ -283,13 +283,13 @@ def test_unknown_channels_are_ignored_by_both_roles() -> None:
         encode_message(OPCODE_BINARY, bytes((ch,)) + b"junk", mask=True) for ch in (9, 1, 3, 255)
     )
     wire += client.send_data(1, b"kept")
-    assert server.receive_data(wire) == [ChannelData(1, b"kept")]
+    assert server.receive_data(wire) == [DataReceived(b"kept", 1)]
     # Client side: channels past the ports, even and odd.
     wire = b"".join(
         encode_message(OPCODE_BINARY, bytes((ch,)) + b"junk", mask=False) for ch in (4, 5, 200)
     )
     wire += server.send_data(0, b"kept")
-    assert client.receive_data(wire) == [ChannelData(0, b"kept")]
+    assert client.receive_data(wire) == [DataReceived(b"kept", 0)]
 
 
 def test_empty_and_unknown_messages_in_base64_mode() -> None:
@@ -301,22 +301,24 @@ def test_empty_and_unknown_messages_in_base64_mode() -> None:
         OPCODE_TEXT, b"0", mask=True
     )
     wire += client.send_data(0, b"hi")
-    assert server.receive_data(wire) == [ChannelData(0, b"hi")]
+    assert server.receive_data(wire) == [DataReceived(b"hi", 0)]
 
 
 def test_invalid_base64_is_a_typed_error() -> None:
     _, server = open_pair([80], use_base64=True)
     with pytest.raises(ChannelError) as info:
         server.receive_data(encode_message(OPCODE_TEXT, b"0!!!!", mask=True))
-    assert info.value.close_code == 1007
+    assert info.value.error_code == 1007
 
 
 def test_unmasked_client_frame_is_a_typed_error() -> None:
     client, server = open_pair([80])
     with pytest.raises(ChannelError) as info:
         server.receive_data(encode_message(OPCODE_BINARY, b"\x00x", mask=False))
-    assert info.value.close_code == 1002
-    assert client.receive_data(server.data_to_send()) == [ChannelClosed(1002, info.value.message)]
+    assert info.value.error_code == 1002
+    assert client.receive_data(server.data_to_send()) == [
+        ConnectionTerminated(1002, info.value.message)
+    ]
 
 
 def test_oversized_collected_message_is_a_typed_error() -> None:
@@ -326,22 +328,22 @@ def test_oversized_collected_message_is_a_typed_error() -> None:
     client.receive_data(server.accept())
     with pytest.raises(ChannelError) as info:
         server.receive_data(client.send_data(0, b"x" * 100))
-    assert info.value.close_code == 1009
+    assert info.value.error_code == 1009
 
 
 def test_ping_pong_and_close() -> None:
     client, server = open_pair([80])
     assert server.receive_data(client.ping(b"k")) == []
-    assert client.receive_data(server.data_to_send()) == [PongReceived(b"k")]
+    assert client.receive_data(server.data_to_send()) == [PingAcknowledged(b"k")]
     # The kubelet closes with 1000 once every port has finished.
     [closed] = client.receive_data(server.close())
-    assert isinstance(closed, ChannelClosed)
-    assert closed == ChannelClosed(1000, "") and closed.clean
-    assert server.receive_data(client.data_to_send()) == [ChannelClosed(1000, "")]
+    assert isinstance(closed, ConnectionTerminated)
+    assert closed == ConnectionTerminated(1000, "") and closed.clean
+    assert server.receive_data(client.data_to_send()) == [ConnectionTerminated(1000, "")]
     with pytest.raises(WebSocketStateError):
         client.send_data(0, b"late")
     client2, _ = open_pair([80])
-    assert client2.receive_data(b"") == [ChannelClosed(1006, "")]
+    assert client2.receive_data(b"") == [ConnectionTerminated(1006, "")]
 
 
 def test_send_error_and_port_index_bounds() -> None:
@@ -363,7 +365,7 @@ def test_server_without_subprotocol_means_binary() -> None:
     accept = server.accept()
     assert b"Sec-WebSocket-Protocol" not in accept
     events = client.receive_data(accept + server.send_data(0, b"bin"))
-    assert events == [ChannelAccepted(""), ChannelData(0, b"bin")]
+    assert events == [HandshakeAccepted("", events[0].headers), DataReceived(b"bin", 0)]  # type: ignore[union-attr]
     assert not client.base64
 
 
@@ -371,7 +373,7 @@ def test_client_frames_sent_before_the_101_are_parsed_after_accept() -> None:
     client = ChannelClient("h", TARGET, [80])
     parser = TunnelServer()
     [request] = parser.receive_data(client.initiate())
-    assert isinstance(request, TunnelRequested)
+    assert isinstance(request, RequestReceived)
     server = ChannelServer.from_request(request, trailing_data=parser.trailing_data)
     client.receive_data(server.accept())
     early = client.send_data(0, b"early")
@@ -384,7 +386,7 @@ def test_client_frames_sent_before_the_101_are_parsed_after_accept() -> None:
 # ---------------------------------------------------------------- V12 negatives
 
 
-def _request(path: str, protocols: Sequence[str]) -> tuple[ChannelClient, TunnelRequested]:
+def _request(path: str, protocols: Sequence[str]) -> tuple[ChannelClient, RequestReceived]:
     client = ChannelClient("h", TARGET, [80])
     raw = client.initiate()
     raw = raw.replace(f"GET {TARGET}?ports=80 ".encode(), f"GET {path} ".encode())
@@ -394,7 +396,7 @@ def _request(path: str, protocols: Sequence[str]) -> tuple[ChannelClient, Tunnel
             b"\r\n\r\n", f"\r\nSec-WebSocket-Protocol: {', '.join(protocols)}\r\n\r\n".encode()
         )
     [request] = TunnelServer().receive_data(raw)
-    assert isinstance(request, TunnelRequested)
+    assert isinstance(request, RequestReceived)
     return client, request
 
 
@@ -402,10 +404,13 @@ def test_v12_v4_without_ports_is_400() -> None:
     client, request = _request(TARGET, [V4_BINARY])
     with pytest.raises(ChannelRequestError) as info:
         ChannelServer.from_request(request)
-    assert (info.value.status, info.value.message) == (400, 'query parameter "port" is required')
-    answer = TunnelServer(request).reject(info.value.status, info.value.message.encode())
+    assert (info.value.error_code, info.value.message) == (
+        400,
+        'query parameter "port" is required',
+    )
+    answer = TunnelServer(request).reject(info.value.error_code, info.value.message.encode())
     [rejected] = client.receive_data(answer)
-    assert isinstance(rejected, ChannelRejected)
+    assert isinstance(rejected, HandshakeRejected)
     assert (rejected.status, rejected.body) == (400, b'query parameter "port" is required')
 
 
@@ -413,9 +418,9 @@ def test_v12_only_v5_is_403() -> None:
     client, request = _request(TARGET + "?ports=80", ["v5.channel.k8s.io"])
     with pytest.raises(ChannelRequestError) as info:
         ChannelServer.from_request(request)
-    assert info.value.status == 403
+    assert info.value.error_code == 403
     [rejected] = client.receive_data(TunnelServer(request).reject(403))
-    assert rejected == ChannelRejected(
+    assert rejected == HandshakeRejected(
         403, "Forbidden", (("content-length", "0"), ("connection", "close")), b""
     )
 
@@ -431,5 +436,5 @@ def test_101_with_a_subprotocol_not_offered_is_rejected() -> None:
     request, _ = request_for(client)
     accept = ChannelServer.from_request(request).accept().replace(b"v4.channel", b"v5.channel")
     events = client.receive_data(accept)
-    assert len(events) == 1 and isinstance(events[0], ChannelRejected)
+    assert len(events) == 1 and isinstance(events[0], HandshakeRejected)
     assert events[0].status == 101

@@ -1,4 +1,4 @@
-"""The WebSocket frame parser of the open tunnel/channel (wstunnel.FrameParser), with
+"""The WebSocket frame parser of the open tunnel/channel (websocket.frames.FrameParser), with
 wsproto 1.3's receive path as the oracle: same events, same errors, same close codes and
 messages, however the bytes are split. Also the send side (``message_pieces``)."""
 
@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     OPCODE_BINARY,
     OPCODE_TEXT,
     Buffer,
+    ConnectionTerminated,
     FrameError,
     FrameParser,
     TunnelClient,
-    TunnelClosed,
     TunnelError,
     TunnelServer,
     encode_message,
@@ -123,7 +123,7 @@ def parse(client: bool, chunks: Sequence[bytes]) -> Outcome:
         try:
             parser.feed(chunk)
         except FrameError as exc:
-            record.error(exc.close_code, exc.message)
+            record.error(exc.error_code, exc.message)
             break
     return record.done()
 
@@ -296,10 +296,10 @@ def test_each_violation_closes_the_tunnel_with_its_code(
     prefix = encode_message(OPCODE_BINARY, b"before", mask=not client)
     with pytest.raises(TunnelError) as info:
         receiver.receive_data(prefix + wire)
-    assert info.value.close_code == code
+    assert info.value.error_code == code
     # Our Close carries the code and the message; the peer sees it as the end.
     assert sender.receive_data(receiver.data_to_send()) == [
-        TunnelClosed(code, info.value.message[:100])
+        ConnectionTerminated(code, info.value.message[:100])
     ]
     assert receiver.close() == b""  # a Close was already sent
     with pytest.raises(TunnelError):
@@ -312,7 +312,7 @@ def test_text_message_is_1003_in_the_tunnel_and_valid_elsewhere() -> None:
     _client, server = _open_tunnel()
     with pytest.raises(TunnelError) as info:
         server.receive_data(text)
-    assert info.value.close_code == 1003
+    assert info.value.error_code == 1003
 
 
 # ---------------------------------------------------------------- random streams

@@ -11,25 +11,30 @@ from wsproto.frame_protocol import XorMaskerSimple
 
 from service.protocols.spdy import Event as SpdyEvent
 from service.protocols.spdy import SpdyConnection
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     OPCODE_BINARY,
     OPCODE_TEXT,
     SPDY_TUNNEL_PROTOCOL,
+    ClientHandshake,
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    HandshakeAccepted,
     HandshakeError,
-    PongReceived,
-    StreamBytes,
-    TunnelAccepted,
+    HandshakeRejected,
+    PingAcknowledged,
+    RequestReceived,
+    ServerHandshake,
+    State,
     TunnelClient,
-    TunnelClosed,
     TunnelError,
-    TunnelEvent,
-    TunnelRejected,
-    TunnelRequested,
     TunnelServer,
     WebSocketStateError,
+    accept_response,
     encode_message,
     mask_payload,
     parse_upgrade_request,
+    select_subprotocol,
 )
 from tests.support.splits import SPLIT_MODES, chunks_of, feed
 from tests.support.wsraw import ws_frames
@@ -39,17 +44,17 @@ from .spdy_vectors import V5_SYN_STREAM_1, V5_SYN_STREAM_3, V6_SYN_REPLY_1, V6_S
 TARGET = "/api/v1/namespaces/default/pods/web-0/portforward"
 
 
-def stream_of(events: Sequence[TunnelEvent]) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, StreamBytes))
+def stream_of(events: Sequence[Event]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, DataReceived))
 
 
 def open_pair(mode: str = "whole") -> tuple[TunnelClient, TunnelServer]:
     client = TunnelClient("apiserver:6443", TARGET, [("Authorization", "Bearer t0ken")])
     server = TunnelServer()
     events = feed(server.receive_data, client.initiate(), mode)
-    assert len(events) == 1 and isinstance(events[0], TunnelRequested)
+    assert len(events) == 1 and isinstance(events[0], RequestReceived)
     events = feed(client.receive_data, server.accept(), mode)
-    assert events and isinstance(events[0], TunnelAccepted)
+    assert events and isinstance(events[0], HandshakeAccepted)
     return client, server
 
 
@@ -64,7 +69,7 @@ def test_handshake_in_memory(mode: str) -> None:
     assert b"\r\nSec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n" in request
     server = TunnelServer()
     [requested] = feed(server.receive_data, request, mode)
-    assert isinstance(requested, TunnelRequested)
+    assert isinstance(requested, RequestReceived)
     assert requested.path == TARGET
     assert requested.subprotocols == (SPDY_TUNNEL_PROTOCOL,)
     assert requested.header("authorization") == "Bearer t0ken"
@@ -72,7 +77,7 @@ def test_handshake_in_memory(mode: str) -> None:
     # The 101 and the first frames arrive in the same reads.
     wire = server.accept() + server.send_bytes(b"\x80\x03") + server.send_bytes(b"\x00\x02")
     events = feed(client.receive_data, wire, mode)
-    assert events[0] == TunnelAccepted(SPDY_TUNNEL_PROTOCOL, events[0].headers)  # type: ignore[union-attr]
+    assert events[0] == HandshakeAccepted(SPDY_TUNNEL_PROTOCOL, events[0].headers)  # type: ignore[union-attr]
     assert stream_of(events) == b"\x80\x03\x00\x02"
     assert client.is_open and server.is_open
     assert client.subprotocol == server.subprotocol == SPDY_TUNNEL_PROTOCOL
@@ -84,7 +89,7 @@ def test_client_frames_pipelined_with_the_request_are_parsed_after_accept() -> N
     request = client.initiate()
     assert server.receive_data(request[:-1]) == []
     [requested] = server.receive_data(request[-1:])
-    assert isinstance(requested, TunnelRequested)
+    assert isinstance(requested, RequestReceived)
     client.receive_data(server.accept())
     late = TunnelServer()
     late.receive_data(TunnelClient("h", TARGET).initiate())
@@ -99,7 +104,7 @@ def test_client_frames_pipelined_with_the_request_are_parsed_after_accept() -> N
     parsed = parse_upgrade_request(method, target, headers)  # type: ignore[arg-type]
     server2 = TunnelServer(parsed, trailing_data=b"")
     accepted = server2.accept()
-    assert isinstance(c2.receive_data(accepted)[0], TunnelAccepted)
+    assert isinstance(c2.receive_data(accepted)[0], HandshakeAccepted)
     early = c2.send_bytes(b"early")
     server3 = TunnelServer(parsed, trailing_data=early)
     server3.accept()
@@ -113,7 +118,7 @@ def test_frames_before_the_101_are_delivered_before_an_eof() -> None:
     early = encode_message(OPCODE_BINARY, b"early", mask=True)  # before the 101 came
     assert server.receive_data(early) == []
     client.receive_data(server.accept())
-    assert server.receive_data(b"") == [StreamBytes(b"early"), TunnelClosed(1006, "")]
+    assert server.receive_data(b"") == [DataReceived(b"early"), ConnectionTerminated(1006, "")]
 
 
 @pytest.mark.parametrize("mode", SPLIT_MODES)
@@ -124,20 +129,20 @@ def test_stream_bytes_own_their_memory_when_fed_from_a_reused_buffer(mode: str) 
     payloads = [os.urandom(n) for n in (1, 70000, 3, 125, 126, 65536, 9)]
     wire = b"".join(server.send_bytes(p) for p in payloads) + server.ping(b"p")
     buffer = bytearray(len(wire))
-    events: list[TunnelEvent] = []
+    events: list[Event] = []
     for chunk in chunks_of(wire, mode):
         view = memoryview(buffer)[: len(chunk)]
         view[:] = chunk
         events += client.receive_data(view)
         view[:] = bytes(len(chunk))  # the next read overwrites it
     assert stream_of(events) == b"".join(payloads)
-    assert all(type(e.data) is bytes for e in events if isinstance(e, StreamBytes))
+    assert all(type(e.data) is bytes for e in events if isinstance(e, DataReceived))
 
 
 def test_extra_headers_and_subprotocol_offer() -> None:
     client = TunnelClient("h:1", "/x", [("X-Forwarded-For", "1.2.3.4")])
     [req] = TunnelServer().receive_data(client.initiate())
-    assert isinstance(req, TunnelRequested)
+    assert isinstance(req, RequestReceived)
     assert req.header("x-forwarded-for") == "1.2.3.4"
     assert req.header("sec-websocket-version") == "13"
     assert req.header("upgrade") == "websocket"
@@ -261,8 +266,8 @@ def test_v11_client_frames_split_across_messages_reassemble(mode: str, split: st
         "PingReceived",
     ]
     assert _spdy_events(False, [reassembled]) == expected
-    assert _spdy_events(False, [e.data for e in events if isinstance(e, StreamBytes)]) == expected
-    assert not any(isinstance(e, StreamBytes) and not e.data for e in events)
+    assert _spdy_events(False, [e.data for e in events if isinstance(e, DataReceived)]) == expected
+    assert not any(isinstance(e, DataReceived) and not e.data for e in events)
 
 
 @pytest.mark.parametrize("mode", SPLIT_MODES)
@@ -282,7 +287,7 @@ def test_v11_server_frames_split_across_messages_reassemble(mode: str) -> None:
         "ConnectionTerminated",
     ]
     assert _spdy_events(True, [reassembled]) == expected
-    assert _spdy_events(True, [e.data for e in events if isinstance(e, StreamBytes)]) == expected
+    assert _spdy_events(True, [e.data for e in events if isinstance(e, DataReceived)]) == expected
 
 
 def test_spdy_session_through_the_tunnel() -> None:
@@ -305,7 +310,7 @@ def test_spdy_session_through_the_tunnel() -> None:
 def test_zero_length_binary_messages_are_accepted() -> None:
     client, server = open_pair()
     wire = client.send_bytes(b"") + client.send_bytes(b"ab") + client.send_bytes(b"")
-    assert feed(server.receive_data, wire) == [StreamBytes(b"ab")]
+    assert feed(server.receive_data, wire) == [DataReceived(b"ab")]
     assert server.receive_data(client.send_bytes(b"")) == []
     assert client.receive_data(server.send_bytes(b"")) == []
 
@@ -359,9 +364,11 @@ def test_unmasked_client_frame_is_a_typed_error() -> None:
     client, server = open_pair()
     with pytest.raises(TunnelError) as info:
         server.receive_data(encode_message(OPCODE_BINARY, b"x", mask=False))
-    assert info.value.close_code == 1002
+    assert info.value.error_code == 1002
     # Our Close(1002) is queued; the connection stays failed.
-    assert client.receive_data(server.data_to_send()) == [TunnelClosed(1002, info.value.message)]
+    assert client.receive_data(server.data_to_send()) == [
+        ConnectionTerminated(1002, info.value.message)
+    ]
     with pytest.raises(TunnelError):
         server.receive_data(b"")
 
@@ -370,7 +377,7 @@ def test_masked_server_frame_is_a_typed_error() -> None:
     client, _ = open_pair()
     with pytest.raises(TunnelError) as info:
         client.receive_data(encode_message(OPCODE_BINARY, b"x", mask=True))
-    assert info.value.close_code == 1002
+    assert info.value.error_code == 1002
 
 
 # ---------------------------------------------------------------- text, ping, close
@@ -386,10 +393,10 @@ def test_text_message_in_the_tunnel_is_an_error(mode: str) -> None:
             mode,
         )
     assert info.value.message == "invalid message type received"
-    assert info.value.close_code == 1003
+    assert info.value.error_code == 1003
     assert server.error is info.value
     events = client.receive_data(server.data_to_send())
-    assert events == [TunnelClosed(1003, "invalid message type received")]
+    assert events == [ConnectionTerminated(1003, "invalid message type received")]
     with pytest.raises(TunnelError):
         server.receive_data(b"")
     # Client side too.
@@ -401,9 +408,9 @@ def test_text_message_in_the_tunnel_is_an_error(mode: str) -> None:
 def test_ping_is_answered_automatically_both_ways() -> None:
     client, server = open_pair()
     assert server.receive_data(client.ping(b"c1")) == []
-    assert client.receive_data(server.data_to_send()) == [PongReceived(b"c1")]
+    assert client.receive_data(server.data_to_send()) == [PingAcknowledged(b"c1")]
     assert client.receive_data(server.ping(b"s1")) == []
-    assert server.receive_data(client.data_to_send()) == [PongReceived(b"s1")]
+    assert server.receive_data(client.data_to_send()) == [PingAcknowledged(b"s1")]
     assert client.data_to_send() == b""
 
 
@@ -411,7 +418,11 @@ def test_bytes_around_a_pong_keep_their_order() -> None:
     client, server = open_pair()
     server.receive_data(client.ping())
     wire = server.send_bytes(b"a") + server.data_to_send() + server.send_bytes(b"b")
-    assert client.receive_data(wire) == [StreamBytes(b"a"), PongReceived(b""), StreamBytes(b"b")]
+    assert client.receive_data(wire) == [
+        DataReceived(b"a"),
+        PingAcknowledged(b""),
+        DataReceived(b"b"),
+    ]
 
 
 @pytest.mark.parametrize("mode", SPLIT_MODES)
@@ -419,25 +430,72 @@ def test_close_1000_is_eof_and_is_echoed(mode: str) -> None:
     client, server = open_pair()
     events = feed(server.receive_data, client.send_bytes(b"last") + client.close(), mode)
     assert stream_of(events) == b"last"
-    assert events[-1] == TunnelClosed(1000, "")
-    assert all(isinstance(e, StreamBytes) for e in events[:-1])
-    assert isinstance(events[-1], TunnelClosed) and events[-1].clean
+    assert events[-1] == ConnectionTerminated(1000, "")
+    assert all(isinstance(e, DataReceived) for e in events[:-1])
+    assert isinstance(events[-1], ConnectionTerminated) and events[-1].clean
     echo = server.data_to_send()
     assert ws_frames(echo)[0][1] == 0x8
-    assert client.receive_data(echo) == [TunnelClosed(1000, "")]
+    assert client.receive_data(echo) == [ConnectionTerminated(1000, "")]
     assert server.receive_data(b"more") == []  # closed: ignored
     with pytest.raises(WebSocketStateError):
         server.send_bytes(b"x")
 
 
+def test_one_state_through_the_close_handshake() -> None:
+    client, server = open_pair()
+    assert client.state is server.state is State.OPEN
+    close = client.close()
+    assert client.state is State.CLOSING and not client.is_open
+    assert client.close() == b""  # one Close only
+    with pytest.raises(WebSocketStateError):
+        client.send_bytes(b"x")
+    # After our Close the peer's data is still read, and its pings are not answered.
+    assert client.receive_data(server.send_bytes(b"tail") + server.ping(b"p")) == [
+        DataReceived(b"tail")
+    ]
+    assert client.data_to_send() == b""
+    assert server.receive_data(close) == [ConnectionTerminated(1000, "")]
+    assert server.state is State.CLOSED
+    assert client.receive_data(server.data_to_send()) == [ConnectionTerminated(1000, "")]
+    assert client.state is State.CLOSED
+    assert client.receive_data(b"") == []  # the EOF after a closing handshake: nothing more
+
+
+def test_a_violation_fails_the_endpoint_for_good() -> None:
+    client, server = open_pair()
+    with pytest.raises(TunnelError) as info:
+        server.receive_data(encode_message(OPCODE_BINARY, b"x", mask=False))
+    assert server.state is State.FAILED and server.error is info.value
+    with pytest.raises(TunnelError) as again:
+        server.receive_data(client.send_bytes(b"y"))
+    assert again.value is info.value
+    assert server.close() == b""  # its Close(1002) is already queued
+    assert ws_frames(server.data_to_send())[0][1] == 0x8
+
+
+def test_handshake_helpers_on_their_own() -> None:
+    client = ClientHandshake("h:1", TARGET, [SPDY_TUNNEL_PROTOCOL, "other"], [("X-A", "1")])
+    server = ServerHandshake()
+    request = server.receive_data(client.request() + b"early")
+    assert isinstance(request, RequestReceived)
+    assert request.subprotocols == (SPDY_TUNNEL_PROTOCOL, "other")
+    assert server.trailing_data == b"early"
+    assert select_subprotocol(request.subprotocols, ["other"]) == "other"
+    assert select_subprotocol(request.subprotocols, ["v4.channel.k8s.io"]) is None
+    assert select_subprotocol((), ["other"], default="") == ""
+    accepted = client.receive_data(accept_response(request, "other") + b"\x82\x00")
+    assert isinstance(accepted, HandshakeAccepted) and accepted.subprotocol == "other"
+    assert client.trailing_data == b"\x82\x00"
+
+
 def test_other_close_codes_are_errors_and_eof_is_1006() -> None:
     client, server = open_pair()
     [closed] = client.receive_data(server.close(1011, "kubelet went away"))
-    assert isinstance(closed, TunnelClosed)
-    assert closed == TunnelClosed(1011, "kubelet went away") and not closed.clean
+    assert isinstance(closed, ConnectionTerminated)
+    assert closed == ConnectionTerminated(1011, "kubelet went away") and not closed.clean
     client2, server2 = open_pair()
-    assert client2.receive_data(b"") == [TunnelClosed(1006, "")]
-    assert server2.receive_data(b"") == [TunnelClosed(1006, "")]
+    assert client2.receive_data(b"") == [ConnectionTerminated(1006, "")]
+    assert server2.receive_data(b"") == [ConnectionTerminated(1006, "")]
 
 
 # ---------------------------------------------------------------- V12 and fallback
@@ -453,7 +511,7 @@ def test_non_101_is_rejected_with_status_and_body(mode: str, status: int) -> Non
     events = feed(client.receive_data, server.reject(status, body), mode)
     assert len(events) == 1
     rejected = events[0]
-    assert isinstance(rejected, TunnelRejected)
+    assert isinstance(rejected, HandshakeRejected)
     assert (rejected.status, rejected.body) == (status, body)
     assert rejected.reason  # the reason phrase, e.g. "Forbidden"
     assert ("content-length", str(len(body))) in rejected.headers
@@ -465,18 +523,18 @@ def test_rejection_body_is_bounded_and_close_delimited_bodies_work() -> None:
     client.initiate()
     wire = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\n" + b"x" * 20
     assert client.receive_data(wire) == [
-        TunnelRejected(403, "Forbidden", (("content-length", "100"),), b"x" * 8)
+        HandshakeRejected(403, "Forbidden", (("content-length", "100"),), b"x" * 8)
     ]
     client = TunnelClient("h", TARGET)
     client.initiate()
     assert client.receive_data(b"HTTP/1.1 400 Bad Request\r\n\r\nno port") == []
     [rejected] = client.receive_data(b"")  # EOF ends a close-delimited body
-    assert rejected == TunnelRejected(400, "Bad Request", (), b"no port")
+    assert rejected == HandshakeRejected(400, "Bad Request", (), b"no port")
     client = TunnelClient("h", TARGET)
     client.initiate()
     assert client.receive_data(b"HTTP/1.1 500 Oops\r\nContent-Length: 10\r\n\r\nabc") == []
     assert client.receive_data(b"") == [
-        TunnelRejected(500, "Oops", (("content-length", "10"),), b"abc")
+        HandshakeRejected(500, "Oops", (("content-length", "10"),), b"abc")
     ]
 
 
@@ -510,7 +568,7 @@ def test_bad_101_is_a_fallback_rejection(mutate: Callable[[bytes], bytes], reaso
     events = client.receive_data(response + b"\x82\x00")
     assert len(events) == 1
     rejected = events[0]
-    assert isinstance(rejected, TunnelRejected)
+    assert isinstance(rejected, HandshakeRejected)
     assert rejected.status == 101 and reason in rejected.reason
     assert not client.is_open
     assert client.receive_data(b"more") == []
@@ -558,8 +616,8 @@ def test_invalid_upgrade_requests_raise_handshake_error(request_bytes: bytes, st
     server = TunnelServer()
     with pytest.raises(HandshakeError) as info:
         server.receive_data(request_bytes)
-    assert info.value.status == status
-    answer = server.reject(info.value.status, info.value.message.encode(), info.value.headers)
+    assert info.value.error_code == status
+    answer = server.reject(info.value.error_code, info.value.message.encode(), info.value.headers)
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
     if status == 426:
         assert b"\r\nSec-WebSocket-Version: 13\r\n" in answer
@@ -572,7 +630,7 @@ def test_server_reject_after_request() -> None:
     answer = server.reject(403)
     assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert client.receive_data(answer) == [
-        TunnelRejected(403, "Forbidden", (("content-length", "0"), ("connection", "close")), b"")
+        HandshakeRejected(403, "Forbidden", (("content-length", "0"), ("connection", "close")), b"")
     ]
     with pytest.raises(WebSocketStateError):
         server.accept()
@@ -589,12 +647,12 @@ def test_response_headers_cannot_inject_lines() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 4095, 4096, 4097, 100_003])
 def test_c_masker_matches_the_int_xor_oracle(size: int) -> None:
-    from service.protocols import wstunnel
+    from service.protocols.websocket import frames
 
-    assert wstunnel._c_apply_mask is not None, "websockets' C masker is a declared dependency"
+    assert frames._c_apply_mask is not None, "websockets' C masker is a declared dependency"
     data = bytes(range(256)) * (size // 256 + 1)
     data = data[:size]
     key = b"\x01\x80\xfe\x37"
-    assert b"".join(wstunnel._masked_pieces(key, data)) == b"".join(
-        wstunnel._int_masked_pieces(key, data)
+    assert b"".join(frames._masked_pieces(key, data)) == b"".join(
+        frames._int_masked_pieces(key, data)
     )

@@ -48,18 +48,18 @@ from service.agent.dialer import DialError, PodDialer
 from service.agent.pairs import PairedSession, StreamPair
 from service.agent.pod import PodConnection, cause_text
 from service.agent.registry import PodEntry, PodRegistry
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     AGENT_PATH,
     MAX_CONCURRENT_STREAMS,
+    ConnectionTerminated,
+    DataReceived,
     H2PairServer,
-    LinkTerminated,
-    PairData,
-    PairEnded,
     PairProtocolError,
     PairRequestError,
-    PairReset,
     PairStateError,
-    PairStreamOpened,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
     WindowOpened,
     parse_pair_path,
     validate_pair_headers,
@@ -137,19 +137,19 @@ class H2Session(PairedSession[H2Pair]):
             if self._closed:
                 return
             try:
-                if isinstance(event, PairData):
+                if isinstance(event, DataReceived):
                     self._data(event)
-                elif isinstance(event, PairStreamOpened):
+                elif isinstance(event, StreamOpened):
                     self._stream_opened(event)
-                elif isinstance(event, PairEnded):
+                elif isinstance(event, StreamEnded):
                     self._data_ended(event.stream_id)
-                elif isinstance(event, PairReset):
+                elif isinstance(event, StreamReset):
                     self._stream_reset(event.stream_id)
                 elif isinstance(event, WindowOpened):
                     self._window_opened(event.stream_id)
-                elif isinstance(event, LinkTerminated):
+                elif isinstance(event, ConnectionTerminated):
                     # h2 sends nothing more after the client's GOAWAY: the pairs end here.
-                    log.info("http/2 client sent GOAWAY (code %d)", event.code)
+                    log.info("http/2 client sent GOAWAY (code %d)", event.error_code)
                     self.close()
                     return
             except (PairStateError, H2ProtocolError) as exc:
@@ -179,7 +179,7 @@ class H2Session(PairedSession[H2Pair]):
             # the client to stop sending (RFC 9113 §8.1).
             self.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
 
-    def _stream_opened(self, event: PairStreamOpened) -> None:
+    def _stream_opened(self, event: StreamOpened) -> None:
         sid, headers = event.stream_id, event.headers
         self._last_stream_id = max(self._last_stream_id, sid)
         if self._goaway_sent:
@@ -230,7 +230,7 @@ class H2Session(PairedSession[H2Pair]):
     def _dial_name(self, pair: H2Pair) -> str:
         return f"h2 dial {pair.pod_name}:{pair.port} req={pair.request_id}"
 
-    def _data(self, event: PairData) -> None:
+    def _data(self, event: DataReceived) -> None:
         pair = self.by_stream.get(event.stream_id)
         if pair is None or pair.done or event.stream_id != pair.data_sid:
             # Unknown, finished or error stream: dropped, but the window is handed back.

@@ -31,17 +31,15 @@ from dataclasses import dataclass
 from service.agent.dialer import PodDialer
 from service.agent.pod import PodConnection, PodEnd, PodForwarder, cause_text
 from service.agent.registry import PodEntry
-from service.protocols.wschannel import (
-    MAX_MESSAGE_PAYLOAD,
-    ChannelClosed,
-    ChannelData,
-    ChannelError,
-    ChannelServer,
-)
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     CLOSE_NORMAL,
+    MAX_MESSAGE_PAYLOAD,
     OPCODE_BINARY,
     OPCODE_TEXT,
+    ChannelError,
+    ChannelServer,
+    ConnectionTerminated,
+    DataReceived,
     WebSocketStateError,
     frame_header,
 )
@@ -113,9 +111,9 @@ class WsChannelSession(PodForwarder[ChannelPort]):
             self.close()
             return
         for event in events:
-            if isinstance(event, ChannelData):
+            if isinstance(event, DataReceived):
                 self._client_data(self.ports[event.port_index], event.data)
-            elif isinstance(event, ChannelClosed):
+            elif isinstance(event, ConnectionTerminated):
                 if event.clean and not all(p.done for p in self.ports):
                     self._client_close()
                 else:

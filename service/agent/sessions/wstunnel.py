@@ -2,7 +2,7 @@
 
 After the 101 selecting ``SPDY/3.1+portforward.k8s.io`` the concatenated payloads of the
 client's binary messages are the SPDY byte stream; message boundaries mean nothing
-(``protocols.wstunnel.TunnelServer`` reassembles them). The SPDY session of
+(``protocols.websocket.TunnelServer`` reassembles them). The SPDY session of
 ``sessions/spdy.py`` runs unchanged on top: it is fed the unwrapped bytes, and each flush
 of its queued frames goes out as one binary message (``TunnelServer.send_pieces``), so a
 frame is never split across messages.
@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from service.agent.dialer import PodDialer
 from service.agent.registry import PodEntry
 from service.agent.sessions.spdy import SpdyPortForwardSession
-from service.protocols.wstunnel import (
+from service.protocols.websocket import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     SPDY_TUNNEL_PROTOCOL,
-    StreamBytes,
-    TunnelClosed,
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
     TunnelError,
-    TunnelRequested,
     TunnelServer,
     WebSocketStateError,
 )
@@ -47,7 +47,7 @@ class WsTunnelSession:
     def __init__(
         self,
         transport: asyncio.Transport,
-        request: TunnelRequested,
+        request: RequestReceived,
         pod: PodEntry,
         dialer: PodDialer,
         *,
@@ -99,16 +99,16 @@ class WsTunnelSession:
             self.spdy.close()
             return
         for event in events:
-            if isinstance(event, StreamBytes):
+            if isinstance(event, DataReceived):
                 self.spdy.receive(event.data)
-            elif isinstance(event, TunnelClosed):
+            elif isinstance(event, ConnectionTerminated):
                 self._write_replies()
                 if not event.clean:
                     log.info(
                         "pod %s/%s: websocket tunnel closed with %d %s",
                         self.pod.namespace,
                         self.pod.name,
-                        event.code,
+                        event.error_code,
                         event.reason,
                     )
                 self.spdy.client_eof()

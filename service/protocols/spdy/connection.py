@@ -108,7 +108,7 @@ class SpdyConnection:
         self.client_side = client_side
         self.max_data_frame = max_data_frame
         # Why: one DataReceived per stream run per read (not per 32 KiB frame) means one
-        # local write instead of ~8; off by default so per-frame events stay as before.
+        # local write instead of ~8. Off by default: one DataReceived per DATA frame.
         self.merge_data = merge_data
         self._parity = 1 if client_side else 0
         self._next_stream_id = 1 if client_side else 2
@@ -258,7 +258,7 @@ class SpdyConnection:
         """Half-close: an empty DATA frame with FIN."""
         self.send_data(stream_id, b"", fin=True)
 
-    def reset_stream(self, stream_id: int, status: int = RstStatus.CANCEL) -> None:
+    def reset_stream(self, stream_id: int, error_code: int = RstStatus.CANCEL) -> None:
         """Queue RST_STREAM and forget the stream. A no-op if it is already closed."""
         if self._streams.pop(stream_id, None) is None:
             if self._was_opened(stream_id):
@@ -268,7 +268,7 @@ class SpdyConnection:
                 error_code=RstStatus.INVALID_STREAM,
                 stream_id=stream_id,
             )
-        self._out.append(RstStreamFrame(stream_id, int(status)).serialize())
+        self._out.append(RstStreamFrame(stream_id, int(error_code)).serialize())
 
     def ping(self) -> int:
         """Queue a PING with the next id of our parity and return that id."""
@@ -278,12 +278,12 @@ class SpdyConnection:
         self._out.append(PingFrame(ping_id).serialize())
         return ping_id
 
-    def goaway(self, status: int = GoAwayStatus.OK) -> None:
+    def goaway(self, error_code: int = GoAwayStatus.OK) -> None:
         """Queue GOAWAY once; afterwards no stream can be opened by either side."""
         if self._goaway_sent:
             return
         self._goaway_sent = True
-        self._out.append(GoAwayFrame(self._last_accepted_id, int(status)).serialize())
+        self._out.append(GoAwayFrame(self._last_accepted_id, int(error_code)).serialize())
 
     # ------------------------------------------------------------------ receiving
 
@@ -416,7 +416,7 @@ class SpdyConnection:
             self._on_headers(frame, events)
         elif isinstance(frame, GoAwayFrame):
             self._terminated = True
-            events.append(ConnectionTerminated(frame.last_good_stream_id, frame.status))
+            events.append(ConnectionTerminated(frame.status, frame.last_good_stream_id))
         # SETTINGS and WINDOW_UPDATE: parsed (so validated) and ignored, §1.8.
 
     def _on_data(self, frame: DataFrame, events: list[Event]) -> None:

@@ -1,4 +1,8 @@
-"""Events returned by ``SpdyConnection.receive_data``; all past tense, all immutable."""
+"""Events returned by ``SpdyConnection.receive_data``; all past tense, all immutable.
+
+The names are those of every protocol here (protocols.md, "Event names"): h2's
+``DataReceived``, ``StreamEnded``, ``StreamReset``, ``ConnectionTerminated``, and
+``PingAcknowledged``; codes from the wire are in ``error_code``."""
 
 from __future__ import annotations
 
@@ -63,10 +67,10 @@ class StreamEnded:
 
 @dataclass(frozen=True, slots=True)
 class StreamReset:
-    """The peer sent RST_STREAM; the stream is gone."""
+    """The peer sent RST_STREAM; the stream is gone. ``error_code`` is its status."""
 
     stream_id: int
-    status: int
+    error_code: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +89,11 @@ class PingAcknowledged:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTerminated:
-    """The peer sent GOAWAY; later bytes are ignored."""
+    """The peer sent GOAWAY (``error_code`` is its status, ``last_stream_id`` its
+    last-good-stream-id); later bytes are ignored."""
 
-    last_good_stream_id: int
-    status: int
+    error_code: int
+    last_stream_id: int
 
 
 @dataclass(frozen=True, slots=True)

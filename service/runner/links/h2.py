@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 
 from service.aio.sockets import set_nodelay
 from service.model import Transport
-from service.protocols.h2pair import (
+from service.protocols.h2 import (
     AGENT_PATH,
+    ConnectionTerminated,
+    DataReceived,
     H2PairClient,
-    LinkTerminated,
-    PairData,
-    PairEnded,
     PairLimitReached,
     PairProtocolError,
-    PairReset,
-    PairResponse,
     PairStateError,
-    PingAnswered,
+    PingAcknowledged,
+    StreamEnded,
+    StreamReplied,
+    StreamReset,
     WindowOpened,
     agent_identity,
 )
@@ -168,15 +168,15 @@ class H2Link(asyncio.Protocol):
         if hello is None or getattr(event, "stream_id", None) != hello.stream_id:
             return False
         assert self.client is not None
-        if isinstance(event, PairResponse):
+        if isinstance(event, StreamReplied):
             hello.status = event.status
-        elif isinstance(event, PairData):
+        elif isinstance(event, DataReceived):
             self.client.acknowledge(hello.stream_id, event.flow_controlled_length)
             room = MAX_HANDSHAKE_BODY - len(hello.body)
             hello.body += bytes(event.data[:room])
-        elif isinstance(event, PairEnded | PairReset):
+        elif isinstance(event, StreamEnded | StreamReset):
             self._handshake = None
-            self._judge_handshake(hello, reset=isinstance(event, PairReset))
+            self._judge_handshake(hello, reset=isinstance(event, StreamReset))
         return True
 
     def _judge_handshake(self, hello: AgentHandshake, *, reset: bool) -> None:
@@ -330,21 +330,21 @@ class H2Link(asyncio.Protocol):
         for event in events:
             if self._handshake is not None and self._handshake_event(event):
                 continue
-            if isinstance(event, PairData):
+            if isinstance(event, DataReceived):
                 self._data(event)
-            elif isinstance(event, PairResponse):
+            elif isinstance(event, StreamReplied):
                 self._response(event)
-            elif isinstance(event, PairEnded):
+            elif isinstance(event, StreamEnded):
                 self._ended(event.stream_id)
-            elif isinstance(event, PairReset):
+            elif isinstance(event, StreamReset):
                 self._reset(event.stream_id)
             elif isinstance(event, WindowOpened):
                 self._window_opened(event.stream_id)
-            elif isinstance(event, PingAnswered):
+            elif isinstance(event, PingAcknowledged):
                 self.keepalive.answered()
-            elif isinstance(event, LinkTerminated):
-                if event.code:
-                    self._lose(f"upstream sent GOAWAY (code {event.code})")
+            elif isinstance(event, ConnectionTerminated):
+                if event.error_code:
+                    self._lose(f"upstream sent GOAWAY (code {event.error_code})")
                     return
                 self._drain()
         if self._waiting:
@@ -359,7 +359,7 @@ class H2Link(asyncio.Protocol):
             if not local.closed:
                 self.open_pair(local)
 
-    def _data(self, event: PairData) -> None:
+    def _data(self, event: DataReceived) -> None:
         assert self.client is not None
         pair = self.pairs.get(event.stream_id)
         if pair is None or pair.done:
@@ -381,7 +381,7 @@ class H2Link(asyncio.Protocol):
         else:
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
 
-    def _response(self, event: PairResponse) -> None:
+    def _response(self, event: StreamReplied) -> None:
         pair = self.pairs.get(event.stream_id)
         if pair is not None and event.stream_id == pair.data_sid:
             pair.status = event.status

@@ -19,13 +19,13 @@ import logging
 
 from service.aio.tasks import TaskSet
 from service.model import Transport
-from service.protocols.wschannel import (
+from service.protocols.websocket import (
     ChannelClient,
-    ChannelClosed,
-    ChannelData,
-    ChannelErrorText,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorTextReceived,
+    WebSocketError,
 )
-from service.protocols.wstunnel import WebSocketError
 from service.runner.links.base import LinkHooks
 from service.runner.local import LocalConnection
 from service.upstream import Cluster, UpstreamError
@@ -54,15 +54,15 @@ class ChannelConnection(asyncio.Protocol):
     def process(self, events: list[object]) -> None:
         local = self.local
         for event in events:
-            if isinstance(event, ChannelData):
+            if isinstance(event, DataReceived):
                 if event.data and not local.closed:
                     local.counters.bytes_in += len(event.data)
                     local.write(event.data)
                     if self.local_eof_seen and not self.close_sent:
                         self._linger()  # the pod is still answering
-            elif isinstance(event, ChannelErrorText):
+            elif isinstance(event, ErrorTextReceived):
                 self.error_text = (self.error_text + event.text)[:MAX_ERROR_TEXT]
-            elif isinstance(event, ChannelClosed):
+            elif isinstance(event, ConnectionTerminated):
                 self.link.finished(self)
                 return
         if self.client is not None and self.raw is not None and not self.raw.is_closing():

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 from service.aio.readbuffer import SharedBufferReader
 from service.model import Transport
-from service.protocols.wstunnel import (
-    StreamBytes,
+from service.protocols.websocket import (
+    ConnectionTerminated,
+    DataReceived,
     TunnelClient,
-    TunnelClosed,
     WebSocketError,
 )
 from service.runner.links.base import LinkHooks
@@ -96,15 +96,17 @@ class TunnelPipe(SharedBufferReader):
 
     def process(self, events: Iterable[object]) -> None:
         for event in events:
-            if isinstance(event, StreamBytes):
+            if isinstance(event, DataReceived):
                 if event.data:
                     self.link.data_received(event.data)
-            elif isinstance(event, TunnelClosed):
-                if event.code == 1000:
+            elif isinstance(event, ConnectionTerminated):
+                if event.error_code == 1000:
                     self.link.eof_received()
                 else:
                     self.link.connection_lost(
-                        ConnectionError(f"WebSocket closed with code {event.code} {event.reason}")
+                        ConnectionError(
+                            f"WebSocket closed with code {event.error_code} {event.reason}"
+                        )
                     )
         replies = self.client.data_to_send()  # pongs, the Close echo
         if replies and self.raw is not None and not self.raw.is_closing():

@@ -10,10 +10,10 @@ channel. There is no half-close: only the whole WebSocket closes.
 
 Like the Go server (x/net/websocket reads a message as bytes whatever its opcode), the
 subprotocol decides how a message is read, not its opcode. Binary-mode messages are
-streamed (a large message yields several ``ChannelData``); base64 messages, error-text
+streamed (a large message yields several ``DataReceived``); base64 messages, error-text
 messages and port prefixes are collected whole, bounded by ``max_message``.
 
-The handshake and the open-state plumbing come from ``wstunnel.WebSocketEndpoint``.
+The handshake and the open-state plumbing come from ``connection.WebSocketEndpoint``.
 """
 
 from __future__ import annotations
@@ -22,52 +22,35 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
-from .wstunnel import (
+from .connection import WebSocketEndpoint
+from .errors import (
     CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
-    DEFAULT_MAX_REJECT_BODY,
-    OPCODE_BINARY,
-    OPCODE_TEXT,
-    Buffer,
-    HandshakeError,
-    HeaderList,
-    PongReceived,
-    TunnelRequested,
-    WebSocketEndpoint,
-    WebSocketError,
-    WebSocketStateError,
-    encode_message,
-    frame_header,
+    ChannelError,
+    ChannelRequestError,
 )
+from .events import DataReceived, ErrorTextReceived, RequestReceived
+from .frames import OPCODE_BINARY, OPCODE_TEXT, Buffer, encode_message, frame_header
+from .handshake import DEFAULT_MAX_REJECT_BODY, ClientHandshake, select_subprotocol
 
 __all__ = [
     "MAX_MESSAGE_PAYLOAD",
     "V4_BASE64",
     "V4_BINARY",
-    "ChannelAccepted",
+    "V4_PROTOCOLS",
     "ChannelClient",
-    "ChannelClosed",
-    "ChannelData",
-    "ChannelError",
-    "ChannelErrorText",
-    "ChannelEvent",
-    "ChannelRejected",
-    "ChannelRequestError",
     "ChannelServer",
-    "PongReceived",
     "parse_ports_query",
-    "select_subprotocol",
 ]
 
 V4_BINARY: Final = "v4.channel.k8s.io"
 V4_BASE64: Final = "v4.base64.channel.k8s.io"
-_ACCEPTED: Final = ("", V4_BINARY, V4_BASE64)
+#: What the kubelet accepts besides no subprotocol at all (which means binary framing).
+V4_PROTOCOLS: Final = (V4_BINARY, V4_BASE64)
 
 # client-go and the kubelet copy with 32 KiB buffers: one message = channel byte + 32 KiB.
 MAX_MESSAGE_PAYLOAD: Final = 32 * 1024
@@ -77,89 +60,7 @@ DEFAULT_MAX_MESSAGE: Final = 32 << 20
 _DIGITS = re.compile(r"[0-9]+")
 
 
-# ---------------------------------------------------------------------- errors
-
-
-class ChannelError(WebSocketError):
-    """A violation of the channel protocol (bad port prefix, bad base64, ...)."""
-
-
-class ChannelRequestError(HandshakeError):
-    """A port-forward WebSocket request to refuse: 400 (ports) or 403 (subprotocol)."""
-
-
-# ---------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelAccepted:
-    """The server switched protocols; ``subprotocol`` is "" when it selected none."""
-
-    subprotocol: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelRejected:
-    """A non-101 answer, or a 101 that failed the WebSocket checks (status 101)."""
-
-    status: int
-    reason: str
-    headers: HeaderList
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelData:
-    """Bytes on the data channel of port ``port_index`` (index in the ``ports`` list)."""
-
-    port_index: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelErrorText:
-    """One message on the error channel of ``port_index``: that port's connection failed."""
-
-    port_index: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelClosed:
-    """The WebSocket closed (1000: normal; 1006: transport EOF without a Close frame)."""
-
-    code: int
-    reason: str
-
-    @property
-    def clean(self) -> bool:
-        return self.code == CLOSE_NORMAL
-
-
-ChannelEvent = (
-    ChannelAccepted
-    | ChannelRejected
-    | ChannelData
-    | ChannelErrorText
-    | ChannelClosed
-    | PongReceived
-)
-
-
 # ---------------------------------------------------------------------- request helpers
-
-
-def select_subprotocol(offered: Sequence[str]) -> str | None:
-    """The kubelet's choice: the first offered of "", v4, v4.base64.
-
-    Nothing offered selects "" (binary framing). None means no match: answer 403.
-    """
-    if not offered:
-        return ""
-    for protocol in offered:
-        if protocol in _ACCEPTED:
-            return protocol
-    return None
 
 
 def parse_ports_query(query: str) -> list[int]:
@@ -210,13 +111,16 @@ class _ChannelEndpoint(WebSocketEndpoint):
         ports: Sequence[int],
         *,
         max_message: int,
+        request: RequestReceived | None = None,
+        trailing_data: bytes = b"",
         max_reject_body: int = DEFAULT_MAX_REJECT_BODY,
     ) -> None:
-        super().__init__(client, max_reject_body=max_reject_body)
+        super().__init__(
+            client, request=request, trailing_data=trailing_data, max_reject_body=max_reject_body
+        )
         self.ports = _check_ports(ports)
         self.max_message = max_message
         self.base64 = False
-        self._events: list[ChannelEvent] = []
         # the message being received
         self._channel: int | None = None  # None: its first byte is still to come
         self._whole = bytearray()  # base64 text, error text or a port prefix
@@ -253,7 +157,7 @@ class _ChannelEndpoint(WebSocketEndpoint):
             raise self._fail(
                 ChannelError(
                     f"message larger than {self.max_message} bytes",
-                    close_code=CLOSE_MESSAGE_TOO_BIG,
+                    error_code=CLOSE_MESSAGE_TOO_BIG,
                 )
             )
         self._whole += raw
@@ -267,7 +171,7 @@ class _ChannelEndpoint(WebSocketEndpoint):
             payload = base64.b64decode(whole[1:], validate=True)
         except (binascii.Error, ValueError):
             raise self._fail(
-                ChannelError("invalid base64 in a channel message", close_code=CLOSE_INVALID_DATA)
+                ChannelError("invalid base64 in a channel message", error_code=CLOSE_INVALID_DATA)
             ) from None
         if channel < 0:
             return  # below '0': no such channel
@@ -284,16 +188,6 @@ class _ChannelEndpoint(WebSocketEndpoint):
 
     def _on_stream(self, channel: int, payload: bytes) -> None:
         raise NotImplementedError
-
-    def _on_pong(self, payload: bytes) -> None:
-        self._events.append(PongReceived(payload))
-
-    def _on_close(self, code: int, reason: str) -> None:
-        self._events.append(ChannelClosed(code, reason))
-
-    def _take_events(self) -> list[ChannelEvent]:
-        events, self._events = self._events, []
-        return events
 
     # ------------------------------------------------------------------ sending
 
@@ -361,14 +255,19 @@ class ChannelClient(_ChannelEndpoint):
         sep = "&" if "?" in self.target else "?"
         target = f"{self.target}{sep}ports={','.join(str(p) for p in self.ports)}"
         protocol = V4_BASE64 if self.offer_base64 else V4_BINARY
-        return self._initiate(self.host, target, [protocol], self.extra_headers)
+        return self._initiate(
+            ClientHandshake(
+                self.host,
+                target,
+                [protocol],
+                self.extra_headers,
+                max_reject_body=self.max_reject_body,
+            )
+        )
 
-    def _on_accepted(self, subprotocol: str | None, headers: HeaderList) -> None:
+    def _accepting(self, subprotocol: str | None) -> str | None:
         self.base64 = subprotocol == V4_BASE64
-        self._events.append(ChannelAccepted(subprotocol or ""))
-
-    def _on_rejected(self, status: int, reason: str, headers: HeaderList, body: bytes) -> None:
-        self._events.append(ChannelRejected(status, reason, headers, body))
+        return None
 
     def _collects(self, channel: int) -> bool:
         # Port prefixes and error text are read whole; data channels are streamed.
@@ -386,38 +285,22 @@ class ChannelClient(_ChannelEndpoint):
                     ChannelError(
                         f"channel {channel}: expected port prefix {port} (2 bytes LE), "
                         f"got {payload[:8].hex()!r} ({len(payload)} bytes)",
-                        close_code=CLOSE_PROTOCOL_ERROR,
+                        error_code=CLOSE_PROTOCOL_ERROR,
                     )
                 )
             return
         if channel & 1:
             if payload:
                 text = payload.decode("utf-8", errors="replace")
-                self._events.append(ChannelErrorText(port_index, text))
+                self._events.append(ErrorTextReceived(port_index, text))
             return
         if payload:
-            self._events.append(ChannelData(port_index, payload))
+            self._events.append(DataReceived(payload, port_index))
 
     def _on_stream(self, channel: int, payload: bytes) -> None:
         port_index = channel >> 1
         if port_index < len(self.ports):
-            self._events.append(ChannelData(port_index, payload))
-
-    def receive_data(self, data: Buffer) -> list[ChannelEvent]:
-        """Parse received bytes; ``b""`` means the transport hit EOF."""
-        self._check_usable()
-        phase = self.phase
-        if phase == "idle":
-            raise WebSocketStateError("call initiate() first")
-        if phase in ("handshake", "rejecting"):
-            trailing = self._client_handshake(data)
-            if trailing is not None and self.phase == "open":
-                self._pump(trailing)
-                if not data:
-                    self._pump(None)
-        elif phase == "open":
-            self._pump(data if data else None)
-        return self._take_events()
+            self._events.append(DataReceived(payload, port_index))
 
 
 # ---------------------------------------------------------------------- server
@@ -425,7 +308,7 @@ class ChannelClient(_ChannelEndpoint):
 
 class ChannelServer(_ChannelEndpoint):
     """The server side, for a request parsed by ``TunnelServer.receive_data`` (or
-    ``wstunnel.parse_upgrade_request``); ``from_request`` also applies the kubelet's
+    ``handshake.parse_upgrade_request``); ``from_request`` also applies the kubelet's
     checks. Pass the bytes that followed the request as ``trailing_data``.
     """
 
@@ -433,23 +316,23 @@ class ChannelServer(_ChannelEndpoint):
         self,
         ports: Sequence[int],
         subprotocol: str,
-        request: TunnelRequested,
+        request: RequestReceived,
         *,
         trailing_data: bytes = b"",
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
-        if subprotocol not in _ACCEPTED:
+        if subprotocol and subprotocol not in V4_PROTOCOLS:
             raise ValueError(f"subprotocol {subprotocol!r} is not a v4 channel protocol")
-        super().__init__(False, ports, max_message=max_message)
+        super().__init__(
+            False, ports, max_message=max_message, request=request, trailing_data=trailing_data
+        )
         self.selected = subprotocol
         self.base64 = subprotocol == V4_BASE64
-        self._trailing = trailing_data
-        self._adopt_request(request)
 
     @classmethod
     def from_request(
         cls,
-        request: TunnelRequested,
+        request: RequestReceived,
         *,
         trailing_data: bytes = b"",
         max_message: int = DEFAULT_MAX_MESSAGE,
@@ -457,7 +340,7 @@ class ChannelServer(_ChannelEndpoint):
         """Ports from the query (400 if missing or bad), then the subprotocol (403)."""
         query = request.path.partition("?")[2]
         ports = parse_ports_query(query)
-        subprotocol = select_subprotocol(request.subprotocols)
+        subprotocol = select_subprotocol(request.subprotocols, V4_PROTOCOLS, default="")
         if subprotocol is None:
             raise ChannelRequestError(403, "")
         return cls(
@@ -466,8 +349,7 @@ class ChannelServer(_ChannelEndpoint):
 
     def accept(self, extra_headers: Sequence[tuple[str, str]] = ()) -> bytes:
         """The 101, then each port's prefix on its data channel and its error channel."""
-        data = self._accept(self.selected or None, extra_headers, self._trailing)
-        self._trailing = b""
+        data = self._accept(self.selected or None, extra_headers)
         prefixes = []
         for index, port in enumerate(self.ports):
             prefix = port.to_bytes(2, "little")
@@ -489,13 +371,4 @@ class ChannelServer(_ChannelEndpoint):
     def _on_stream(self, channel: int, payload: bytes) -> None:
         port_index = channel >> 1
         if channel & 1 == 0 and port_index < len(self.ports):
-            self._events.append(ChannelData(port_index, payload))
-
-    def receive_data(self, data: Buffer) -> list[ChannelEvent]:
-        """Parse received bytes; ``b""`` means the transport hit EOF."""
-        self._check_usable()
-        if self.phase == "open":
-            self._pump(data if data else None)
-        elif self.phase == "requested" and data:
-            self._trailing += bytes(data)  # frames sent before our 101
-        return self._take_events()
+            self._events.append(DataReceived(payload, port_index))

@@ -1,0 +1,306 @@
+"""Everything that reaches into python-hyper h2 4.x's internals, in this one file.
+
+The ``h2>=4.4,<5`` pin in pyproject.toml is for this module: a new h2 may rename or
+change any of what it uses (``FrameBuffer``'s fields, ``H2Connection._receive_frame``'s
+dispatch table, ``_data_to_send``, ``_open_streams``, ``_receive_goaway_frame``, the
+stream and connection state machines). Check it, with ``tests/unit/test_h2pair.py``
+(which compares it with a stock ``H2Connection`` both ways), before moving the pin.
+
+``new_connection`` builds the h2 connection of a pair endpoint: h2's configuration flags,
+the exact SETTINGS it advertises, and ``Connection``, an ``H2Connection`` that neither
+copies nor hex-encodes DATA payloads (below), opens streams in amortised O(1), and lets
+streams finish after a graceful GOAWAY. ``pairs.py`` uses h2's public API only, and this.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Final, cast
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated
+from h2.events import Event as H2Event
+from h2.exceptions import FrameDataMissingError
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.frame_buffer import FrameBuffer
+from h2.settings import SettingCodes, Settings
+from h2.stream import StreamInputs, StreamState
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
+
+if TYPE_CHECKING:
+    from h2._typing import Buffer as _H2Buffer
+
+__all__ = ["Connection", "new_connection"]
+
+Buffer = bytes | bytearray | memoryview
+
+_SENDABLE: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+
+
+def new_connection(
+    client_side: bool,
+    *,
+    max_concurrent_streams: int,
+    initial_window_size: int,
+    max_frame_size: int,
+    max_header_list_size: int,
+) -> Connection:
+    """A connection that advertises exactly these settings (and ENABLE_PUSH 0) once
+    ``initiate_connection()`` is called, and accepts frames up to ``max_frame_size``."""
+    # Our own headers are valid by construction: h2's checks and normalisation of them
+    # were a tenth of the CPU of opening a pair. The agent still checks what it gets.
+    config = H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=not client_side,
+    )
+    conn = Connection(config)
+    # Replaced before initiate_connection(), which advertises exactly these values.
+    conn.local_settings = Settings(
+        client=client_side,
+        initial_values={
+            SettingCodes.ENABLE_PUSH: 0,
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+            SettingCodes.MAX_FRAME_SIZE: max_frame_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+        },
+    )
+    conn.max_inbound_frame_size = max_frame_size
+    return conn
+
+
+# ---------------------------------------------------------------------- the repr cost
+#
+# h2 4.4.1, H2Connection._receive_frame (h2/connection.py:1543) runs
+#     self.config.logger.trace("Received frame: %s", repr(frame))
+# for EVERY received frame. The repr is built before the call, so a no-op logger (the
+# default DummyLogger) does not help. For a DATA frame, hyperframe's Frame.__repr__ calls
+# Frame._body_repr -> _raw_data_repr(self.serialize_body()): serialize_body joins
+# padding + payload (a full copy) and binascii.hexlify encodes the WHOLE payload, then
+# keeps 20 hex digits. That is two passes and a 3x-size allocation per received frame.
+#
+# So, for our connections only, the frame buffer (FrameBufferOverChunks, below) makes each
+# received DATA frame a QuietDataFrame, whose __repr__ reports only the size, and the
+# dispatch table learns the subclass (h2 dispatches on frame.__class__). Nothing else in
+# h2 looks at the class. tests/unit/test_h2pair.py proves that no serialize/hexlify runs.
+
+
+class QuietDataFrame(DataFrame):
+    """A received DATA frame whose repr neither copies nor hex-encodes the payload."""
+
+    def __repr__(self) -> str:
+        return f"DataFrame(stream_id={self.stream_id}): <{len(self.data)} bytes>"
+
+
+# ---------------------------------------------------------------------- DATA without copies
+#
+# h2 4.4.1 copies every payload several times, and at bulk rates each large copy is a
+# fresh allocation that page-faults (measured: ~200k minor faults per GB received):
+#
+# * Sending: H2Stream.send_data's memoryview.tobytes(), DataFrame.serialize_body's join
+#   with the padding, Frame.serialize's header + body, _prepare_for_sending's bytearray +=
+#   and data_to_send's bytes(): five copies. Connection.queue_data does what
+#   H2Connection.send_data does for an unpadded DATA frame without END_STREAM -- the same
+#   state machine inputs on the connection and the stream (which raise as h2's would),
+#   the same decrements of both outbound windows -- and queues a 9-byte header (RFC 9113
+#   §4.1) plus a slice of the caller's bytes, in order with h2's own output.
+# * Receiving: FrameBuffer.add_data's bytearray +=, __next__'s slice of the body and
+#   DataFrame.parse_body's tobytes(): three copies. FrameBufferOverChunks keeps the received
+#   chunks as they came and cuts an unpadded DATA payload out of them: a slice of one
+#   chunk, or one join when the frame spans reads. The frame then goes through h2's
+#   dispatch like any other (state machines, inbound windows, events).
+#
+# Everything else (HEADERS, END_STREAM, WINDOW_UPDATE, RST_STREAM, PING, GOAWAY, padded
+# DATA) is still parsed and built by h2. tests/unit/test_h2pair.py checks both directions
+# against a stock H2Connection.
+
+_FRAME_HEADER: Final = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, id
+_DATA: Final = 0x0
+_END_STREAM: Final = 0x1
+_PADDED: Final = 0x8
+
+
+class FrameBufferOverChunks(FrameBuffer):
+    """h2's frame buffer over the received chunks themselves (see above)."""
+
+    def __init__(self, server: bool) -> None:
+        super().__init__(server)
+        self._parts: deque[memoryview] = deque()
+        self._size = 0
+
+    def add_data(self, data: _H2Buffer) -> None:
+        # A bytes object cannot change under the views cut from it; anything else is
+        # copied once (the event loops hand us bytes).
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if self._preamble_len:  # server: the client preface first, checked as h2 does
+            n = min(self._preamble_len, len(view))
+            if view[:n] != self._preamble[:n]:
+                raise H2ProtocolError("Invalid HTTP/2 preamble.")
+            self._preamble, self._preamble_len = self._preamble[n:], self._preamble_len - n
+            view = view[n:]
+        if view:
+            self._parts.append(view)
+            self._size += len(view)
+
+    def _peek(self, n: int) -> bytes:
+        out = b""
+        for part in self._parts:
+            out += part[: n - len(out)]
+            if len(out) == n:
+                break
+        return out
+
+    def _take(self, n: int) -> Buffer:
+        """The next ``n`` bytes: a slice of one received chunk, or one join."""
+        if not n:
+            return b""
+        self._size -= n
+        parts = self._parts
+        first = parts[0]
+        if len(first) >= n:
+            if len(first) == n:
+                parts.popleft()
+            else:
+                parts[0] = first[n:]
+            piece = first[:n]
+            # A view keeps its whole read alive while the payload waits in a buffer: only
+            # for at least half of that read, so held memory stays within 2x the payload.
+            return piece if 2 * n >= len(cast(bytes, piece.obj)) else piece.tobytes()
+        pieces: list[memoryview] = []
+        while n:
+            part = parts.popleft()
+            if len(part) > n:
+                parts.appendleft(part[n:])
+                part = part[:n]
+            pieces.append(part)
+            n -= len(part)
+        return b"".join(pieces)
+
+    def __next__(self) -> Frame:
+        if self._size < 9:
+            raise StopIteration
+        header = self._peek(9)
+        length = int.from_bytes(header[:3], "big")
+        # Checked before the body arrives, so a peer cannot make us buffer a huge frame.
+        self._validate_frame_length(length)
+        if self._size < 9 + length:
+            raise StopIteration
+        self._take(9)
+        body = self._take(length)
+        kind, flags = header[3], header[4]
+        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        frame: Frame
+        if kind == _DATA and stream_id and not flags & _PADDED:
+            frame = QuietDataFrame(stream_id)
+            if flags & _END_STREAM:
+                frame.flags.add("END_STREAM")
+            frame.data = cast(bytes, body)  # a view is fine: h2 only takes its len()
+            frame.body_len = length
+        else:
+            frame = self._parse(header, body)
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
+
+    @staticmethod
+    def _parse(header: bytes, body: Buffer) -> Frame:
+        """Any other frame, parsed by hyperframe with h2's error mapping."""
+        try:
+            frame, _ = Frame.parse_frame_header(memoryview(header))
+        except (InvalidDataError, InvalidFrameError) as err:
+            raise H2ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        try:
+            frame.parse_body(memoryview(body))
+        except InvalidDataError as err:
+            raise H2ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        if frame.__class__ is DataFrame:
+            frame.__class__ = QuietDataFrame
+        return frame
+
+
+class Connection(H2Connection):
+    """h2's connection, with received DATA frames made cheap to repr and DATA payloads
+    neither copied when sent nor when received (see above), streams opened in amortised
+    O(1) and a graceful GOAWAY that lets a client's streams finish."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config)
+        self.incoming_buffer = FrameBufferOverChunks(server=not config.client_side)
+        table = self._frame_dispatch_table
+        table[QuietDataFrame] = table[DataFrame]
+        # Output queued before whatever is in h2's own buffer (_data_to_send), in order.
+        self._out: list[Buffer] = []
+        # len(self.streams) at which the next exact count (and cull) runs; see _open_streams.
+        self._recount_at = 0
+        #: Set by a graceful GOAWAY: no new stream may be opened, those up to it finish.
+        self.goaway_last_stream_id: int | None = None
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
+        """A graceful GOAWAY (NO_ERROR) leaves a client's connection open: the streams up
+        to ``last_stream_id`` may finish (RFC 9113 §6.8). h2 4.x closes its state machine
+        on any GOAWAY (and drops its queued output, acknowledgements included), after
+        which it refuses to send or receive anything. Other GOAWAYs end the connection."""
+        if not self.config.client_side or frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        self.goaway_last_stream_id = frame.last_stream_id
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+    def _open_streams(self, remainder: int) -> int:
+        """h2 counts the open streams of one side by walking every stream, culling the
+        closed ones, before every HEADERS sent or received: with 1000 pairs that walk was
+        most of the time spent opening a pair. ``len(self.streams)`` bounds the count from
+        above, and h2 only compares it with a limit (``count + 1 > limit``), as does
+        ``can_open_pair`` (``+ 2``): while the bound leaves room for a pair, it is the
+        answer. The exact walk runs when the bound nears the limit, or once the table has
+        doubled since the last walk, so closed streams are still culled (amortised O(1))."""
+        size = len(self.streams)
+        outbound = remainder == int(self.config.client_side)
+        settings = self.remote_settings if outbound else self.local_settings
+        if size < self._recount_at and size + 2 <= settings.max_concurrent_streams:
+            return size
+        count = super()._open_streams(remainder)
+        self._recount_at = 2 * len(self.streams) + 64
+        return count
+
+    def queue_data(self, stream_id: int, view: memoryview) -> None:
+        """Queue all of ``view`` as DATA frames (no padding, no END_STREAM); the caller
+        checked the windows and keeps the bytes unchanged until they are written."""
+        stream = self._get_stream_by_id(stream_id)
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        out = self._out
+        if self._data_to_send:
+            out.append(super().data_to_send())  # frames h2 queued earlier go first
+        size = len(view)
+        step = self.max_outbound_frame_size
+        for start in range(0, size, step):
+            n = min(step, size - start)
+            out.append(_FRAME_HEADER.pack(n >> 8, n & 0xFF, _DATA, 0, stream_id))
+            out.append(view[start : start + n])
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+
+    def can_send(self, stream_id: int) -> bool:
+        """Whether our side of ``stream_id`` is still open."""
+        stream = self.streams.get(stream_id)
+        return stream is not None and stream.state_machine.state in _SENDABLE
+
+    def take_output(self) -> list[Buffer]:
+        """Every queued frame, in order, as buffers for ``writelines``."""
+        out = self._out
+        if self._data_to_send:
+            out.append(super().data_to_send())
+        self._out = []
+        return out
