@@ -37,10 +37,10 @@ unit: $(STAMP)
 openapi: $(STAMP)
 	$(BIN)/python -m service.api.openapi > openapi/openapi.json.tmp && mv openapi/openapi.json.tmp openapi/openapi.json
 
-bench: $(STAMP)
+bench: $(STAMP) cluster
 	$(BIN)/python -m bench
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) cluster
 	$(BIN)/python -m bench --smoke --output bench/out/smoke
 
 clean:

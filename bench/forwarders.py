@@ -39,6 +39,7 @@ __all__ = [
     "podgate_client",
     "socat_relay_client",
     "start_agent",
+    "start_cluster",
     "start_spdyserver",
 ]
 
@@ -61,6 +62,12 @@ class Server:
     kubeconfig: Path
     process: ManagedProcess
     log: Path | None = None
+    #: Sessions go through this agent (``via``) rather than the kubeconfig's server.
+    via: dict[str, str] | None = None
+    #: The podgate transports worth running here (None: every one asked for), and
+    #: whether kubectl clients run against it.
+    transports: tuple[str, ...] | None = None
+    kubectl: bool = True
 
 
 @dataclass
@@ -146,6 +153,42 @@ def start_agent(stack: ExitStack, workdir: Path) -> Server:
     return Server("agent", agent.url, kubeconfig, agent.process)
 
 
+def start_cluster(stack: ExitStack, workdir: Path) -> list[Server]:
+    """The kubelet path and the helper-agent path to the same pod (issue 14):
+
+    - ``cluster``: a real kube-apiserver + etcd (tests/support/cluster.py, ``make
+      cluster``) whose node's kubelet is `podgate agent`, serving pod default/echo on
+      127.0.0.1; sessions go serve → API server → kubelet → pod;
+    - ``helper-agent``: `podgate agent --cluster --dial pod-ip` beside it, which finds the
+      pod (podIP 127.0.0.1) in the API server; sessions go serve → agent → pod (h2).
+    """
+    from tests.support.cluster import PodSpec
+    from tests.support.cluster import start_cluster as start_kube
+
+    try:
+        cluster = stack.enter_context(start_kube(workdir / "cluster"))
+    except FileNotFoundError as exc:
+        raise Unavailable(f"cluster: {exc}") from exc
+    cluster.create_service_account("default", "default")  # no controller makes it
+    node = cluster.add_node([PodSpec("default", "echo", ports=[], target="host:127.0.0.1")])
+    kubeconfig = cluster.kubeconfig(workdir / "cluster" / "kubeconfig", "admin")
+    helper = stack.enter_context(
+        run_agent([], extra_args=["--cluster", "--kubeconfig", str(kubeconfig), "--dial", "pod-ip"])
+    )
+    return [
+        Server("cluster", cluster.server, kubeconfig, node.agent, transports=("spdy",)),
+        Server(
+            "helper-agent",
+            helper.url,
+            kubeconfig,
+            helper.process,
+            via={"agent": helper.url},
+            transports=("h2",),
+            kubectl=False,
+        ),
+    ]
+
+
 # --------------------------------------------------------------------------- clients
 
 Started = tuple[Client, Callable[[], None]]
@@ -169,6 +212,7 @@ def podgate_client(
                     "ports": [f"0:{targets[n]}" for n in names],
                     "addresses": ["127.0.0.1"],
                     "transport": transport,
+                    **({"via": server.via} if server.via else {}),
                 },
             )
             if response.status_code != 201:

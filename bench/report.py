@@ -160,6 +160,25 @@ TARGETS: list[Target] = [
         "<=",
         1,
     ),
+    # Issue 14: the helper agent (pod-ip, h2) against the kubelet path (SPDY through a
+    # real kube-apiserver) to the same pod; informational.
+    *_both(
+        "{d}, helper agent (pod-ip, h2) / kubelet path (SPDY)",
+        "mb_per_s",
+        ("helper-agent/podgate-h2",),
+        "cluster/podgate-spdy",
+        None,
+        0,
+    ),
+    Target(
+        "conn/s: helper agent (pod-ip, h2) / kubelet path (SPDY)",
+        "connrate",
+        "conn_per_s",
+        ("helper-agent/podgate-h2",),
+        "cluster/podgate-spdy",
+        None,
+        0,
+    ),
     # Informational: the same comparisons against podgate's own agent.
     *_both(
         "{d}, agent: podgate / kubectl 1.30",

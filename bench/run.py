@@ -40,6 +40,7 @@ from bench.forwarders import (
     podgate_client,
     socat_relay_client,
     start_agent,
+    start_cluster,
     start_spdyserver,
 )
 from bench.report import evaluate, format_report, summarize, write_chart
@@ -484,21 +485,26 @@ def main(argv: list[str] | None = None) -> int:
                 targets_srv[name] = srv
             targets = {name: s.port for name, s in targets_srv.items()}
             servers: dict[str, Server] = {}
-            for start in (start_spdyserver, start_agent):
+            for start in (start_spdyserver, start_agent, start_cluster):
                 try:
-                    server = start(stack, workdir)
+                    started_servers = start(stack, workdir)
                 except Unavailable as exc:
                     unavailable[start.__name__.removeprefix("start_")] = str(exc)
                     log(str(exc))
                     continue
-                servers[server.name] = server
-                all_processes.append(server.process)
+                if isinstance(started_servers, Server):
+                    started_servers = [started_servers]
+                for server in started_servers:
+                    servers[server.name] = server
+                    all_processes.append(server.process)
             per_client = cases - {"sessions"}
             starters: list[tuple[str, Callable[[], Started]]] = []
             if per_client:
                 for server in servers.values():
                     for transport in args.transports:
-                        if transport in AGENT_ONLY and server.name != "agent":
+                        if server.transports is not None and transport not in server.transports:
+                            continue
+                        if transport in AGENT_ONLY and server.name not in ("agent", "helper-agent"):
                             continue  # podgate's own link: no Kubernetes server speaks it
                         starters.append(
                             (
@@ -506,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                                 partial(podgate_client, server, transport, targets, workdir),
                             )
                         )
-                    for version, websockets in KUBECTLS:
+                    for version, websockets in KUBECTLS if server.kubectl else ():
                         starters.append(
                             (
                                 f"{server.name}/kubectl-{version}",

@@ -70,7 +70,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     summary = results["summary"]
     names = {c["name"] for c in clients.values()}
     assert {"podgate-spdy", "kubectl-1.30", "kubectl-1.33", "socat-relay", "direct"} <= names
-    assert {c["server"] for c in clients.values()} == {"spdyserver", "agent", "-"}
+    servers = {c["server"] for c in clients.values()}
+    assert servers == {"spdyserver", "agent", "cluster", "helper-agent", "-"}
 
     for case_runs in results["runs"].values():
         for cid, runs in case_runs.items():

@@ -579,7 +579,8 @@ class PodSpec:
     ``ready_since`` is the Ready condition's lastTransitionTime (default: now);
     ``restarts`` the containers' restartCount; ``ports`` the container ports, a number or
     ``(name, number)``; ``network`` the namespace the agent dials it in (default: the
-    cluster's shared pod network); ``ips`` its ``status.podIPs`` while Running.
+    cluster's shared pod network), or ``target`` the agent's pod target instead (e.g.
+    ``host:127.0.0.1``); ``ips`` its ``status.podIPs`` while Running.
     """
 
     namespace: str
@@ -593,6 +594,7 @@ class PodSpec:
     restarts: int = 0
     network: NetNamespace | None = None
     ips: Sequence[str] = ("127.0.0.1",)
+    target: str | None = None
 
     @property
     def key(self) -> str:
@@ -762,7 +764,7 @@ class Cluster:
             {
                 "namespace": pod.namespace,
                 "name": pod.name,
-                "target": (pod.network or self.pod_network()).target,
+                "target": pod.target or (pod.network or self.pod_network()).target,
             }
             for pod in [*pods, *extra_registry]
         ]
