@@ -1,0 +1,193 @@
+"""podgate's WebSocket clients (`websocket`: SPDY in a WebSocket tunnel; `ws-channel`: a
+v4 channel WebSocket per connection; `auto`) against servers that misbehave, driven
+through the API of a real `podgate serve`. The server is tests/support/ws_apiserver.py:
+`websockets` for the WebSocket layer, the Go spdystream server for the SPDY inside a
+tunnel, a real echo server as the pod.
+
+- A channel WebSocket closed with a code other than 1000, broken by a frame that
+  violates RFC 6455 or dropped without a Close ends that one connection with a reset
+  (bytes may be missing: not a clean EOF), counted as an error; the other connections
+  and the session go on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.interop.build import build_spdyserver, run_spdyserver
+from tests.support.echo import RoundTrip, roundtrip
+from tests.support.kube import write_kubeconfig
+from tests.support.podgate import (
+    Gate,
+    HostEcho,
+    Podgate,
+    api_client,
+    create_session,
+    explain_on_failure,
+    gated_roundtrip,
+    host_echo_server,
+    run_serve,
+    wait_for_session,
+)
+from tests.support.sse import HttpEventStream
+from tests.support.ws_apiserver import WsApiServer, ws_apiserver
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 1_000_000
+WAIT = 20.0
+BACKOFF = {"max_backoff_seconds": 0.2}
+
+#: Faults in an open WebSocket, and what the client must say about each.
+CLOSES = {"close:1011": "WebSocket closed with code 1011", "close:1001": "closed with code 1001"}
+VIOLATIONS = {
+    "opcode-3": "WebSocket protocol error: Invalid opcode 0x3",
+    "close-1005": "WebSocket protocol error: remote CLOSE with local-only reason",
+    "ping-126": "WebSocket protocol error: Control frame with payload len > 125",
+    "masked": "WebSocket protocol error: client received unexpected masked frame",
+    "rsv1": "WebSocket protocol error: Reserved bit set unexpectedly",
+}
+TUNNEL_FAULTS = {**CLOSES, "text": "WebSocket protocol error: invalid message type", **VIOLATIONS}
+CHANNEL_FAULTS = {
+    **CLOSES,
+    **VIOLATIONS,
+    "abort": "closed the connection without a WebSocket Close",
+}
+
+
+@dataclass
+class Rig:
+    echo: HostEcho
+    server: WsApiServer
+    serve: Podgate
+    api: httpx.Client
+    created: list[str] = field(default_factory=list)  # session ids, deleted after each test
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    build_spdyserver()
+    tmp = tmp_path_factory.mktemp("ws-misbehaving")
+    with (
+        host_echo_server() as echo,
+        run_spdyserver() as go,
+        ws_apiserver((go.host, go.port)) as server,
+        run_serve(tmp / "data", write_kubeconfig(tmp / "kubeconfig", server.url)) as serve,
+        api_client(serve.url) as api,
+        explain_on_failure(serve.process, go.process),
+    ):
+        yield Rig(echo, server, serve, api)
+
+
+@pytest.fixture(autouse=True)
+def _delete_sessions(rig: Rig) -> Iterator[None]:
+    """A session left behind would go on dialling the stand-in (and fill its log)."""
+    yield
+    while rig.created:
+        assert rig.api.delete(f"/sessions/{rig.created.pop()}").status_code in (204, 404)
+
+
+def _session(rig: Rig, pod: str, transport: str) -> dict[str, Any]:
+    session = create_session(
+        rig.api,
+        target=f"pod/{pod}",
+        ports=[f"0:{rig.echo.port}"],
+        transport=transport,
+        reconnect=BACKOFF,
+    )
+    rig.created.append(session["id"])
+    return session
+
+
+def _events(rig: Rig) -> HttpEventStream:
+    """Every session's events from now on (open it before creating the session)."""
+    return HttpEventStream(rig.serve.url, "/events")
+
+
+def _status(session: dict[str, Any], new: str) -> Any:
+    return lambda e: e.is_status(session["id"], new)
+
+
+def _transitions(events: HttpEventStream, session: dict[str, Any]) -> list[str]:
+    return [e.data["new"] for e in events.events if e.is_status(session["id"])]
+
+
+def _start(pool: ThreadPoolExecutor, port: int) -> tuple[Gate, Future[RoundTrip]]:
+    gate = Gate()
+    transfer = pool.submit(gated_roundtrip, "127.0.0.1", port, os.urandom(2 * MB), gate)
+    assert gate.started.wait(WAIT), "the transfer did not get going"
+    return gate, transfer
+
+
+def _local(session: dict[str, Any]) -> int:
+    return int(session["ports"][0]["local_port"])
+
+
+def _idle_connection(port: int) -> socket.socket:
+    """A connection that echoed 1 MB and now waits, with nothing unread on either side."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    payload = os.urandom(MB)
+    sock.sendall(payload)
+    echoed = bytearray()
+    while len(echoed) < len(payload):
+        chunk = sock.recv(len(payload) - len(echoed))
+        assert chunk, f"EOF after {len(echoed)} echoed bytes"
+        echoed += chunk
+    assert echoed == payload
+    return sock
+
+
+def _ending(sock: socket.socket) -> str:
+    """How the connection ends for its client: a reset is how it learns bytes may be
+    missing; a clean EOF would say the pod ended it."""
+    with sock:
+        try:
+            data = sock.recv(1)
+        except ConnectionResetError:
+            return "reset"
+    return "EOF" if data == b"" else f"more data {data!r}"
+
+
+# --------------------------------------------------------------------------- ws-channel
+
+
+@pytest.mark.parametrize("fault", list(CHANNEL_FAULTS))
+def test_a_broken_channel_ends_its_connection_only_and_counts_an_error(
+    rig: Rig, fault: str
+) -> None:
+    pod = f"c-{fault.replace(':', '-')}"
+    with _events(rig) as events:
+        session = _session(rig, pod, "ws-channel")
+        sid, local = session["id"], _local(session)
+        events.wait_for(_status(session, "ready"), WAIT, "ready")
+        idle = _idle_connection(local)
+        [channel] = [s for s in rig.server.wait_sockets("channel", 1) if s.pod == pod]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            gate, transfer = _start(pool, local)
+            rig.server.break_socket(channel, fault)
+            error = events.wait_for(
+                lambda e: e.event == "connection_error" and e.data["session_id"] == sid, WAIT
+            )
+            assert _ending(idle) == "reset"
+            gate.release.set()
+            assert transfer.result(timeout=WAIT).intact, "another connection was hit"
+        assert CHANNEL_FAULTS[fault] in error.data["text"], error.data
+        if fault.startswith("close:"):
+            assert channel.close_received is not None, "the server's Close was not answered"
+            assert channel.close_received.code == int(fault.removeprefix("close:"))
+        after = wait_for_session(
+            rig.api, sid, lambda s: s["connections_active"] == 0, timeout=WAIT, what="all ended"
+        )
+        assert (after["status"], after["reconnects"]) == ("ready", 0)
+        assert (after["connections_total"], after["connection_errors"]) == (2, 1)
+        assert CHANNEL_FAULTS[fault] in after["last_error"]
+        assert roundtrip("127.0.0.1", local, os.urandom(MB), timeout=WAIT).intact
+        assert _transitions(events, session) == ["ready"]
