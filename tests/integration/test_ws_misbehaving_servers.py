@@ -4,6 +4,10 @@ through the API of a real `podgate serve`. The server is tests/support/ws_apiser
 `websockets` for the WebSocket layer, the Go spdystream server for the SPDY inside a
 tunnel, a real echo server as the pod.
 
+- In the middle of a session, a tunnel closed with a code other than 1000, or broken by a
+  frame that violates RFC 6455 (a text message too), is noticed at once: the session
+  says why in `last_error`, its connections are reset, it reconnects; another session's
+  tunnel to the same server is untouched. A Close is answered with a Close.
 - A channel WebSocket closed with a code other than 1000, broken by a frame that
   violates RFC 6455 or dropped without a Close ends that one connection with a reset
   (bytes may be missing: not a clean EOF), counted as an error; the other connections
@@ -154,6 +158,45 @@ def _ending(sock: socket.socket) -> str:
         except ConnectionResetError:
             return "reset"
     return "EOF" if data == b"" else f"more data {data!r}"
+
+
+# --------------------------------------------------------------------------- tunnel
+
+
+@pytest.mark.parametrize("fault", list(TUNNEL_FAULTS))
+def test_a_broken_tunnel_is_reported_and_redialled_and_spares_other_sessions(
+    rig: Rig, fault: str
+) -> None:
+    name = fault.replace(":", "-")
+    with _events(rig) as events:
+        broken = _session(rig, f"a-{name}", "websocket")
+        other = _session(rig, f"b-{name}", "websocket")
+        events.wait_for(_status(broken, "ready"), WAIT, "ready")
+        events.wait_for(_status(other, "ready"), WAIT, "the other session ready")
+        idle = _idle_connection(_local(broken))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            other_gate, other_transfer = _start(pool, _local(other))
+            tunnel = rig.server.break_tunnel(f"a-{name}", fault)
+            lost = events.wait_for(_status(broken, "reconnecting"), WAIT, "reconnecting")
+            assert _ending(idle) == "reset"
+            other_gate.release.set()
+            assert other_transfer.result(timeout=WAIT).intact, "the other session was hit"
+        assert TUNNEL_FAULTS[fault] in lost.data["last_error"], lost.data
+        if fault.startswith("close:"):  # the closing handshake is answered, same code
+            assert tunnel.close_received is not None, "the server's Close was not answered"
+            assert tunnel.close_received.code == int(fault.removeprefix("close:"))
+
+        events.wait_for(_status(broken, "ready"), WAIT, "ready again")
+        assert roundtrip("127.0.0.1", _local(broken), os.urandom(MB), timeout=WAIT).intact
+        assert _transitions(events, other) == ["ready"]
+    after = rig.api.get(f"/sessions/{broken['id']}").json()
+    assert (after["status"], after["transport"], after["reconnects"]) == ("ready", "websocket", 1)
+    untouched = rig.api.get(f"/sessions/{other['id']}").json()
+    assert (untouched["status"], untouched["reconnects"], untouched["last_error"]) == (
+        "ready",
+        0,
+        None,
+    )
 
 
 # --------------------------------------------------------------------------- ws-channel

@@ -100,12 +100,16 @@ class TunnelPipe(SharedBufferReader):
                 if event.data:
                     self.link.data_received(event.data)
             elif isinstance(event, TunnelClosed):
+                self._write_replies()  # our Close in answer, before the link drops the socket
                 if event.code == 1000:
                     self.link.eof_received()
                 else:
                     self.link.connection_lost(
                         ConnectionError(f"WebSocket closed with code {event.code} {event.reason}")
                     )
+        self._write_replies()
+
+    def _write_replies(self) -> None:
         replies = self.client.data_to_send()  # pongs, the Close echo
         if replies and self.raw is not None and not self.raw.is_closing():
             self.raw.write(replies)
