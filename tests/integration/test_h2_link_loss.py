@@ -45,6 +45,8 @@ pytestmark = pytest.mark.timeout(90)
 
 MB = 1_000_000
 WAIT = 20.0
+#: Service settings: sessions may not ask for less than 1 s, the service's defaults may.
+FAST_RETRIES = {"max_backoff_seconds": "0.5"}
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +113,13 @@ def test_agent_killed_mid_transfer_then_back_on_the_same_port(
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", agent.url)
     try:
         with (
-            run_serve(tmp_path / "data", kubeconfig) as serve,
+            run_serve(tmp_path / "data", kubeconfig, settings=FAST_RETRIES) as serve,
             api_client(serve.url) as api,
             HttpEventStream(serve.url, "/events") as events,
             explain_on_failure(serve.process, agent.process),
         ):
             created = create_session(
-                api,
-                target="pod/echo",
-                ports=[f"0:{echo.port}"],
-                transport="h2",
-                reconnect={"max_backoff_seconds": 0.5},
+                api, target="pod/echo", ports=[f"0:{echo.port}"], transport="h2"
             )
             sid, local = created["id"], created["ports"][0]["local_port"]
             events.wait_for(_status(sid, "ready"), WAIT, "ready")
@@ -174,19 +172,15 @@ def test_a_frozen_link_is_declared_dead_by_its_pings_and_comes_back(
     try:
         with FreezableRelay(agent.host_port) as relay:
             kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", relay.url)
+            settings = {**FAST_RETRIES, "keepalive_seconds": str(keepalive)}
             with (
-                run_serve(tmp_path / "data", kubeconfig) as serve,
+                run_serve(tmp_path / "data", kubeconfig, settings=settings) as serve,
                 api_client(serve.url) as api,
                 HttpEventStream(serve.url, "/events") as events,
                 explain_on_failure(serve.process, agent.process),
             ):
                 created = create_session(
-                    api,
-                    target="pod/echo",
-                    ports=[f"0:{echo.port}"],
-                    transport="h2",
-                    keepalive_seconds=keepalive,
-                    reconnect={"max_backoff_seconds": 0.5},
+                    api, target="pod/echo", ports=[f"0:{echo.port}"], transport="h2"
                 )
                 sid, local = created["id"], created["ports"][0]["local_port"]
                 events.wait_for(_status(sid, "ready"), WAIT, "ready")

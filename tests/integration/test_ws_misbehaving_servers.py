@@ -60,7 +60,8 @@ pytestmark = pytest.mark.timeout(60)
 
 MB = 1_000_000
 WAIT = 20.0
-BACKOFF = {"max_backoff_seconds": 0.2}
+#: The service's own default (a session may not ask for less than 1 s): retries come fast.
+SETTINGS = {"max_backoff_seconds": "0.2"}
 
 #: Faults in an open WebSocket, and what the client must say about each.
 CLOSES = {"close:1011": "WebSocket closed with code 1011", "close:1001": "closed with code 1001"}
@@ -96,7 +97,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         host_echo_server() as echo,
         run_spdyserver() as go,
         ws_apiserver((go.host, go.port)) as server,
-        run_serve(tmp / "data", write_kubeconfig(tmp / "kubeconfig", server.url)) as serve,
+        run_serve(
+            tmp / "data", write_kubeconfig(tmp / "kubeconfig", server.url), settings=SETTINGS
+        ) as serve,
         api_client(serve.url) as api,
         explain_on_failure(serve.process, go.process),
     ):
@@ -113,11 +116,7 @@ def _delete_sessions(rig: Rig) -> Iterator[None]:
 
 def _session(rig: Rig, pod: str, transport: str) -> dict[str, Any]:
     session = create_session(
-        rig.api,
-        target=f"pod/{pod}",
-        ports=[f"0:{rig.echo.port}"],
-        transport=transport,
-        reconnect=BACKOFF,
+        rig.api, target=f"pod/{pod}", ports=[f"0:{rig.echo.port}"], transport=transport
     )
     rig.created.append(session["id"])
     return session
