@@ -76,6 +76,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.eof = False
         self.lost = False
         self.lost_exc: Exception | None = None
+        self.answered = False  # some bytes of the answer arrived
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop: not a subclass
@@ -90,7 +91,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         if self.outcome.done():
             self.eof = True
             return False
-        self._feed(b"")
+        self._feed(b"", at_eof=True)  # EOF may end a refusal whose body runs to the close
         if not self.outcome.done():
             self._fail(self._closed_early())
         return False
@@ -104,17 +105,22 @@ class _HandshakeProtocol(asyncio.Protocol):
                 self._fail(self._closed_early())
 
     def _closed_early(self) -> UpstreamError:
+        when = "before finishing its answer to" if self.answered else "before answering"
         return UpstreamError(
-            f"{self.endpoint.url} closed the connection before answering the WebSocket upgrade",
+            f"{self.endpoint.url} closed the connection {when} the WebSocket upgrade",
             retryable=True,
         )
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes, *, at_eof: bool = False) -> None:
         assert self.transport is not None
+        self.answered = self.answered or bool(data)
         try:
             events = self.client.receive_data(data)
         except WebSocketError as exc:
-            self._fail(UpstreamError(f"WebSocket error from {self.endpoint.url}: {exc}"))
+            if at_eof:  # the client only says, in h11's words, that the answer is incomplete
+                self._fail(self._closed_early())
+            else:
+                self._fail(UpstreamError(f"WebSocket error from {self.endpoint.url}: {exc}"))
             return
         for index, event in enumerate(events):
             if isinstance(event, HandshakeRejected):

@@ -22,14 +22,16 @@ import contextlib
 import hashlib
 import os
 import random
+import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+from service.aio.readbuffer import READ_SIZE
 from service.protocols.h2 import STREAM_WINDOW
 from service.runner.links.base import LinkHooks
-from service.runner.links.h2 import H2Link, H2Pair
+from service.runner.links.h2 import BULK, UPSTREAM_WRITE_HIGH_WATER, H2Link, H2Pair
 from service.runner.local import LOCAL_WRITE_HIGH_WATER, LocalConnection
 from tests.support.podgate import run_agent
 
@@ -257,3 +259,102 @@ async def test_connections_past_the_stream_limit_wait_for_pairs_to_end() -> None
                     server.close()
     finally:
         echo.close()
+
+
+class SinkPod:
+    """A pod that reads each connection to its EOF and keeps the SHA-256 of what came."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._read, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sha = hashlib.sha256()
+        while data := await reader.read(READ):
+            sha.update(data)
+        self.received.append(sha.hexdigest())
+        writer.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` on the loop (every 20 ms) until it holds; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if condition():
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def test_an_agent_that_stops_reading_pauses_every_local_reader_and_bounds_the_buffer() -> (
+    None
+):
+    """The agent process is stopped (SIGSTOP): it reads nothing, so the link's socket stops
+    taking bytes. The link may send up to the connection window (16 MiB) before flow
+    control stops it; the kernel takes a few MiB of that, and without pausing the local
+    readers the rest would pile up in the socket's write buffer. Paused, it holds the
+    high-water mark plus what the locals' reads of one loop turn queued. SIGCONT: every
+    byte arrives."""
+    connections = 4
+    payloads = [os.urandom(8 * MIB) for _ in range(connections)]  # 32 MiB > the window
+    # After the buffer crosses its mark: one read of every local socket in the same loop
+    # turn, and the bytes the link held back for one flush.
+    slack = connections * READ_SIZE + BULK
+    sink = SinkPod()
+    await sink.start()
+    assert sink.server is not None
+    with run_agent(["default/local=host:127.0.0.1"]) as agent:
+        async with _link(agent.url) as link:
+            assert link.transport is not None
+            server, port = await _listen(link, sink.port)
+            await link.verified(20)  # the agent's SETTINGS and window are in
+            agent.process.send_signal(signal.SIGSTOP)
+            try:
+
+                async def send(payload: bytes) -> None:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(payload)
+                    await writer.drain()
+                    writer.write_eof()
+
+                senders = [asyncio.create_task(send(p)) for p in payloads]
+                await _until(lambda: link._write_paused, 30, "pause of the upstream writes")
+
+                def sent() -> int:
+                    return sum(p.local.counters.bytes_out for p in set(link.pairs.values()))
+
+                # A stall: nothing more is read from the local sockets for STALL seconds.
+                last, quiet_since = -1, asyncio.get_running_loop().time()
+                async with asyncio.timeout(30):
+                    while asyncio.get_running_loop().time() - quiet_since < STALL:
+                        if sent() != last:
+                            last, quiet_since = sent(), asyncio.get_running_loop().time()
+                        await asyncio.sleep(0.05)
+                pairs = set(link.pairs.values())
+                assert len(pairs) == connections
+                for pair in pairs:
+                    assert pair.local.transport is not None
+                    assert not pair.local.transport.is_reading(), "a local reader went on"
+                held = link.transport.get_write_buffer_size()
+                print(
+                    f"stalled: {sent() / MIB:.1f} MiB read from local clients, "
+                    f"{held / MIB:.1f} MiB held in the link's write buffer"
+                )
+                assert held <= UPSTREAM_WRITE_HIGH_WATER + slack, f"{held / MIB:.1f} MiB held"
+                assert not any(s.done() for s in senders), "a sender finished while stalled"
+            finally:
+                agent.process.send_signal(signal.SIGCONT)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*senders)
+                await _until(lambda: len(sink.received) == connections, 60, "every byte")
+            assert sorted(sink.received) == sorted(hashlib.sha256(p).hexdigest() for p in payloads)
+            assert not link._write_paused
+            server.close()
+    sink.server.close()

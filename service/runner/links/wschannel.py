@@ -20,6 +20,7 @@ import logging
 from service.aio.tasks import TaskSet
 from service.model import Transport
 from service.protocols.websocket import (
+    CLOSE_NORMAL,
     ChannelClient,
     ConnectionTerminated,
     DataReceived,
@@ -46,6 +47,7 @@ class ChannelConnection(asyncio.Protocol):
         self.client: ChannelClient | None = None
         self.raw: asyncio.Transport | None = None
         self.error_text = ""
+        self.broken = False  # the WebSocket itself failed: the local client gets a reset
         self.done = False
         self.local_eof_seen = False
         self.close_sent = False
@@ -63,12 +65,24 @@ class ChannelConnection(asyncio.Protocol):
             elif isinstance(event, ErrorTextReceived):
                 self.error_text = (self.error_text + event.text)[:MAX_ERROR_TEXT]
             elif isinstance(event, ConnectionTerminated):
+                if event.error_code != CLOSE_NORMAL and not self.close_sent:
+                    self._broken(f"WebSocket closed with code {event.error_code} {event.reason}")
+                self._write_replies()  # our Close in answer, before the socket is closed
                 self.link.finished(self)
                 return
+        self._write_replies()
+
+    def _write_replies(self) -> None:
         if self.client is not None and self.raw is not None and not self.raw.is_closing():
             replies = self.client.data_to_send()
             if replies:
                 self.raw.write(replies)
+
+    def _broken(self, reason: str) -> None:
+        """The WebSocket failed (a protocol error, a Close other than 1000, or none before
+        our own): bytes may be missing, so the connection ends in an error."""
+        self.broken = True
+        self.error_text = self.error_text or reason.strip()
 
     # asyncio.Protocol: the WebSocket's socket ------------------------------------------
 
@@ -77,16 +91,22 @@ class ChannelConnection(asyncio.Protocol):
         try:
             events: list[object] = list(self.client.receive_data(data))
         except WebSocketError as exc:
-            self.error_text = self.error_text or f"WebSocket protocol error: {exc}"
+            self._broken(f"WebSocket protocol error: {exc}")
             self.link.finished(self)
             return
         self.process(events)
 
     def eof_received(self) -> bool:
-        self.link.finished(self)
+        self._lost(None)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        if not self.done and not self.close_sent:  # no Close came first
+            lost = f"connection lost: {exc}" if exc else "closed the connection"
+            self._broken(f"upstream {lost} without a WebSocket Close")
         self.link.finished(self)
 
     def pause_writing(self) -> None:
@@ -228,7 +248,10 @@ class ChannelLink:
         if conn.error_text:
             local.counters.connection_errors += 1
             self.hooks.on_connection_error(local, conn.error_text)
-            local.abort()
+            if conn.broken:
+                local.reset()  # bytes may be missing: not a clean end (as a lost SPDY link)
+            else:
+                local.abort()
         else:
             local.close()
         conn.close()

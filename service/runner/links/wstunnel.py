@@ -100,6 +100,7 @@ class TunnelPipe(SharedBufferReader):
                 if event.data:
                     self.link.data_received(event.data)
             elif isinstance(event, ConnectionTerminated):
+                self._write_replies()  # our Close in answer, before the link drops the socket
                 if event.error_code == 1000:
                     self.link.eof_received()
                 else:
@@ -108,6 +109,9 @@ class TunnelPipe(SharedBufferReader):
                             f"WebSocket closed with code {event.error_code} {event.reason}"
                         )
                     )
+        self._write_replies()
+
+    def _write_replies(self) -> None:
         replies = self.client.data_to_send()  # pongs, the Close echo
         if replies and self.raw is not None and not self.raw.is_closing():
             self.raw.write(replies)
