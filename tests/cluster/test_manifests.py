@@ -1,10 +1,14 @@
 """The manifests in deploy/kubernetes/ against a real kube-apiserver v1.20.2: the API server
 validates them (`kubectl apply --dry-run=server -k`), stores them for real (nothing
 schedules the pod: no controller-manager or scheduler runs), and the ServiceAccount can do
-what podgate serve needs and no more."""
+what podgate serve needs and no more; the same for the helper agent's kinds
+(deploy/kubernetes/agent/: pod-ip, netns, and serve through it)."""
 
 from __future__ import annotations
 
+import base64
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,7 +36,7 @@ def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_manifests_validate_and_apply(cluster: Cluster, tmp_path: Path) -> None:
     kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
     # A server-side dry run stores nothing: the namespaced objects need their namespace.
-    namespace = str(MANIFESTS / "namespace.yaml")
+    namespace = str(MANIFESTS / "serve" / "namespace.yaml")
     dry = _kubectl(kubeconfig, "apply", "--dry-run=server", "-f", namespace)
     assert dry.returncode == 0, dry.stderr
     assert "namespace/podgate created (server dry run)" in dry.stdout, dry.stdout
@@ -94,5 +98,109 @@ def test_the_service_account_may_do_what_podgate_needs_and_no_more(
         kubeconfig,
         *("auth", "can-i", verb, *resource.split()),
         *("-n", TIER_NAMESPACE, "--as", SERVICE_ACCOUNT),
+    )
+    assert answer.stdout.strip() == ("yes" if allowed else "no"), (answer.stdout, answer.stderr)
+
+
+# --------------------------------------------------------------------------- helper agent
+
+AGENT_SERVICE_ACCOUNT = "system:serviceaccount:podgate:podgate-agent"
+
+
+@pytest.fixture
+def agent_manifests(tmp_path: Path) -> Path:
+    """deploy/kubernetes copied, with credentials.sh's credentials in agent/base/."""
+    manifests = tmp_path / "kubernetes"
+    shutil.copytree(MANIFESTS, manifests)
+    made = subprocess.run(
+        [str(manifests / "agent" / "credentials.sh")], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    # It refuses to overwrite what it made.
+    again = subprocess.run(
+        [str(manifests / "agent" / "credentials.sh")], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 1 and "already has credentials" in again.stderr
+    return manifests / "agent"
+
+
+def test_the_agent_manifests_validate_and_apply(
+    cluster: Cluster, tmp_path: Path, agent_manifests: Path
+) -> None:
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
+    assert _kubectl(kubeconfig, "apply", "-f", str(MANIFESTS / "serve" / "namespace.yaml")).returncode == 0
+    for kind, expected in (
+        ("pod-ip", "deployment.apps/podgate-agent"),
+        ("netns", "daemonset.apps/podgate-agent"),
+        ("serve", "deployment.apps/podgate"),
+    ):
+        dry = _kubectl(kubeconfig, "apply", "--dry-run=server", "-k", str(agent_manifests / kind))
+        assert dry.returncode == 0, (kind, dry.stderr)
+        assert re.search(
+            rf"^{re.escape(expected)} (created|configured|unchanged)", dry.stdout, re.M
+        )
+    applied = _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "pod-ip"))
+    assert applied.returncode == 0, applied.stderr
+    for kind in (
+        "secret/podgate-agent-tls",
+        "secret/podgate-agent-client",
+        "service/podgate-agent",
+    ):
+        assert kind in applied.stdout, applied.stdout
+    applied = _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "netns"))
+    assert applied.returncode == 0, applied.stderr
+    assert _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "serve")).returncode == 0
+
+    base = "/apis/apps/v1/namespaces/podgate"
+    deployment = cluster.admin.get(f"{base}/deployments/podgate-agent")["spec"]["template"]["spec"]
+    agent = deployment["containers"][0]
+    assert {"--cluster", "--dial=pod-ip"} <= set(agent["args"])
+    assert deployment["securityContext"]["runAsNonRoot"] is True
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert agent["securityContext"]["readOnlyRootFilesystem"] is True
+    daemonset = cluster.admin.get(f"{base}/daemonsets/podgate-agent")["spec"]["template"]["spec"]
+    node_agent = daemonset["containers"][0]
+    assert daemonset["hostPID"] is True and "--dial=netns" in node_agent["args"]
+    assert node_agent["securityContext"]["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["SYS_ADMIN", "SYS_PTRACE"],
+    }
+    assert node_agent["securityContext"]["readOnlyRootFilesystem"] is True
+    serve = cluster.admin.get(f"{base}/deployments/podgate")["spec"]["template"]["spec"]
+    args = serve["containers"][0]["args"]
+    assert "--default-agent=https://podgate-agent.podgate.svc:10250" in args
+    assert "--agent-kubeconfig=/etc/podgate-agent/kubeconfig" in args
+    volumes = {v["name"]: v for v in serve["volumes"]}
+    assert volumes["agent-client"]["secret"]["secretName"] == "podgate-agent-client"
+    # serve's kubeconfig for the agent holds the token the agent accepts.
+    secret = cluster.admin.get("/api/v1/namespaces/podgate/secrets/podgate-agent-tokens")
+    token = base64.b64decode(secret["data"]["tokens.csv"]).decode().split(",")[0]
+    client = cluster.admin.get("/api/v1/namespaces/podgate/secrets/podgate-agent-client")
+    assert f"token: {token}" in base64.b64decode(client["data"]["kubeconfig"]).decode()
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("list", "pods", True),
+        ("watch", "pods", True),
+        # Nothing more: it reaches pods itself, and reads no secrets.
+        ("get", "pods", False),
+        ("create", "pods --subresource=portforward", False),
+        ("create", "pods --subresource=exec", False),
+        ("get", "secrets", False),
+        ("delete", "pods", False),
+    ],
+)
+def test_the_agents_service_account_may_list_and_watch_pods_and_no_more(
+    cluster: Cluster, tmp_path: Path, agent_manifests: Path, verb: str, resource: str, allowed: bool
+) -> None:
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
+    applied = _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "base"))
+    assert applied.returncode == 0, applied.stderr
+    answer = _kubectl(
+        kubeconfig,
+        *("auth", "can-i", verb, *resource.split()),
+        *("-n", TIER_NAMESPACE, "--as", AGENT_SERVICE_ACCOUNT),
     )
     assert answer.stdout.strip() == ("yes" if allowed else "no"), (answer.stdout, answer.stderr)
