@@ -18,9 +18,9 @@ from tests.support.podgate import (
     host_echo_server,
     run_agent,
     run_serve,
-    wait_for_session,
     wait_for_status,
 )
+from tests.support.sse import HttpEventStream, SseEvent
 
 MB = 1_000_000
 
@@ -42,7 +42,11 @@ def test_h2_pairs_in_flight_finish_after_the_agents_goaway(tmp_path: Path) -> No
         run_agent(["default/echo=host:127.0.0.1"], extra_args=["--drain-timeout", "60"]) as agent,
     ):
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", agent.url)
-        with run_serve(tmp_path / "data", kubeconfig) as serve, api_client(serve.url) as api:
+        with (
+            run_serve(tmp_path / "data", kubeconfig) as serve,
+            api_client(serve.url) as api,
+            HttpEventStream(serve.url, "/events") as events,
+        ):
             session = create_session(
                 api, target="pod/echo", ports=[f"0:{echo.port}"], transport="h2"
             )
@@ -52,13 +56,13 @@ def test_h2_pairs_in_flight_finish_after_the_agents_goaway(tmp_path: Path) -> No
                 sock.sendall(payload[:half])
                 echoed = _read_exactly(sock, half)
                 agent.process.send_signal(signal.SIGTERM)
-                lost = wait_for_session(
-                    api,
-                    session["id"],
-                    lambda s: "GOAWAY" in (s["last_error"] or ""),
-                    what="the GOAWAY reported",
-                )
-                assert lost["status"] in ("reconnecting", "pending"), lost
+
+                # The status event, not a poll: the re-dial's error soon replaces it.
+                def lost_link(event: SseEvent) -> bool:
+                    return event.is_status(session["id"], "reconnecting")
+
+                lost = events.wait_for(lost_link, 20, "the GOAWAY reported").data
+                assert "GOAWAY" in lost["last_error"], lost
                 assert "draining 1 connection(s)" in lost["last_error"], lost
                 # The connection in flight goes on to its end on the draining link.
                 sock.sendall(payload[half:])
