@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from service.api.problems import PROBLEM_JSON, problem_bytes
 from service.config import Settings
 
 __all__ = ["RequestGuard", "allowed_host_names"]
@@ -66,7 +66,7 @@ class RequestGuard:
                 f'this API does not answer for host "{host}": use localhost, 127.0.0.1 or '
                 "[::1], or start podgate with --allowed-host NAME"
             )
-            await _problem(send, 421, "Misdirected Request", detail)
+            await _problem(send, 421, detail)
             return
         origin = headers.get("origin")
         cors: list[tuple[bytes, bytes]] = []
@@ -76,7 +76,7 @@ class RequestGuard:
                     f'requests from origin "{origin}" are not allowed; start podgate with '
                     f"--cors-origin {origin} to allow them"
                 )
-                await _problem(send, 403, "Forbidden", detail)
+                await _problem(send, 403, detail)
                 return
             cors = [
                 (b"access-control-allow-origin", origin.encode("latin-1")),
@@ -156,17 +156,13 @@ async def _preflight(send: Send, cors: list[tuple[bytes, bytes]], headers: dict[
 
 async def _too_large(send: Send, limit: int) -> None:
     detail = f"the request body is larger than {limit} bytes"
-    await _problem(send, 413, "Content Too Large", detail, close=True)
+    await _problem(send, 413, detail, close=True)
 
 
-async def _problem(
-    send: Send, status: int, title: str, detail: str, *, close: bool = False
-) -> None:
-    body = json.dumps(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    ).encode()
+async def _problem(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+    body = problem_bytes(status, detail)
     headers = [
-        (b"content-type", b"application/problem+json"),
+        (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),
     ]
     if close:  # the rest of the body is not read: the connection cannot be reused

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import format_sse_event
 from starlette.background import BackgroundTask
 
@@ -57,16 +58,24 @@ def get_settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-_BEARER = "bearer "
+#: `Authorization: Bearer TOKEN`; documented as the operations' security scheme.
+bearer = HTTPBearer(
+    scheme_name="bearer",
+    description="A token of `--token-file`, or with `--auth kubernetes` a token the cluster "
+    "accepts (TokenReview). Not needed when podgate runs without authentication (loopback).",
+    auto_error=False,
+)
 
 
-async def get_caller(request: Request) -> Caller:
+async def get_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
     """Who is asking: `Authorization: Bearer TOKEN`, checked as configured (security.py)."""
     authenticator: Authenticator = request.app.state.authenticator
     if not authenticator.enabled:
         return ANONYMOUS
-    header = request.headers.get("authorization", "")
-    token = header[len(_BEARER) :].strip() if header.lower().startswith(_BEARER) else ""
+    token = credentials.credentials.strip() if credentials is not None else ""
     challenge = {"WWW-Authenticate": 'Bearer realm="podgate"'}
     if not token:
         raise ProblemError(
@@ -82,8 +91,9 @@ async def get_caller(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
-#: The problems every authenticated route can answer.
-AUTH_PROBLEMS = (401,)
+#: The problems every authenticated route can answer (503: `--auth kubernetes` could not
+#: reach the cluster to check the token).
+AUTH_PROBLEMS = (401, 503)
 
 
 def _counters(counters: TrafficCounters) -> Counters:
@@ -127,6 +137,7 @@ def to_public(session: ForwardSession) -> SessionPublic:
     return SessionPublic(
         id=spec.id,
         name=spec.name,
+        owner=spec.owner,
         namespace=spec.namespace,
         target=spec.target,
         pod=session.pod,
@@ -181,7 +192,7 @@ def _create_request(body: SessionCreate, caller: Caller) -> SessionRequest:
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": SessionPublic, "description": "A session with this name and spec exists"},
-        **problem_responses(*AUTH_PROBLEMS, 403, 409, 413, 422, 429, 503),
+        **problem_responses(*AUTH_PROBLEMS, 403, 409, 422, 429),
     },
     summary="Create a forward session",
 )
