@@ -168,11 +168,25 @@ def _document_problems_as_sent(app: FastAPI) -> None:
                         response["content"] = {PROBLEM_JSON: {"schema": ref}}
                         if int(code) in _HEADERS:
                             response["headers"] = _HEADERS[int(code)]
+                for parameter in operation.get("parameters", []):
+                    _not_null(parameter)
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _not_null(parameter: dict[str, Any]) -> None:
+    """An optional header or query parameter is absent or a value, never ``null``: FastAPI
+    documents ``int | None`` as ``anyOf: [integer, null]`` (a client would send "null")."""
+    schema = parameter.get("schema", {})
+    kinds = schema.get("anyOf")
+    if parameter.get("in") in ("header", "query") and kinds and {"type": "null"} in kinds:
+        rest = [kind for kind in kinds if kind != {"type": "null"}]
+        if len(rest) == 1:
+            del schema["anyOf"]
+            schema.update(rest[0])
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -424,6 +424,35 @@ left too many events unread and is disconnected; reconnect with `Last-Event-ID`)
 comment line is sent every 15 s while nothing happens."""
 
 
+#: One event of the stream as a client parses it (OpenAPI 3.1: the `schema` of a
+#: `text/event-stream` response describes each event).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {
+            "type": "string",
+            "enum": [
+                "created", "status", "reconnect", "connection_error", "expired", "deleted",
+                "resync", "dropped",
+            ],
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "A JSON object (see the operation's description).",
+        },
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "required": ["event", "data"],
+}  # fmt: skip
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The event stream",
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+    }
+}
+
+
 class EventStreamResponse(StreamingResponse):
     """`text/event-stream` (the route's documented media type)."""
 
@@ -515,7 +544,7 @@ def _event_response(
 @router.get(
     "/events",
     response_class=EventStreamResponse,
-    responses=problem_responses(*AUTH_PROBLEMS, 429),
+    responses={**SSE_RESPONSE, **problem_responses(*AUTH_PROBLEMS, 429)},
     summary="Live events of every session (Server-Sent Events)",
     description=EVENTS_DOC,
 )
@@ -534,7 +563,7 @@ async def all_events(
 @router.get(
     "/sessions/{session_id}/events",
     response_class=EventStreamResponse,
-    responses=problem_responses(*AUTH_PROBLEMS, 404, 429),
+    responses={**SSE_RESPONSE, **problem_responses(*AUTH_PROBLEMS, 404, 429)},
     summary="Live events of one session (Server-Sent Events)",
     description=EVENTS_DOC + "\n\nThe stream ends after the session's `deleted` event.",
 )

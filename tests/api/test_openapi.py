@@ -181,3 +181,24 @@ async def test_served_document_is_the_rendered_one() -> None:
         response = await client.get("/openapi.json")
     assert response.status_code == 200
     assert response.json() == json.loads(render())
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_parameters_are_never_null(document: dict[str, Any], method: str, path: str) -> None:
+    """An optional header or query parameter is absent or a value: a document that allows
+    `null` has clients (and schemathesis) send `Last-Event-ID: null`, a 422."""
+    for parameter in operations(document)[(method, path)].get("parameters", []):
+        assert "null" not in json.dumps(parameter["schema"]), parameter
+
+
+def test_event_streams_document_their_events(document: dict[str, Any]) -> None:
+    """OpenAPI 3.1: the schema of a `text/event-stream` response describes one event."""
+    for path in ("/events", "/sessions/{session_id}/events"):
+        content = operations(document)[("get", path)]["responses"]["200"]["content"]
+        event = content["text/event-stream"]["schema"]
+        assert event["type"] == "object" and set(event["required"]) == {"event", "data"}
+        assert set(event["properties"]["event"]["enum"]) == {
+            "created", "status", "reconnect", "connection_error", "expired", "deleted",
+            "resync", "dropped",
+        }  # fmt: skip
+        assert event["properties"]["data"]["contentMediaType"] == "application/json"
