@@ -8,10 +8,14 @@
   (``CorsPolicy``); a preflight from another origin gets none.
 - **Body size**: a body over ``max_body_bytes`` is refused with ``413`` before it is read
   in full (by its ``Content-Length``, or as it streams in).
+- **Body time**: a body must have arrived within ``header_timeout_seconds`` of its head,
+  else ``408`` and the connection is closed (a body dribbled a byte at a time held its
+  connection forever: the slowloris of bodies; service/api/http.py bounds the head).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -54,6 +58,7 @@ class RequestGuard:
         self.hosts = allowed_host_names(settings)
         self.origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
         self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.header_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,8 +95,14 @@ class RequestGuard:
             await _too_large(send, self.max_body)
             return
         if length is not None or "transfer-encoding" in headers:
-            # Read here, bounded (a body is at most max_body bytes), and replayed.
-            body = await _read_body(receive, self.max_body)
+            # Read here, bounded in size and time, and replayed.
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await _read_body(receive, self.max_body)
+            except TimeoutError:
+                detail = f"the request body did not arrive within {self.body_timeout:g} s"
+                await _problem(send, 408, detail, close=True)
+                return
             if body is None:
                 await _too_large(send, self.max_body)
                 return

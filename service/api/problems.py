@@ -21,6 +21,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
     421: "Misdirected Request",
@@ -105,6 +106,8 @@ BEFORE_ROUTES: dict[int, str] = {
     403: "The request comes from a browser page whose `Origin` is neither the API's own nor "
     "an `--cors-origin` (nothing is done). `POST /sessions` also answers 403 for what the "
     "caller or the listen policy may not do.",
+    408: "The request body did not arrive within 30 s of its head "
+    "(`PODGATE_HEADER_TIMEOUT_SECONDS`); the connection is closed",
     413: "The request body is larger than 1 MiB (refused before it is read in full)",
     421: "The `Host` header names neither localhost, 127.0.0.1, [::1], the address the API "
     "is bound to nor an `--allowed-host` (DNS rebinding; nothing is done)",

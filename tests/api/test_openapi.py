@@ -30,7 +30,7 @@ ANY_TEXT = _AnyText()
 
 #: What the request guard and the HTTP layer answer before any route (issue 11): every
 #: operation documents them.
-BEFORE_ROUTES = {"400", "403", "413", "421"}
+BEFORE_ROUTES = {"400", "403", "408", "413", "421"}
 #: An authenticated operation: no or a wrong token (401), the cluster cannot check it (503).
 AUTH = {"401", "503"}
 

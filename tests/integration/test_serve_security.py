@@ -183,7 +183,10 @@ def test_dns_rebinding_and_malformed_requests_over_real_sockets(tmp_path: Path) 
             assert (status, headers["content-type"]) == (421, PROBLEM_JSON), answer
             assert "evil.example" in json.loads(answer)["detail"]
         # Not HTTP at all, or no Host (HTTP/1.1 requires it): 400, as problem+json too.
-        for request in [b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\n\r\n"]:
+        huge_head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: %s\r\n\r\n" % (
+            b"a" * 200_000  # h11 refuses an incomplete head past 64 KiB
+        )
+        for request in [b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\n\r\n", huge_head]:
             status, headers, answer = parse_response(exchange_raw(port, request))
             assert (status, headers["content-type"]) == (400, PROBLEM_JSON), answer
             assert json.loads(answer)["status"] == 400
@@ -307,6 +310,40 @@ def test_request_head_deadline_and_idle_keep_alive(tmp_path: Path) -> None:
                 time.sleep(0.5)  # the scenario: a client that pauses between requests
             elapsed = seconds_until_closed(sock, answered)
         assert 2.4 <= elapsed < 6, elapsed
+
+
+def test_a_body_dribbled_after_its_head_is_408_and_closed(tmp_path: Path) -> None:
+    """The slowloris of bodies: a complete head announcing 100 bytes, then a byte every
+    0.2 s (the scenario). It held the connection (and its task) for as long as it went on."""
+    env = {"PODGATE_HEADER_TIMEOUT_SECONDS": "1"}
+    with serve(tmp_path, env=env) as podgate:
+        port = podgate.host_port[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(
+                b"POST /sessions HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            started = time.monotonic()
+            sock.settimeout(0.2)
+            answer = bytearray()
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                while time.monotonic() - started < 6:
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        sock.send(b" ")
+                        continue
+                    if not chunk:
+                        break
+                    answer += chunk
+            elapsed = time.monotonic() - started
+        assert answer, f"no answer after {elapsed:.1f} s: the slow body still holds it"
+        status, headers, body = parse_response(bytes(answer))
+        assert (status, headers["content-type"]) == (408, PROBLEM_JSON), bytes(answer)
+        assert "did not arrive within 1 s" in json.loads(body)["detail"]
+        assert 0.9 <= elapsed < 4, elapsed
+        with api_client(podgate.url) as api:
+            assert api.get("/sessions").json()["count"] == 0
 
 
 async def dribble(port: int, deadline: float) -> float:
