@@ -372,11 +372,19 @@ async def test_listening_beyond_loopback_needs_listen_address(
 ) -> None:
     body = {"target": "pod/echo", "ports": [f"0:{echo.port}"]}
     async with running_api(settings) as api:
-        for addresses in (["0.0.0.0"], ["::"], ["192.0.2.2"], ["localhost", "10.1.2.3"]):
+        for addresses in (
+            ["0.0.0.0"],
+            ["::"],
+            ["192.0.2.2"],
+            ["localhost", "10.1.2.3"],
+            # Other spellings of "everywhere" and of a LAN address.
+            ["0:0:0:0:0:0:0:0"],
+            ["::ffff:0.0.0.0"],
+            ["::ffff:192.0.2.2"],
+        ):
             before = open_fds()
             response = await api.create(**body, addresses=addresses)
-            refused = next(a for a in addresses if a != "localhost")
-            assert_problem(response, 403, f"--listen-address {refused}")
+            assert_problem(response, 403, "is not allowed", "--listen-address")
             assert open_fds() == before  # nothing was bound, not even for a moment
         assert await session_count(api) == 0
     async with running_api(settings.model_copy(update={"listen_addresses": ["0.0.0.0"]})) as api:
@@ -384,6 +392,25 @@ async def test_listening_beyond_loopback_needs_listen_address(
         assert created.status_code == 201, created.text
         assert created.json()["ports"][0]["addresses"] == ["0.0.0.0"]
         assert_problem(await api.create(**body, addresses=["::"]), 403, "--listen-address ::")
+
+
+async def test_restored_sessions_obey_the_policy_of_the_new_start(
+    settings: Settings, echo: EchoServer
+) -> None:
+    """A session created while 0.0.0.0 was allowed is not bound there after a restart
+    without --listen-address: it is failed, with the reason."""
+    wide = settings.model_copy(update={"listen_addresses": ["0.0.0.0"]})
+    async with running_api(wide) as api:
+        created = await api.create(ports=[f"0:{echo.port}"], addresses=["0.0.0.0"])
+        assert created.status_code == 201, created.text
+        sid, local = created.json()["id"], created.json()["ports"][0]["local_port"]
+    async with running_api(settings) as api:
+        session = (await api.client.get(f"/sessions/{sid}")).json()
+        assert session["status"] == "failed", session
+        assert "cannot restore listeners" in session["last_error"]
+        assert "--listen-address 0.0.0.0" in session["last_error"]
+        assert session["ports"][0]["addresses"] == []
+        assert port_free(local, "0.0.0.0")
 
 
 def free_privileged_port() -> int:
