@@ -1,6 +1,6 @@
 """schemathesis against a real `podgate serve --demo`, from the committed
 openapi/openapi.json: every phase (examples, coverage, fuzzing, stateful links), every
-check but one, a fixed seed and few examples per operation (about 10 s a run).
+check but one, a fixed seed and few examples per operation; both runs at once (about 15 s).
 
 - With a token file and a token: also checks that requests without it, or with a wrong
   one, are refused (ignored_auth) and that 405s carry Allow (unsupported_method).
@@ -15,14 +15,18 @@ the listen policy refuses (403). Those are documented 422s and 403s, not server 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_serve_security import serve
+from tests.support.podgate import Podgate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,7 +46,7 @@ request-timeout = 0.3
 """
 
 
-def run_schemathesis(document: Path, url: str, *options: str) -> subprocess.CompletedProcess[str]:
+def start_schemathesis(document: Path, url: str, *options: str) -> subprocess.Popen[str]:
     config = document.with_name("schemathesis.toml")
     config.write_text(CONFIG)
     command = [
@@ -68,35 +72,63 @@ def run_schemathesis(document: Path, url: str, *options: str) -> subprocess.Comp
         "--no-color",
         *options,
     ]
-    # In the test's directory: schemathesis keeps replay data in ./.schemathesis.
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=100, check=False, cwd=document.parent
+    # In the run's directory: schemathesis keeps replay data in ./.schemathesis.
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=document.parent,
     )
 
 
-def test_schemathesis_with_a_token(tmp_path: Path) -> None:
-    document = tmp_path / "openapi.json"
-    document.write_text(DOCUMENT.read_text())
-    tokens = tmp_path / "tokens.csv"
-    tokens.write_text(f"{TOKEN},fuzzer,uid-fuzzer\n")
-    with serve(tmp_path, "--token-file", str(tokens)) as podgate:
-        result = run_schemathesis(
+@dataclass
+class Run:
+    schemathesis: subprocess.Popen[str]
+    serve: Podgate
+
+    def check(self) -> None:
+        output, _ = self.schemathesis.communicate(timeout=100)
+        assert self.schemathesis.returncode == 0, output[-20_000:]
+        assert " passed" in output and "0 passed" not in output, output[-3000:]
+        assert "Traceback" not in self.serve.process.stderr_text(), self.serve.process.describe()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """Both runs at once (each mostly waits on event streams), one server each."""
+    with contextlib.ExitStack() as stack:
+        started: dict[str, Run] = {}
+        # With a token file, and the token.
+        directory = tmp_path_factory.mktemp("schemathesis-token")
+        document = directory / "openapi.json"
+        document.write_text(DOCUMENT.read_text())
+        tokens = directory / "tokens.csv"
+        tokens.write_text(f"{TOKEN},fuzzer,uid-fuzzer\n")
+        podgate = stack.enter_context(serve(directory, "--token-file", str(tokens)))
+        process = start_schemathesis(
             document, podgate.url, "--header", f"Authorization: Bearer {TOKEN}"
         )
-        assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5_000:]
-        assert "Traceback" not in podgate.process.stderr_text(), podgate.process.describe()
-    assert " passed" in result.stdout and "0 passed" not in result.stdout, result.stdout[-3000:]
+        stack.callback(process.kill)
+        started["token"] = Run(process, podgate)
+        # Without authentication: the document without its security requirements.
+        directory = tmp_path_factory.mktemp("schemathesis-none")
+        plain = json.loads(DOCUMENT.read_text())
+        for item in plain["paths"].values():
+            for operation in item.values():
+                operation.pop("security", None)
+        document = directory / "openapi.json"
+        document.write_text(json.dumps(plain))
+        podgate = stack.enter_context(serve(directory))
+        process = start_schemathesis(document, podgate.url)
+        stack.callback(process.kill)
+        started["none"] = Run(process, podgate)
+        yield started
 
 
-def test_schemathesis_without_authentication(tmp_path: Path) -> None:
-    document = json.loads(DOCUMENT.read_text())
-    for item in document["paths"].values():
-        for operation in item.values():
-            operation.pop("security", None)
-    unauthenticated = tmp_path / "openapi-without-auth.json"
-    unauthenticated.write_text(json.dumps(document))
-    with serve(tmp_path) as podgate:
-        result = run_schemathesis(unauthenticated, podgate.url)
-        assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5_000:]
-        assert "Traceback" not in podgate.process.stderr_text(), podgate.process.describe()
-    assert " passed" in result.stdout and "0 passed" not in result.stdout, result.stdout[-3000:]
+def test_schemathesis_with_a_token(runs: dict[str, Run]) -> None:
+    runs["token"].check()
+
+
+def test_schemathesis_without_authentication(runs: dict[str, Run]) -> None:
+    runs["none"].check()
