@@ -149,6 +149,8 @@ def test_start_up_says_which_authentication_is_on(
         ("# only a comment\n\n", "has no token"),
         ("only-a-token\n", "expected token,user,uid"),
         ("t,alice,1\nt,bob,2\n", "is repeated"),
+        ("t, ,1\n", "expected token,user,uid"),  # a blank user would own "" (no auth)
+        (" ,alice,1\n", "expected token,user,uid"),
     ],
 )
 def test_a_token_file_that_cannot_be_used_exits_2(
