@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from service.protocols.h2 import MAX_CONCURRENT_STREAMS
 
@@ -292,7 +293,9 @@ async def _run_serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        timeout_keep_alive=int(settings.keepalive_timeout_seconds),
+        # Not int(): 1.5 s would become 1 s, and 0.5 s 0 (no keep-alive at all). uvicorn
+        # only hands it to loop.call_later, which takes seconds as a float.
+        timeout_keep_alive=cast(int, settings.keepalive_timeout_seconds),
         h11_max_incomplete_event_size=64 * 1024,  # a request head (line + headers)
     )
     server = Server(config)

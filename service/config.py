@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     max_event_subscribers: int = Field(default=100, ge=1)
     #: Request bodies larger than this are refused (413) before they are read in full.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    #: A connection whose request head has not arrived within this long is closed.
+    #: A connection whose request head has not arrived within this long is closed; a request
+    #: body must arrive within this long of its head (else 408, and closed).
     header_timeout_seconds: float = Field(default=30.0, gt=0)
     #: An idle keep-alive connection is closed after this long.
     keepalive_timeout_seconds: float = Field(default=90.0, gt=0)

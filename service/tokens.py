@@ -62,7 +62,9 @@ class TokenFile:
         for number, row in enumerate(csv.reader(text.splitlines()), start=1):
             if not row or not "".join(row).strip() or row[0].startswith("#"):
                 continue
-            if len(row) < 3 or not row[0] or not row[1]:
+            # A user that is blank once stripped would own what nobody owns ("", the
+            # sessions of podgate without authentication).
+            if len(row) < 3 or not row[0].strip() or not row[1].strip():
                 raise TokenFileError(f'{path}:{number}: expected token,user,uid[,"group1,group2"]')
             listed = row[3].split(",") if len(row) > 3 else []
             groups = tuple(g.strip() for g in listed if g.strip())

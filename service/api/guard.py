@@ -8,14 +8,18 @@
   (``CorsPolicy``); a preflight from another origin gets none.
 - **Body size**: a body over ``max_body_bytes`` is refused with ``413`` before it is read
   in full (by its ``Content-Length``, or as it streams in).
+- **Body time**: a body must have arrived within ``header_timeout_seconds`` of its head,
+  else ``408`` and the connection is closed (a body dribbled a byte at a time held its
+  connection forever: the slowloris of bodies; service/api/http.py bounds the head).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from service.api.problems import PROBLEM_JSON, problem_bytes
 from service.config import Settings
 
 __all__ = ["RequestGuard", "allowed_host_names"]
@@ -54,6 +58,7 @@ class RequestGuard:
         self.hosts = allowed_host_names(settings)
         self.origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
         self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.header_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +71,7 @@ class RequestGuard:
                 f'this API does not answer for host "{host}": use localhost, 127.0.0.1 or '
                 "[::1], or start podgate with --allowed-host NAME"
             )
-            await _problem(send, 421, "Misdirected Request", detail)
+            await _problem(send, 421, detail)
             return
         origin = headers.get("origin")
         cors: list[tuple[bytes, bytes]] = []
@@ -76,7 +81,7 @@ class RequestGuard:
                     f'requests from origin "{origin}" are not allowed; start podgate with '
                     f"--cors-origin {origin} to allow them"
                 )
-                await _problem(send, 403, "Forbidden", detail)
+                await _problem(send, 403, detail)
                 return
             cors = [
                 (b"access-control-allow-origin", origin.encode("latin-1")),
@@ -90,8 +95,14 @@ class RequestGuard:
             await _too_large(send, self.max_body)
             return
         if length is not None or "transfer-encoding" in headers:
-            # Read here, bounded (a body is at most max_body bytes), and replayed.
-            body = await _read_body(receive, self.max_body)
+            # Read here, bounded in size and time, and replayed.
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await _read_body(receive, self.max_body)
+            except TimeoutError:
+                detail = f"the request body did not arrive within {self.body_timeout:g} s"
+                await _problem(send, 408, detail, close=True)
+                return
             if body is None:
                 await _too_large(send, self.max_body)
                 return
@@ -156,17 +167,13 @@ async def _preflight(send: Send, cors: list[tuple[bytes, bytes]], headers: dict[
 
 async def _too_large(send: Send, limit: int) -> None:
     detail = f"the request body is larger than {limit} bytes"
-    await _problem(send, 413, "Content Too Large", detail, close=True)
+    await _problem(send, 413, detail, close=True)
 
 
-async def _problem(
-    send: Send, status: int, title: str, detail: str, *, close: bool = False
-) -> None:
-    body = json.dumps(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    ).encode()
+async def _problem(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+    body = problem_bytes(status, detail)
     headers = [
-        (b"content-type", b"application/problem+json"),
+        (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),
     ]
     if close:  # the rest of the body is not read: the connection cannot be reused

@@ -14,6 +14,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.api.problems import PROBLEM_JSON, problem_bytes
+
 __all__ = ["guarded_h11"]
 
 
@@ -34,6 +36,25 @@ class _GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_head_deadline()
+
+    def send_400_response(self, msg: str) -> None:
+        # As every other error of the API: problem+json, not uvicorn's text/plain.
+        body = problem_bytes(
+            400,
+            "not a valid HTTP/1.1 request (request line, headers, or a request head over 64 KiB)",
+        )
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import format_sse_event
 from starlette.background import BackgroundTask
 
@@ -39,7 +40,6 @@ from service.runner.policy import PolicyError
 from service.runner.session import ForwardSession
 from service.runner.spec import OPTION_FIELDS, RequestError, SessionRequest, build_request
 from service.runner.supervisor import SessionConflict, SessionLimit, Supervisor
-from service.tokens import bearer_token
 from service.upstream import UpstreamError
 
 router = APIRouter()
@@ -60,13 +60,24 @@ def get_settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
+#: `Authorization: Bearer TOKEN`; documented as the operations' security scheme.
+bearer = HTTPBearer(
+    scheme_name="bearer",
+    description="A token of `--token-file`, or with `--auth kubernetes` a token the cluster "
+    "accepts (TokenReview). Not needed when podgate runs without authentication (loopback).",
+    auto_error=False,
+)
 
-async def get_caller(request: Request) -> Caller:
+
+async def get_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
     """Who is asking: `Authorization: Bearer TOKEN`, checked as configured (security.py)."""
     authenticator: Authenticator = request.app.state.authenticator
     if not authenticator.enabled:
         return ANONYMOUS
-    token = bearer_token(request.headers.get("authorization", ""))
+    token = credentials.credentials.strip() if credentials is not None else ""
     challenge = {"WWW-Authenticate": 'Bearer realm="podgate"'}
     if not token:
         raise ProblemError(
@@ -82,8 +93,9 @@ async def get_caller(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
-#: The problems every authenticated route can answer.
-AUTH_PROBLEMS = (401,)
+#: The problems every authenticated route can answer (503: `--auth kubernetes` could not
+#: reach the cluster to check the token).
+AUTH_PROBLEMS = (401, 503)
 
 
 def _counters(counters: TrafficCounters) -> Counters:
@@ -127,6 +139,7 @@ def to_public(session: ForwardSession) -> SessionPublic:
     return SessionPublic(
         id=spec.id,
         name=spec.name,
+        owner=spec.owner,
         namespace=spec.namespace,
         target=spec.target,
         pod=session.pod,
@@ -188,7 +201,7 @@ def _create_request(body: SessionCreate, caller: Caller, settings: Settings) -> 
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": SessionPublic, "description": "A session with this name and spec exists"},
-        **problem_responses(*AUTH_PROBLEMS, 403, 409, 413, 422, 429, 503),
+        **problem_responses(*AUTH_PROBLEMS, 403, 409, 422, 429),
     },
     summary="Create a forward session",
 )
@@ -421,6 +434,35 @@ left too many events unread and is disconnected; reconnect with `Last-Event-ID`)
 comment line is sent every 15 s while nothing happens."""
 
 
+#: One event of the stream as a client parses it (OpenAPI 3.1: the `schema` of a
+#: `text/event-stream` response describes each event).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {
+            "type": "string",
+            "enum": [
+                "created", "status", "reconnect", "connection_error", "expired", "deleted",
+                "resync", "dropped",
+            ],
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "A JSON object (see the operation's description).",
+        },
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "required": ["event", "data"],
+}  # fmt: skip
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The event stream",
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+    }
+}
+
+
 class EventStreamResponse(StreamingResponse):
     """`text/event-stream` (the route's documented media type)."""
 
@@ -512,7 +554,7 @@ def _event_response(
 @router.get(
     "/events",
     response_class=EventStreamResponse,
-    responses=problem_responses(*AUTH_PROBLEMS, 429),
+    responses={**SSE_RESPONSE, **problem_responses(*AUTH_PROBLEMS, 429)},
     summary="Live events of every session (Server-Sent Events)",
     description=EVENTS_DOC,
 )
@@ -531,7 +573,7 @@ async def all_events(
 @router.get(
     "/sessions/{session_id}/events",
     response_class=EventStreamResponse,
-    responses=problem_responses(*AUTH_PROBLEMS, 404, 429),
+    responses={**SSE_RESPONSE, **problem_responses(*AUTH_PROBLEMS, 404, 429)},
     summary="Live events of one session (Server-Sent Events)",
     description=EVENTS_DOC + "\n\nThe stream ends after the session's `deleted` event.",
 )

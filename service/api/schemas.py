@@ -191,6 +191,10 @@ class PortPublic(BaseModel):
 class SessionPublic(BaseModel):
     id: str
     name: str
+    owner: str = Field(
+        description="The user who created it (`--token-file`, `--auth kubernetes`); empty "
+        "without authentication. Callers see their own sessions, `podgate:admin` all."
+    )
     namespace: str
     target: str
     pod: str | None = Field(description="The pod the target resolved to, once known.")

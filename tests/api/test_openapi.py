@@ -18,18 +18,34 @@ COMMITTED = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
 
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
+#: What the request guard and the HTTP layer answer before any route (issue 11): every
+#: operation documents them.
+BEFORE_ROUTES = {"400", "403", "408", "413", "421"}
+#: An authenticated operation: no or a wrong token (401), the cluster cannot check it (503).
+AUTH = {"401", "503"}
+
 #: The contract (issue 3, "The API"): operation -> the statuses it answers with.
 ROUTES: dict[tuple[str, str], set[str]] = {
-    ("post", "/sessions"): {"200", "201", "409", "422"},
-    ("get", "/sessions"): {"200"},
-    ("get", "/sessions/{session_id}"): {"200", "404"},
-    ("delete", "/sessions/{session_id}"): {"204", "404"},
+    ("post", "/sessions"): {"200", "201", "409", "422", "429"} | AUTH,
+    ("get", "/sessions"): {"200"} | AUTH,
+    ("get", "/sessions/{session_id}"): {"200", "404"} | AUTH,
+    ("delete", "/sessions/{session_id}"): {"204", "404"} | AUTH,
     ("get", "/healthz"): {"200"},
     # Issue 5: live events (Server-Sent Events).
-    ("get", "/events"): {"200", "422"},
-    ("get", "/sessions/{session_id}/events"): {"200", "404", "422"},
-    # Issue 12: Prometheus metrics.
-    ("get", "/metrics"): {"200", "401", "403"},
+    ("get", "/events"): {"200", "422", "429"} | AUTH,
+    ("get", "/sessions/{session_id}/events"): {"200", "404", "422", "429"} | AUTH,
+    # Issue 12: Prometheus metrics (admins only).
+    ("get", "/metrics"): {"200", "403"} | AUTH,
 }
 
 
@@ -62,7 +78,32 @@ def test_document_has_the_routes(document: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
 def test_route_documents_its_responses(document: dict[str, Any], method: str, path: str) -> None:
     responses = operations(document)[(method, path)]["responses"]
-    assert ROUTES[(method, path)] <= set(responses), sorted(responses)
+    assert ROUTES[(method, path)] | BEFORE_ROUTES <= set(responses), sorted(responses)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_operation_declares_the_bearer_scheme(
+    document: dict[str, Any], method: str, path: str
+) -> None:
+    """Every authenticated operation names the `bearer` scheme (client generators and
+    schemathesis send the token from it); /healthz needs none (container HEALTHCHECK)."""
+    operation = operations(document)[(method, path)]
+    if "401" in ROUTES[(method, path)]:
+        assert operation["security"] == [{"bearer": []}], operation.get("security")
+        headers = operation["responses"]["401"]["headers"]
+        assert set(headers) == {"WWW-Authenticate"}
+    else:
+        assert "security" not in operation and "401" not in operation["responses"]
+    if "429" in operation["responses"]:
+        assert set(operation["responses"]["429"]["headers"]) == {"Retry-After"}
+
+
+def test_security_scheme_and_the_405_response(document: dict[str, Any]) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes == {"bearer": {"type": "http", "scheme": "bearer", "description": ANY_TEXT}}
+    method_not_allowed = document["components"]["responses"]["MethodNotAllowed"]
+    assert method_not_allowed["headers"]["Allow"]["required"] is True
+    assert method_not_allowed["content"] == {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
@@ -110,6 +151,8 @@ def test_session_schemas_have_the_contract_fields(document: dict[str, Any]) -> N
     assert {
         "id", "name", "namespace", "target", "pod", "status", "transport", "last_error",
         "created_at", "ports", "forwarding",
+        # issue 11: who created it
+        "owner",
     } <= set(public["required"])  # fmt: skip
     assert set(schemas["SessionStatus"]["enum"]) == {
         "pending", "ready", "reconnecting", "failed", "stopped",
@@ -142,3 +185,24 @@ async def test_served_document_is_the_rendered_one() -> None:
         response = await client.get("/openapi.json")
     assert response.status_code == 200
     assert response.json() == json.loads(render())
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_parameters_are_never_null(document: dict[str, Any], method: str, path: str) -> None:
+    """An optional header or query parameter is absent or a value: a document that allows
+    `null` has clients (and schemathesis) send `Last-Event-ID: null`, a 422."""
+    for parameter in operations(document)[(method, path)].get("parameters", []):
+        assert "null" not in json.dumps(parameter["schema"]), parameter
+
+
+def test_event_streams_document_their_events(document: dict[str, Any]) -> None:
+    """OpenAPI 3.1: the schema of a `text/event-stream` response describes one event."""
+    for path in ("/events", "/sessions/{session_id}/events"):
+        content = operations(document)[("get", path)]["responses"]["200"]["content"]
+        event = content["text/event-stream"]["schema"]
+        assert event["type"] == "object" and set(event["required"]) == {"event", "data"}
+        assert set(event["properties"]["event"]["enum"]) == {
+            "created", "status", "reconnect", "connection_error", "expired", "deleted",
+            "resync", "dropped",
+        }  # fmt: skip
+        assert event["properties"]["data"]["contentMediaType"] == "application/json"

@@ -197,6 +197,7 @@ async def test_create_binds_before_201_and_forwards(api: Api, echo: EchoServer) 
         "reconnect", "keepalive_seconds", "connect_wait_seconds", "ttl_seconds",
         "idle_timeout_seconds", "channel_linger_seconds", "expires_at", "connections_refused",
         "via",
+        "owner",
     }  # fmt: skip
     assert re.fullmatch(r"[0-9a-f]{32}", session["id"])
     assert session["name"] == f"echo-{session['id'][:8]}"
