@@ -128,7 +128,8 @@ def test_the_agent_manifests_validate_and_apply(
     cluster: Cluster, tmp_path: Path, agent_manifests: Path
 ) -> None:
     kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
-    assert _kubectl(kubeconfig, "apply", "-f", str(MANIFESTS / "serve" / "namespace.yaml")).returncode == 0
+    namespace = str(MANIFESTS / "serve" / "namespace.yaml")
+    assert _kubectl(kubeconfig, "apply", "-f", namespace).returncode == 0
     for kind, expected in (
         ("pod-ip", "deployment.apps/podgate-agent"),
         ("netns", "daemonset.apps/podgate-agent"),
