@@ -1,4 +1,4 @@
-"""The `podgate` command: serve | agent | forward."""
+"""The `podgate` command: serve | agent | forward | sessions."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.client import add_parser as add_sessions_parser
 from service.protocols.h2pair import MAX_CONCURRENT_STREAMS
 
 log = logging.getLogger("podgate")
@@ -328,7 +329,10 @@ async def _run_forward(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podgate", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        help="logging level (default INFO; WARNING for sessions, which prints only its answers)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     agent = sub.add_parser("agent", help="run the node-side port-forward agent")
@@ -494,12 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("target", metavar="TARGET", help="NAME or pod/NAME")
     forward.add_argument("ports", metavar="[LOCAL:]REMOTE", nargs="+", help="port specs")
     forward.set_defaults(func=_run_forward)
+
+    add_sessions_parser(sub)
     return parser
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level if given; else what the command prints by default."""
+    if args.log_level:
+        return str(args.log_level).upper()
+    if args.command == "sessions":
+        return "WARNING"
+    return "INFO"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.log_level = _log_level(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
