@@ -205,7 +205,7 @@ async def cmd_rm(api: PodgateClient, args: argparse.Namespace) -> int:
 
 WATCH_HEADER = ("TIME", "NAME", "EVENT", "STATUS", "DETAIL")
 #: Column widths of the watch lines (lines are printed as they come, so they are fixed).
-_WATCH_WIDTHS = (8, 20, 16, 12)
+_WATCH_WIDTHS = (8, 16, 10, 12)
 
 
 def _clock(text: str | None) -> str:
