@@ -124,10 +124,11 @@ def _detail(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {reason} from {response.request.url}: {text[:300]}"
 
 
-def _error(response: httpx.Response) -> ApiError:
+def _error(response: httpx.Response, *, token_sent: bool) -> ApiError:
     detail = _detail(response)
     if response.status_code == 401:
-        detail += "; give it with --token or PODGATE_TOKEN"
+        verb = "check" if token_sent else "give it with"
+        detail += f"; {verb} --token or PODGATE_TOKEN"
     return ApiError(response.status_code, detail)
 
 
@@ -158,6 +159,7 @@ class PodgateClient:
     ) -> None:
         self.server = server.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "podgate-sessions"}
+        self.token_sent = bool(token)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
@@ -183,7 +185,7 @@ class PodgateClient:
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from None
         if response.status_code >= 400:
-            raise _error(response)
+            raise _error(response, token_sent=self.token_sent)
         return response
 
     @staticmethod
@@ -248,7 +250,7 @@ class PodgateClient:
         try:
             if response.status_code >= 400:
                 await response.aread()
-                raise _error(response)
+                raise _error(response, token_sent=self.token_sent)
 
             async def stream() -> AsyncGenerator[SseEvent, None]:
                 parser = SseParser()

@@ -357,7 +357,10 @@ def test_a_token_is_needed_and_used(secured: Server) -> None:
         required = httpx.get(f"{secured.url}/sessions").json()["detail"]
         assert anonymous.stderr == (f"error: {required}; give it with --token or PODGATE_TOKEN\n")
         wrong = cli("ls", "--token", "not-it", server=secured.url)
-        assert wrong.returncode == 1 and "the bearer token is not valid" in wrong.stderr
+        assert wrong.returncode == 1
+        assert wrong.stderr == (
+            "error: the bearer token is not valid; check --token or PODGATE_TOKEN\n"
+        )
 
         created = cli(
             "create", "hello", "0:8080", "--name", "t1", "--token", TOKEN, server=secured.url
