@@ -1,4 +1,4 @@
-"""The `podgate` command: serve | agent | forward."""
+"""The `podgate` command: serve | agent | forward | sessions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
+from service.client import add_parser as add_sessions_parser
+from service.model import Transport
 from service.protocols.h2 import MAX_CONCURRENT_STREAMS
 
 log = logging.getLogger("podgate")
@@ -326,6 +328,7 @@ async def _run_forward(args: argparse.Namespace) -> int:
             args.ports,
             addresses or ["localhost"],
             context=args.context,
+            transport=args.transport,
         )
     except RequestError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -355,6 +358,7 @@ async def _run_forward(args: argparse.Namespace) -> int:
             if session.status == SessionStatus.FAILED or session.last_error:
                 print(f"error: {session.last_error}", file=sys.stderr)
                 return 1
+        log.info("connected to pod %s/%s over %s", spec.namespace, session.pod, session.transport)
         for bound, remote_port in zip(session.bound, session.remote_ports, strict=True):
             for address in bound.addresses:
                 print(format_forwarding_lines(address, bound.local_port, remote_port), flush=True)
@@ -376,7 +380,11 @@ async def _run_forward(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podgate", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        help="logging level (default INFO; WARNING for forward and sessions, which print "
+        "what kubectl prints: -v is INFO, -vv DEBUG)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     agent = sub.add_parser("agent", help="run the node-side port-forward agent")
@@ -570,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
         "forward",
         help="forward local ports to a pod, like `oc port-forward` (Ctrl-C ends it)",
         description="Same arguments and output as `oc port-forward`: 5000, 8888:5000, "
-        ":5000 and 0:5000 (a free local port).",
+        ":5000 and 0:5000 (a free local port); a Service port or a port name (8080:http) "
+        "is forwarded to the pod port it leads to, which the lines show.",
     )
     forward.add_argument("-n", "--namespace", default="default", help="namespace (default)")
     forward.add_argument(
@@ -581,15 +590,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument("--kubeconfig", help="kubeconfig path (default $KUBECONFIG)")
     forward.add_argument("--context", help="kubeconfig context")
-    forward.add_argument("target", metavar="TARGET", help="NAME or pod/NAME")
+    forward.add_argument(
+        "--transport",
+        choices=[t.value for t in Transport],
+        default=Transport.AUTO.value,
+        help="how to reach the cluster (README: Transports; default auto)",
+    )
+    forward.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="also log what podgate does on stderr: -v INFO, -vv DEBUG (default: errors only)",
+    )
+    forward.add_argument(
+        "target",
+        metavar="TARGET",
+        help="NAME, pod/NAME, svc/NAME, deploy/NAME, sts/NAME or rs/NAME",
+    )
     forward.add_argument("ports", metavar="[LOCAL:]REMOTE", nargs="+", help="port specs")
     forward.set_defaults(func=_run_forward)
+
+    add_sessions_parser(sub)
     return parser
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level if given; else what the command prints by default: `forward` and
+    `sessions` only kubectl's lines and errors (WARNING; -v INFO, -vv DEBUG)."""
+    if args.log_level:
+        return str(args.log_level).upper()
+    if args.command in ("forward", "sessions"):
+        return ("WARNING", "INFO", "DEBUG")[min(getattr(args, "verbose", 0), 2)]
+    return "INFO"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.log_level = _log_level(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -1,6 +1,8 @@
 """`podgate forward` against `kubectl.1.30 port-forward` (SPDY): the same arguments against
-the same `podgate agent` (pod `default/echo` is a real network namespace with echo servers),
-one after the other, and stdout compared line by line. Every wait is on a line or a socket.
+the same `podgate agent` (pod `default/echo` is a real network namespace with echo servers;
+the agent's registry file also has a Service, a Deployment, a StatefulSet and a ReplicaSet
+selecting it), one after the other, and stdout and stderr compared line by line. Every
+wait is on a line or a socket.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import yaml
 
 from tests.support.echo import roundtrip
 from tests.support.kube import kubectl_env, kubectl_path, write_kubeconfig
@@ -43,9 +46,52 @@ def pod_netns() -> Iterator[NetNamespace]:
         yield ns
 
 
+#: The Service's ports: 80 leads to the container port named echo (7000), 81 to 7001.
+SERVICE_PORT, SECOND_SERVICE_PORT = 80, 81
+
+
 @pytest.fixture(scope="module")
-def agent(pod_netns: NetNamespace) -> Iterator[Podgate]:
-    with run_agent([f"default/echo={pod_netns.target}"]) as running:
+def agent(pod_netns: NetNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podgate]:
+    registry = tmp_path_factory.mktemp("registry") / "registry.yaml"
+    selector = {"app": "echo"}
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                "pods": [
+                    {
+                        "namespace": "default",
+                        "name": "echo",
+                        "target": pod_netns.target,
+                        "ports": [
+                            {"name": "echo", "containerPort": ECHO_PORT},
+                            {"name": "second", "containerPort": SECOND_ECHO_PORT},
+                        ],
+                        "labels": selector,
+                    }
+                ],
+                "services": [
+                    {
+                        "namespace": "default",
+                        "name": "echo",
+                        "selector": selector,
+                        "ports": [
+                            {"name": "http", "port": SERVICE_PORT, "targetPort": "echo"},
+                            {
+                                "name": "other",
+                                "port": SECOND_SERVICE_PORT,
+                                "targetPort": SECOND_ECHO_PORT,
+                            },
+                        ],
+                    }
+                ],
+                "workloads": [
+                    {"namespace": "default", "kind": kind, "name": "echo", "selector": selector}
+                    for kind in ("Deployment", "StatefulSet", "ReplicaSet")
+                ],
+            }
+        )
+    )
+    with run_agent([], extra_args=["--pods", str(registry)]) as running:
         yield running
 
 
@@ -73,10 +119,12 @@ class Run:
     process: ManagedProcess
 
 
-def _forward_once(which: str, specs: list[str], env: dict[str, str]) -> Run:
-    """`... pod/echo SPECS`: wait for its 2 lines per spec, round-trip PAYLOAD through the
+def _forward_once(
+    which: str, specs: list[str], env: dict[str, str], target: str = "pod/echo"
+) -> Run:
+    """`... TARGET SPECS`: wait for its 2 lines per spec, round-trip PAYLOAD through the
     first listener, wait for `Handling connection for N`, then SIGINT it."""
-    proc = ManagedProcess([*_command(which), "pod/echo", *specs], env=env, name=which)
+    proc = ManagedProcess([*_command(which), target, *specs], env=env, name=which)
     with proc:
         lines = [proc.wait_for_stdout(_FORWARDING, WAIT) for _ in range(2 * len(specs))]
         first_local = int(lines[0][2])
@@ -107,17 +155,36 @@ def _normalise(lines: list[str], fixed: set[int]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("shape", ["0:REMOTE", "LOCAL:REMOTE", "LOCAL:REMOTE :SECOND"])
-def test_output_matches_kubectl_line_by_line(shape: str, env: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("target", "shape"),
+    [
+        ("pod/echo", "0:REMOTE"),
+        ("pod/echo", "LOCAL:REMOTE"),
+        ("pod/echo", "LOCAL:REMOTE :SECOND"),
+        ("pod/echo", "0:NAME"),
+        ("svc/echo", "0:REMOTE"),  # the lines show the container port, 7000, not 80
+        ("svc/echo", "LOCAL:REMOTE :SECOND"),
+        ("svc/echo", "0:NAME"),  # a service port by name
+        ("deploy/echo", "0:REMOTE"),
+        ("sts/echo", "0:REMOTE"),
+        ("rs/echo", "0:REMOTE"),
+    ],
+)
+def test_output_matches_kubectl_line_by_line(target: str, shape: str, env: dict[str, str]) -> None:
     fixed = free_port()
+    service = target.startswith("svc/")
+    remote, second = (
+        (SERVICE_PORT, SECOND_SERVICE_PORT) if service else (ECHO_PORT, SECOND_ECHO_PORT)
+    )
     specs = {
-        "0:REMOTE": [f"0:{ECHO_PORT}"],
-        "LOCAL:REMOTE": [f"{fixed}:{ECHO_PORT}"],
-        "LOCAL:REMOTE :SECOND": [f"{fixed}:{ECHO_PORT}", f":{SECOND_ECHO_PORT}"],
+        "0:REMOTE": [f"0:{remote}"],
+        "LOCAL:REMOTE": [f"{fixed}:{remote}"],
+        "LOCAL:REMOTE :SECOND": [f"{fixed}:{remote}", f":{second}"],
+        "0:NAME": ["0:http" if service else "0:echo"],
     }[shape]
     # One after the other, so that a fixed local port is free for each.
-    kubectl = _forward_once(KUBECTL, specs, env)
-    podgate = _forward_once(PODGATE_FORWARD, specs, env)
+    kubectl = _forward_once(KUBECTL, specs, env, target)
+    podgate = _forward_once(PODGATE_FORWARD, specs, env, target)
 
     assert kubectl.returncode == 0, kubectl.process.describe()
     assert podgate.returncode == 0, podgate.process.describe()  # SIGINT is a clean end
@@ -130,7 +197,14 @@ def test_output_matches_kubectl_line_by_line(shape: str, env: dict[str, str]) ->
     assert expected[-1].startswith("Handling connection for ")
     if fixed in {int(m[2]) for line in kubectl.stdout if (m := _FORWARDING.match(line))}:
         assert f"Forwarding from 127.0.0.1:{fixed} -> {ECHO_PORT}" in podgate.stdout
-    assert not [line for line in podgate.stderr if "error" in line.lower()], podgate.stderr
+    # Nothing else, on either stream: no log lines of podgate's own (kubectl prints none).
+    assert kubectl.stderr == [], kubectl.process.describe()
+    assert podgate.stderr == [], podgate.process.describe()
+    # Every remote port shown is the pod's (a Service port is translated, as kubectl does).
+    assert {line.rsplit(" ", 1)[1] for line in expected[:-1]} <= {
+        str(ECHO_PORT),
+        str(SECOND_ECHO_PORT),
+    }
 
 
 def test_sigint_with_a_connection_open_exits_0(env: dict[str, str]) -> None:
@@ -182,3 +256,68 @@ def test_forward_in_another_namespace_flag(env: dict[str, str]) -> None:
     with ManagedProcess(args, env=env) as proc:
         assert proc.wait(WAIT) == 1, proc.describe()
     assert 'error: pod "echo" not found in namespace "other"' in proc.stderr_text()
+
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) ")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "level"),
+    [([], ["-v"], "INFO"), ([], ["-vv"], "DEBUG"), (["--log-level", "info"], [], "INFO")],
+)
+def test_more_on_stderr_when_asked(
+    before: list[str], after: list[str], level: str, env: dict[str, str]
+) -> None:
+    """-v / -vv (or the global --log-level) add podgate's log lines on stderr; stdout keeps
+    kubectl's lines only."""
+    args = [*PODGATE, *before, "forward", *after, "pod/echo", f"0:{ECHO_PORT}"]
+    with ManagedProcess(args, env=env) as proc:
+        local = int(proc.wait_for_stdout(_FORWARDING, WAIT)[2])
+        # The agent refuses the pod watch: an INFO line of the runner says it polls instead.
+        proc.wait_for_stderr(r" INFO podgate\.runner: pod default/echo: .*polling every", WAIT)
+        assert roundtrip("127.0.0.1", local, PAYLOAD, timeout=WAIT).intact
+        proc.wait_for_stdout(rf"^Handling connection for {local}$", WAIT)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0, proc.describe()
+    out = proc.stdout_text().splitlines()
+    assert all(_FORWARDING.match(line) or line.startswith("Handling ") for line in out), out
+    levels = {m[1] for line in proc.stderr_text().splitlines() if (m := _LOG_LINE.match(line))}
+    assert level in levels and (level == "DEBUG") == ("DEBUG" in levels), levels
+
+
+@pytest.mark.parametrize(
+    ("transport", "negotiated"),
+    [
+        ("auto", "websocket"),
+        ("spdy", "spdy"),
+        ("websocket", "websocket"),
+        ("ws-channel", "ws-channel"),
+        ("h2", "h2"),
+    ],
+)
+def test_transport(transport: str, negotiated: str, env: dict[str, str]) -> None:
+    """--transport picks how forward reaches the agent (-v says which it got); the output
+    is kubectl's whichever it is."""
+    args = [*_command(PODGATE_FORWARD), "-v", "--transport", transport, "pod/echo"]
+    with ManagedProcess([*args, f"0:{ECHO_PORT}"], env=env) as proc:
+        lines = [proc.wait_for_stdout(_FORWARDING, WAIT) for _ in range(2)]
+        proc.wait_for_stderr(
+            rf"INFO podgate: connected to pod default/echo over {negotiated}$", WAIT
+        )
+        local = int(lines[0][2])
+        assert roundtrip("127.0.0.1", local, PAYLOAD, timeout=WAIT).intact
+        proc.wait_for_stdout(rf"^Handling connection for {local}$", WAIT)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0, proc.describe()
+    assert _normalise(proc.stdout_text().splitlines(), set()) == [
+        f"Forwarding from 127.0.0.1:<L1> -> {ECHO_PORT}",
+        f"Forwarding from [::1]:<L1> -> {ECHO_PORT}",
+        "Handling connection for <L1>",
+    ]
+
+
+def test_an_unknown_transport_is_a_usage_error(env: dict[str, str]) -> None:
+    args = [*_command(PODGATE_FORWARD), "--transport", "pigeon", "pod/echo", f"0:{ECHO_PORT}"]
+    with ManagedProcess(args, env=env) as proc:
+        assert proc.wait(WAIT) == 2
+    assert "invalid choice: 'pigeon'" in proc.stderr_text()

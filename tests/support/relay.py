@@ -1,10 +1,19 @@
-"""A TCP relay that can be frozen: it stops forwarding bytes, both ways, without closing
-anything, like a hung node or a NAT that silently dropped its mapping. Pings sent
-through it go unanswered until it is thawed; then everything held is delivered.
+"""TCP relays that misbehave on command.
+
+`FreezableRelay` stops forwarding bytes, both ways, without closing anything, like a
+hung node or a NAT that silently dropped its mapping. Pings sent through it go
+unanswered until it is thawed; then everything held is delivered::
 
     with FreezableRelay(("127.0.0.1", agent_port)) as relay:
         kubeconfig = write_kubeconfig(path, f"http://127.0.0.1:{relay.port}")
         relay.freeze(); ...; relay.thaw()
+
+`CuttableRelay` closes its connections (a proxy restarting) and holds the new ones,
+accepted but not yet connected onward, until released: what a client does meanwhile,
+and what it asks for when it gets through, can be seen one step at a time::
+
+    with CuttableRelay(("127.0.0.1", api_port)) as relay:
+        relay.cut_and_hold(); ...; assert relay.held.wait(10); relay.release()
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import contextlib
 import socket
 import threading
 
-__all__ = ["FreezableRelay"]
+__all__ = ["CuttableRelay", "FreezableRelay"]
 
 _CHUNK = 64 * 1024
 
@@ -96,6 +105,101 @@ class FreezableRelay:
         self._thread.join(10)
 
     def __enter__(self) -> FreezableRelay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class CuttableRelay:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
+        self.target = target
+        self._listener = socket.create_server((host, 0))
+        self.host = host
+        self.port: int = self._listener.getsockname()[1]
+        self._open = threading.Event()
+        self._open.set()
+        #: Set once a connection has arrived while holding (the client came back).
+        self.held = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def cut_and_hold(self) -> None:
+        """Close every open connection (both ways); hold the ones that come next."""
+        self.held.clear()
+        self._open.clear()
+        self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def release(self) -> None:
+        """Connect the held connections onward, and the next ones at once."""
+        self._open.set()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._serve, args=(client,), name="relay-conn", daemon=True
+            ).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if not self._open.is_set():
+            self.held.set()
+            self._open.wait()
+        if self._closed.is_set():
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._sockets += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(
+                target=self._pump, args=(src, dst), name="relay-pump", daemon=True
+            ).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(_CHUNK):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._open.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._cut()
+        self._thread.join(10)
+
+    def __enter__(self) -> CuttableRelay:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
