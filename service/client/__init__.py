@@ -43,6 +43,7 @@ KIND_WORDS = frozenset(
         *("deploy", "deployment", "deployments"),
         *("sts", "statefulset", "statefulsets"),
         *("rs", "replicaset", "replicasets"),
+        *("ip", "host"),  # through a helper agent (`via`)
     }
 )
 
@@ -115,7 +116,8 @@ def add_parser(sub: Any) -> None:
         "create",
         parents=[common],
         help="create a session; prints the `Forwarding from` lines like `oc port-forward`",
-        description="TARGET: NAME, KIND/NAME (pod, svc, deploy, sts, rs), NAMESPACE/NAME or "
+        description="TARGET: NAME, KIND/NAME (pod, svc, deploy, sts, rs; ip, host via an "
+        "agent), NAMESPACE/NAME or "
         "NAMESPACE/KIND/NAME. PORT: 5000, 8888:5000, :5000, 0:5000, or a port name "
         "(8080:http). The API checks them and says what is wrong.",
     )
@@ -135,6 +137,16 @@ def add_parser(sub: Any) -> None:
         help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
     )
     create.add_argument("--context", help="kubeconfig context of the server to use")
+    create.add_argument(
+        "--via",
+        metavar="URL",
+        help="go through this podgate agent (README: Helper agent); ip/ and host/ targets need one",
+    )
+    create.add_argument(
+        "--via-context",
+        metavar="NAME",
+        help="the context of the server's agent kubeconfig with the agent's CA and token",
+    )
     create.add_argument(
         "--wait",
         action="store_true",

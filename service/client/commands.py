@@ -113,6 +113,10 @@ def _create_body(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("name", "context", "transport"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
+    if args.via is not None:
+        body["via"] = {"agent": args.via}
+        if args.via_context is not None:
+            body["via"]["context"] = args.via_context
     return body
 
 

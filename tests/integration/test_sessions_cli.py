@@ -548,3 +548,30 @@ def test_create_a_service_session_through_an_agent(tmp_path: Path) -> None:
                     ["svc/echo", f"{local}->{echo.port}", "ready"],
                     ["svc/echo", table[2].split()[2], "ready"],
                 ]
+
+
+def test_create_an_ip_session_via_an_agent(tmp_path: Path) -> None:
+    """`--via URL`: the agent dials an ip/ target its --allow-target allows (refusals:
+    tests/cluster/test_helper_agent.py)."""
+    with host_echo_server() as echo:
+        allow = ["--allow-target", f"{echo.host}/32"]
+        with run_agent([], extra_args=allow) as agent:
+            kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", agent.url)
+            with run_serve(tmp_path / "data", kubeconfig) as serve:
+                target = f"ip/{echo.host}"
+                result = cli(
+                    "create",
+                    target,
+                    f"0:{echo.port}",
+                    "--via",
+                    agent.url,
+                    "--wait",
+                    "-o",
+                    "json",
+                    server=serve.url,
+                )
+                session = json.loads(_ok(result))
+                assert session["via"] == {"agent": agent.url, "context": None}
+                assert session["transport"] == "h2"  # via an agent: h2 by default
+                local = session["ports"][0]["local_port"]
+                assert roundtrip("127.0.0.1", local, b"x" * 100_000, timeout=WAIT).intact
