@@ -143,6 +143,7 @@ class PodDiscovery:
         self.dial = dial
         self.watch_timeout = watch_timeout
         self.synced = asyncio.Event()  # set once the first list is in the registry
+        self._discovered: set[tuple[str, str]] = set()  # not the static --pod/--pods ones
 
     @property
     def field_selector(self) -> str:
@@ -152,11 +153,17 @@ class PodDiscovery:
         metadata = pod.get("metadata") or {}
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         if kind == "DELETED":
-            self.registry.remove(*key)
+            self._forget(key)
             return
         entry = pod_entry(pod, self.dial)
         if entry is not None:
             self.registry.add(entry)
+            self._discovered.add(key)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        if key in self._discovered:
+            self._discovered.discard(key)
+            self.registry.remove(*key)
 
     async def _relist(self) -> str:
         items, version = await self.cluster.list_pods_raw(None, self.field_selector)
@@ -165,9 +172,8 @@ class PodDiscovery:
             self._apply("ADDED", item)
             metadata = item.get("metadata") or {}
             seen.add((str(metadata.get("namespace")), str(metadata.get("name"))))
-        for entry in self.registry.all_pods():
-            if entry.key not in seen:
-                self.registry.remove(*entry.key)  # deleted while we were not watching
+        for key in self._discovered - seen:
+            self._forget(key)  # deleted while we were not watching
         self.synced.set()
         log.info("discovered %d pod(s) from the API server", len(items))
         return version

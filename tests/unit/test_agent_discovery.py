@@ -11,14 +11,15 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from service.agent.dialer import DialError, PodDialer
-from service.agent.discovery import netns_dialer, pod_entry
+from service.agent.discovery import PodDiscovery, netns_dialer, pod_entry
 from service.agent.netns import NetnsNotFound, find_pod_netns
-from service.agent.registry import PodEntry, PodTarget
+from service.agent.registry import PodEntry, PodRegistry, PodTarget
+from service.upstream import Cluster
 from tests.support.echo import echo_server
 from tests.support.netns import NetNamespace, echo_server_in, network_namespace, pod_sandbox
 
@@ -179,3 +180,27 @@ async def test_a_pod_whose_netns_is_not_found_is_dialled_by_ip_and_says_why(
     reasons = [r.getMessage() for r in caplog.records if "dialling its IP" in r.getMessage()]
     assert len(reasons) == 1, reasons  # once per pod, not per connection
     assert f"no process of pod {uid}" in reasons[0]
+
+
+class _Listing:
+    """What PodDiscovery reads of the API server for a re-list (a stand-in: the real
+    list and watch are in tests/cluster/test_helper_agent.py)."""
+
+    def __init__(self, *items: dict[str, Any]) -> None:
+        self.items = list(items)
+
+    async def list_pods_raw(self, namespace: str | None, selector: str) -> tuple[list[Any], str]:
+        return self.items, "42"
+
+
+async def test_a_relist_forgets_deleted_pods_but_not_the_static_ones() -> None:
+    static = PodEntry("default", "hello", PodTarget("host", "127.0.0.1"), "uid-static")
+    registry = PodRegistry([static])
+    listing = _Listing(_pod(phase="Running", podIP="10.1.2.8"))
+    discovery = PodDiscovery(cast(Cluster, listing), registry)
+    assert await discovery._relist() == "42"
+    assert registry.get("shop", "web-1") is not None and discovery.synced.is_set()
+    listing.items = []  # web-1 was deleted while no watch ran
+    await discovery._relist()
+    assert registry.get("shop", "web-1") is None
+    assert registry.get("default", "hello") == static  # --pod/--pods entries stay
