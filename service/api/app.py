@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api.guard import RequestGuard
 from service.api.metrics import Metrics
+from service.api.page import router as page_router
 from service.api.problems import install_problem_handlers
 from service.api.routes import router
 from service.api.security import Authenticator, KubernetesReviews, TokenFile
@@ -91,4 +92,5 @@ def create_app(settings: Settings, *, migrate: Callable[[str], None] = upgrade_s
     app.state.metrics = metrics
     install_problem_handlers(app)
     app.include_router(router)
+    app.include_router(page_router)  # the web page at / (not in the OpenAPI document)
     return app
