@@ -287,6 +287,14 @@ async def _run_serve(args: argparse.Namespace) -> int:
                 _freeze_startup_heap()
                 print(f"Listening on http://{shown}:{port}", flush=True)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Event streams never end by themselves: end them, or the graceful shutdown
+            # waits its whole timeout for them.
+            supervisor = getattr(app.state, "supervisor", None)
+            if supervisor is not None:
+                supervisor.events.close()
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         # Why isolated: alembic (+12-14 MB) then never becomes resident in the server.
         app,

@@ -510,6 +510,8 @@ async def _event_stream(
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            if subscription.closing:
+                return  # the server is stopping; the client resumes with Last-Event-ID
             yield _frame(event.type, event.data, event.id)
             if subscription.session_id is not None and event.type == "deleted":
                 return

@@ -14,6 +14,7 @@ reconnect with `Last-Event-ID` and resume from the buffer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -36,6 +37,10 @@ class Event:
     owner: str = ""  # the session's owner: who may see the event
 
 
+#: Put in a queue to wake its stream up (never sent).
+_WAKE = Event(-1, "", None, {})
+
+
 @dataclass(eq=False, slots=True)
 class Subscription:
     """One client's view: replayed `backlog` first, then live events from `queue`."""
@@ -48,6 +53,8 @@ class Subscription:
     #: (the client's Last-Event-ID, the oldest id still buffered) when events were lost.
     gap: tuple[int, int] | None = None
     dropped: bool = False
+    #: The server is stopping: the stream ends, its client reconnects to the next one.
+    closing: bool = False
 
     def wants(self, event: Event) -> bool:
         return (self.session_id is None or event.session_id == self.session_id) and (
@@ -116,6 +123,14 @@ class EventHub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+
+    def close(self) -> None:
+        """End every stream (the server is stopping): a graceful shutdown would otherwise
+        wait for endless responses until its timeout."""
+        for subscription in list(self._subscribers):
+            subscription.closing = True
+            with contextlib.suppress(asyncio.QueueFull):  # full: it wakes up anyway
+                subscription.queue.put_nowait(_WAKE)
 
     @property
     def subscribers(self) -> int:

@@ -4,6 +4,7 @@ machine with no cluster."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from tests.support.podgate import (
     wait_for_status,
 )
 from tests.support.procs import ManagedProcess
+from tests.support.sse import HttpEventStream
 
 
 def _http_get(port: int, host: str = "127.0.0.1") -> bytes:
@@ -162,3 +164,18 @@ def test_demo_pod_keeps_the_connection_otherwise(demo_port: int, request_head: b
         assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b""
         head, body = _read_response(sock, buffer)
         assert body.decode() == PAGE and not buffer
+
+
+def test_stopping_ends_open_event_streams_rather_than_waiting_for_them(tmp_path: Path) -> None:
+    """Ctrl-C of `make run` with the web page open: the page's event stream ends at once
+    (the page resumes with Last-Event-ID), not after uvicorn's graceful-shutdown timeout,
+    which then cancels the stream's task."""
+    args = [*PODGATE, "serve", "--demo", "--port", "0", "--data-dir", str(tmp_path)]
+    with ManagedProcess(args, name="podgate-serve-demo") as serve:
+        url = serve.wait_for_stdout(LISTENING_RE, 30)[1]
+        with HttpEventStream(url, "/events") as events, HttpEventStream(url, "/events"):
+            assert events.status == 200
+            serve.send_signal(signal.SIGINT)
+            assert events.ended.wait(30), "the event stream did not end"
+            assert serve.wait(30) == 0, serve.describe()
+    assert "timeout graceful shutdown exceeded" not in serve.stderr_text(), serve.describe()
