@@ -509,12 +509,17 @@ def tls_context(
     client_ca: str | None = None,
     client_cert_required: bool = True,
 ) -> ssl.SSLContext:
-    """A server TLS context offering ALPN ``h2`` (→ HTTP/2 pairs) and ``http/1.1``; with
+    """A server TLS context offering ALPN ``http/1.1`` and ``h2`` (→ HTTP/2 pairs); with
     ``client_ca``, client certificates are verified against it (the kubelet's
-    ``--client-ca-file``), and required unless bearer tokens may stand in for them."""
+    ``--client-ca-file``), and required unless bearer tokens may stand in for them.
+
+    The server's order decides, and ``http/1.1`` comes first: a client offering both
+    (kubectl, any Go or curl client) gets HTTP/1.1, where discovery and GET pod are
+    answered, and only a client offering ``h2`` alone (podgate's h2 transport) gets the
+    pairs. kubectl sends a kubeconfig's token over TLS only, so this is its way in."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_file, key_file)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
     if client_ca is not None:
         ctx.load_verify_locations(cafile=client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert_required else ssl.CERT_OPTIONAL
