@@ -73,7 +73,8 @@ _DISCOVERY = {
 }
 
 
-#: A connection whose request head has not arrived within this long is closed (slowloris).
+#: A connection whose request (head and body), TLS handshake or, over HTTP/2, first stream
+#: has not arrived within this long is closed (slowloris).
 HEADER_TIMEOUT = 30.0
 #: An idle keep-alive connection between two requests is closed after this long.
 KEEPALIVE_TIMEOUT = 90.0
@@ -149,10 +150,13 @@ class AgentConnection(asyncio.Protocol):
         # The first bytes, while they may still be the HTTP/2 preface (None: decided).
         self._preface: bytes | None = b""
         self.certified = False  # the client presented a certificate the TLS layer verified
-        # One deadline at a time: the request head, the keep-alive idle, the streaming idle.
+        # One deadline at a time: the request, the keep-alive idle, the streaming idle.
         self._deadline: asyncio.TimerHandle | None = None
-        self._waiting_for_head = True
+        self._in_request = True  # a request has begun and is not complete: its deadline runs
+        self._streaming_started = False  # from now on only the streaming idle timeout applies
         self._last_activity = 0.0
+        # Paused reading ourselves: a client that does not read its responses gets no more.
+        self._http_write_paused = False
 
     # asyncio.Protocol -------------------------------------------------------
 
@@ -170,7 +174,7 @@ class AgentConnection(asyncio.Protocol):
         self.agent.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
         self.certified = ssl_object is not None and bool(ssl_object.getpeercert())
-        self._arm(self.agent.header_timeout)
+        self._arm(self.agent.header_timeout)  # the first request, or HTTP/2's first stream
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             self._start_h2(b"", "TLS, ALPN h2")
 
@@ -178,6 +182,15 @@ class AgentConnection(asyncio.Protocol):
         """Whether a request with this Authorization header may go on."""
         auth = self.agent.auth
         return not auth.enabled or self.certified or auth.token_ok(authorization)
+
+    def _h2_stream_authorized(self, authorization: str) -> bool:
+        """`authorized` for an HTTP/2 stream: the first stream that passes makes the
+        connection a streaming one; until then the request deadline holds it, so that a
+        client without credentials cannot keep a connection by sending only the preface."""
+        ok = self.authorized(authorization)
+        if ok and not self._streaming_started:
+            self._streaming()
+        return ok
 
     # deadlines ----------------------------------------------------------------
 
@@ -188,11 +201,20 @@ class AgentConnection(asyncio.Protocol):
 
     def _deadline_passed(self) -> None:
         self._deadline = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None:
             return
-        if self.session is None:
-            # No request head in time, or idle between requests: nothing is lost.
-            self.transport.close()
+        if not self._streaming_started:
+            # No request in time, idle between requests, or an HTTP/2 connection without
+            # an authorized stream: nothing is lost.
+            if self.session is not None:
+                self.session.close()
+            if self.transport.get_write_buffer_size():
+                # Answers it does not read: close() would wait for them forever.
+                self.transport.abort()
+            else:
+                self.transport.close()
+            return
+        if self.session is None or self.transport.is_closing():
             return
         idle_for = asyncio.get_running_loop().time() - self._last_activity
         timeout = self.agent.streaming_idle_timeout
@@ -204,6 +226,8 @@ class AgentConnection(asyncio.Protocol):
 
     def _streaming(self) -> None:
         """Switched to a session: from now on only the streaming idle timeout applies."""
+        self._streaming_started = True
+        self._in_request = False
         self._last_activity = asyncio.get_running_loop().time()
         self._arm(self.agent.streaming_idle_timeout)
 
@@ -212,8 +236,8 @@ class AgentConnection(asyncio.Protocol):
             self._last_activity = asyncio.get_running_loop().time()
             self.session.receive(data)
             return
-        if not self._waiting_for_head:
-            self._waiting_for_head = True  # a new request begins: its head has a deadline
+        if not self._in_request:
+            self._in_request = True  # a new request begins: it has a deadline
             self._arm(self.agent.header_timeout)
         if self._preface is not None:
             # HTTP/2 with prior knowledge is recognised before h11 sees a byte.
@@ -250,10 +274,10 @@ class AgentConnection(asyncio.Protocol):
             self.agent.dialer,
             stream_creation_timeout=self.agent.stream_creation_timeout,
             max_concurrent_streams=self.agent.h2_max_streams,
-            authorized=self.authorized,
+            authorized=self._h2_stream_authorized,
         )
         self.session = session
-        self._streaming()
+        # Still the request deadline: the first authorized stream makes it streaming.
         session.start(how)
         if head:
             session.receive(head)
@@ -269,8 +293,21 @@ class AgentConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.session is not None:
             self.session.pause_writing()
+            return
+        # HTTP/1.1: a client pipelining requests without reading the answers would have
+        # them buffered here without bound; read (and answer) nothing more until it reads.
+        self._http_write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self._http_write_paused:
+            self._http_write_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+            if self.session is None:
+                self._drive_http()
+                return
         if self.session is not None:
             self.session.resume_writing()
 
@@ -278,7 +315,9 @@ class AgentConnection(asyncio.Protocol):
 
     def _drive_http(self) -> None:
         assert self.transport is not None
-        while self.session is None and not self.transport.is_closing():
+        while (
+            self.session is None and not self.transport.is_closing() and not self._http_write_paused
+        ):
             try:
                 event = self.http.next_event()
             except h11.RemoteProtocolError as exc:
@@ -287,12 +326,9 @@ class AgentConnection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                # The deadline runs on until the body has arrived too.
                 self.request = event
                 self.body_size = 0
-                self._waiting_for_head = False
-                if self._deadline is not None:
-                    self._deadline.cancel()
-                    self._deadline = None
             elif isinstance(event, h11.Data):
                 self.body_size += len(event.data)
                 if self.body_size > MAX_BODY:
@@ -301,6 +337,10 @@ class AgentConnection(asyncio.Protocol):
             elif isinstance(event, h11.EndOfMessage):
                 request, self.request = self.request, None
                 assert request is not None
+                self._in_request = False
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
                 try:
                     self._handle(request)
                 except Exception:
@@ -574,6 +614,8 @@ class Agent:
             self.port,
             reuse_address=True,
             ssl=self.ssl_context,
+            # A TLS handshake is part of the first request: the same deadline.
+            ssl_handshake_timeout=self.header_timeout if self.ssl_context is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
