@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import h11
 
@@ -128,6 +130,34 @@ class HttpReply:
         return cls(status, body.encode(), "text/plain; charset=utf-8", tuple(headers))
 
 
+def _loopback_name(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_origin(origin: str) -> bool:
+    """Whether a browser's ``Origin`` is a page served from this machine's loopback
+    ("null", a sandboxed frame or a file, is not)."""
+    try:
+        return _loopback_name(urlsplit(origin).hostname)
+    except ValueError:
+        return False
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names loopback (any port): not a DNS-rebound name."""
+    try:
+        return _loopback_name(urlsplit(f"//{host}").hostname)
+    except ValueError:
+        return False
+
+
 def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
     """All comma-separated values of a (possibly repeated) header, stripped."""
     out: list[str] = []
@@ -135,6 +165,22 @@ def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]
         if key == name:
             out.extend(v.strip() for v in value.decode("latin-1").split(",") if v.strip())
     return out
+
+
+def _web_page_refusal(request: h11.Request) -> str | None:
+    """Why a request to an agent without authentication comes from a web page, if it
+    does. Without authentication whoever reaches loopback gets in, and a browser on this
+    machine does: any page may open a WebSocket here (there is no CORS for those), and a
+    page whose name was rebound to 127.0.0.1 may read the answers. Its Origin or its
+    Host gives it away."""
+    headers = list(request.headers)
+    for origin in _header_values(headers, b"origin"):
+        if not _loopback_origin(origin):
+            return f"a request from {origin}"
+    for host in _header_values(headers, b"host"):
+        if not _loopback_host(host):
+            return f"a request for host {host}"
+    return None
 
 
 class AgentConnection(asyncio.Protocol):
@@ -394,6 +440,16 @@ class AgentConnection(asyncio.Protocol):
             challenge = [("WWW-Authenticate", 'Bearer realm="podgate-agent"')]
             self._send(HttpReply.json(401, _UNAUTHORIZED, challenge))
             return
+        if not self.agent.auth.enabled:
+            refusal = _web_page_refusal(request)
+            if refusal is not None:
+                log.warning("refused a request from a web page: %s", refusal)
+                message = (
+                    f"{refusal} refused: an agent without --client-ca or --token-file "
+                    "serves the clients of this machine only"
+                )
+                self._send(HttpReply.json(403, kubeapi.status(403, "Forbidden", message)))
+                return
         for route in _PORTFORWARD_ROUTES:
             match = route.match(path)
             if match:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websocket
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -605,3 +606,47 @@ def test_help_names_every_security_flag() -> None:
         "--streaming-connection-idle-timeout",
     ):
         assert flag in done.stdout, flag
+
+
+# ---------------------------------------------------------------------- browsers
+
+
+def _browser_channel(port: int, origin: str, host: str | None = None) -> websocket.WebSocket:
+    """What a web page's ``new WebSocket(url, ["v4.channel.k8s.io"])`` sends: its
+    Origin (and, after DNS rebinding, its own host name as Host)."""
+    url = f"ws://127.0.0.1:{port}{PF_PATH}?ports={ECHO_PORT}"
+    return websocket.create_connection(
+        url, subprotocols=[CHANNELS], origin=origin, host=host, timeout=10
+    )
+
+
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [("https://evil.example", None), ("http://rebound.example:{port}", "rebound.example:{port}")],
+    ids=["cross-site", "dns-rebinding"],
+)
+def test_a_web_page_cannot_forward_through_a_loopback_agent(
+    origin: str, host: str | None, pod_netns: NetNamespace
+) -> None:
+    """An agent without authentication trusts whoever reaches loopback, and a browser
+    on this machine does: any page may open a WebSocket to 127.0.0.1 (no CORS for
+    WebSockets), and a page whose name was rebound to 127.0.0.1 may read the answers.
+    Its Origin or its Host says where it comes from, so a foreign one is refused (403); a
+    client on this machine (no Origin, or a loopback one like websocket-client's default,
+    which the Python client sends) is let in."""
+    with run_agent([f"default/echo={pod_netns.target}"]) as agent:
+        port = agent.host_port[1]
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            _browser_channel(port, origin.format(port=port), host and host.format(port=port))
+        assert refused.value.status_code == 403
+        for local in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", "http://[::1]"):
+            channel = _browser_channel(port, local)
+            channel.send_binary(b"\x00from this machine")
+            frames = [channel.recv() for _ in range(3)]  # two port frames, then the echo
+            assert frames[-1] == b"\x00from this machine", frames
+            channel.close()
+        # A rebound page reading the pod (a same-origin GET carries no Origin): its Host.
+        with _connect(agent, None) as sock:
+            for host, status in (("rebound.example", 403), ("localhost", 200), ("[::1]", 200)):
+                request = f"GET {POD_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+                assert _exchange(sock, request.encode()).status == status, host

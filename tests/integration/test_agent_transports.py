@@ -556,7 +556,7 @@ def test_tls_alpn_http11_keeps_the_http11_path(
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
     ):
         assert sock.selected_alpn_protocol() == "http/1.1"
-        sock.sendall(b"GET /version HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
