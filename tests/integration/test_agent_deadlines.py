@@ -352,22 +352,21 @@ def test_pipelined_requests_unread_answers_are_not_buffered_without_bound(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # reads nothing anyway
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     sock.connect(agent.host_port)
-    sock.settimeout(1.0)  # the client gives up once a send makes no progress for 1 s
+    sock.settimeout(5.0)  # the client gives up once a send makes no progress for 5 s
     pushed = 0
     with sock:
         try:
             while pushed < 16 << 20:
                 pushed += sock.send(batch)
         except TimeoutError:
-            pass
+            pass  # held by TCP flow control: the agent reads no more
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # dropped at its deadline, its answers unread
         growth = (_rss_kib(agent) - rss_before) << 10
         print(f"pushed {pushed >> 10} KiB, the agent grew by {growth >> 10} KiB")
         assert pushed < 12 << 20, f"the agent read {pushed >> 20} MB of unanswerable requests"
         assert growth < 24 << 20, f"the agent grew by {growth >> 20} MB"
         _wait_until(lambda: _fd_count(agent) < baseline_fds + 1, 10, "the connection dropped")
-        with pytest.raises(ConnectionResetError):
-            while sock.recv(1 << 20):
-                pass
 
 
 # ---------------------------------------------------------------------- the limits hold for HTTP
