@@ -31,6 +31,16 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -176,6 +186,8 @@ async def _run_agent(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         h2_max_streams=args.h2_max_streams,
         auth=auth,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
         streaming_idle_timeout=args.streaming_connection_idle_timeout,
     )
     log.info(
@@ -446,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--tls-cert",
         metavar="FILE",
-        help="serve TLS with this PEM certificate (chain); ALPN h2 selects HTTP/2 pairs, "
-        "http/1.1 the upgrades",
+        help="serve TLS with this PEM certificate (chain); ALPN http/1.1 (preferred) for "
+        "the upgrades and discovery, h2 alone for HTTP/2 pairs",
     )
     agent.add_argument("--tls-key", metavar="FILE", help="the PEM private key for --tls-cert")
     agent.add_argument(
@@ -489,8 +501,23 @@ def build_parser() -> argparse.ArgumentParser:
         "subdomains); default: pods only",
     )
     agent.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a connection whose request (head and body), TLS handshake or first "
+        "HTTP/2 stream has not arrived within this long (default 30)",
+    )
+    agent.add_argument(
+        "--keepalive-timeout",
+        type=_positive_float,
+        default=90.0,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle between two requests after this long (default 90)",
+    )
+    agent.add_argument(
         "--streaming-connection-idle-timeout",
-        type=float,
+        type=_positive_float,
         default=4 * 3600.0,
         metavar="SECONDS",
         help="close an upgraded connection with no forwarded connection and no traffic "

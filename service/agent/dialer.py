@@ -163,12 +163,17 @@ class PodDialer:
         except OSError as exc:
             raise DialError(f"dial tcp {host}:{port}: lookup {host}: {_go_style(exc)}") from None
         last: BaseException = OSError(errno.ECONNREFUSED, "connection refused")
+        step = "connect"  # the system call that failed last, named as Go's errors name it
         for family, type_, proto, _, address in infos:
-            sock = socket.socket(family, type_, proto)
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError as exc:  # out of descriptors (EMFILE) or buffers: this pair fails
+                last, step = exc, "socket"
+                continue
             try:
                 return await self._connect(sock, address)
             except (OSError, TimeoutError) as exc:
-                last = exc
+                last, step = exc, "connect"
         net = "tcp6" if ":" in host else "tcp4"
         shown = f"[{host}]" if ":" in host else host
-        raise DialError(f"dial {net} {shown}:{port}: connect: {_go_style(last)}")
+        raise DialError(f"dial {net} {shown}:{port}: {step}: {_go_style(last)}")

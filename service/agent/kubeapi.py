@@ -199,7 +199,17 @@ def pod(entry: PodEntry) -> dict[str, Any]:
         "status": {
             "phase": entry.phase,
             "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": _CREATED}],
-            "containerStatuses": [{"name": "main", "ready": ready == "True", "restartCount": 0}],
+            # image and imageID are required fields: typed clients (the official Python
+            # client) refuse a container status without them.
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "image": "podgate/agent-pod",
+                    "imageID": "",
+                    "ready": ready == "True",
+                    "restartCount": 0,
+                }
+            ],
         },
     }
 

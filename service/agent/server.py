@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import h11
 
@@ -77,7 +79,8 @@ _DISCOVERY = {
 }
 
 
-#: A connection whose request head has not arrived within this long is closed (slowloris).
+#: A connection whose request (head and body), TLS handshake or, over HTTP/2, first stream
+#: has not arrived within this long is closed (slowloris).
 HEADER_TIMEOUT = 30.0
 #: An idle keep-alive connection between two requests is closed after this long.
 KEEPALIVE_TIMEOUT = 90.0
@@ -131,6 +134,34 @@ class HttpReply:
         return cls(status, body.encode(), "text/plain; charset=utf-8", tuple(headers))
 
 
+def _loopback_name(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_origin(origin: str) -> bool:
+    """Whether a browser's ``Origin`` is a page served from this machine's loopback
+    ("null", a sandboxed frame or a file, is not)."""
+    try:
+        return _loopback_name(urlsplit(origin).hostname)
+    except ValueError:
+        return False
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names loopback (any port): not a DNS-rebound name."""
+    try:
+        return _loopback_name(urlsplit(f"//{host}").hostname)
+    except ValueError:
+        return False
+
+
 def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
     """All comma-separated values of a (possibly repeated) header, stripped."""
     out: list[str] = []
@@ -138,6 +169,22 @@ def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]
         if key == name:
             out.extend(v.strip() for v in value.decode("latin-1").split(",") if v.strip())
     return out
+
+
+def _web_page_refusal(request: h11.Request) -> str | None:
+    """Why a request to an agent without authentication comes from a web page, if it
+    does. Without authentication whoever reaches loopback gets in, and a browser on this
+    machine does: any page may open a WebSocket here (there is no CORS for those), and a
+    page whose name was rebound to 127.0.0.1 may read the answers. Its Origin or its
+    Host gives it away."""
+    headers = list(request.headers)
+    for origin in _header_values(headers, b"origin"):
+        if not _loopback_origin(origin):
+            return f"a request from {origin}"
+    for host in _header_values(headers, b"host"):
+        if not _loopback_host(host):
+            return f"a request for host {host}"
+    return None
 
 
 class AgentConnection(asyncio.Protocol):
@@ -153,10 +200,13 @@ class AgentConnection(asyncio.Protocol):
         # The first bytes, while they may still be the HTTP/2 preface (None: decided).
         self._preface: bytes | None = b""
         self.certified = False  # the client presented a certificate the TLS layer verified
-        # One deadline at a time: the request head, the keep-alive idle, the streaming idle.
+        # One deadline at a time: the request, the keep-alive idle, the streaming idle.
         self._deadline: asyncio.TimerHandle | None = None
-        self._waiting_for_head = True
+        self._in_request = True  # a request has begun and is not complete: its deadline runs
+        self._streaming_started = False  # from now on only the streaming idle timeout applies
         self._last_activity = 0.0
+        # Paused reading ourselves: a client that does not read its responses gets no more.
+        self._http_write_paused = False
 
     # asyncio.Protocol -------------------------------------------------------
 
@@ -174,7 +224,7 @@ class AgentConnection(asyncio.Protocol):
         self.agent.connections.add(self)
         ssl_object = transport.get_extra_info("ssl_object")
         self.certified = ssl_object is not None and bool(ssl_object.getpeercert())
-        self._arm(self.agent.header_timeout)
+        self._arm(self.agent.header_timeout)  # the first request, or HTTP/2's first stream
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             self._start_h2(b"", "TLS, ALPN h2")
 
@@ -182,6 +232,15 @@ class AgentConnection(asyncio.Protocol):
         """Whether a request with this Authorization header may go on."""
         auth = self.agent.auth
         return not auth.enabled or self.certified or auth.token_ok(authorization)
+
+    def _h2_stream_authorized(self, authorization: str) -> bool:
+        """`authorized` for an HTTP/2 stream: the first stream that passes makes the
+        connection a streaming one; until then the request deadline holds it, so that a
+        client without credentials cannot keep a connection by sending only the preface."""
+        ok = self.authorized(authorization)
+        if ok and not self._streaming_started:
+            self._streaming()
+        return ok
 
     # deadlines ----------------------------------------------------------------
 
@@ -192,11 +251,20 @@ class AgentConnection(asyncio.Protocol):
 
     def _deadline_passed(self) -> None:
         self._deadline = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None:
             return
-        if self.session is None:
-            # No request head in time, or idle between requests: nothing is lost.
-            self.transport.close()
+        if not self._streaming_started:
+            # No request in time, idle between requests, or an HTTP/2 connection without
+            # an authorized stream: nothing is lost.
+            if self.session is not None:
+                self.session.close()
+            if self.transport.get_write_buffer_size():
+                # Answers it does not read: close() would wait for them forever.
+                self.transport.abort()
+            else:
+                self.transport.close()
+            return
+        if self.session is None or self.transport.is_closing():
             return
         idle_for = asyncio.get_running_loop().time() - self._last_activity
         timeout = self.agent.streaming_idle_timeout
@@ -208,6 +276,8 @@ class AgentConnection(asyncio.Protocol):
 
     def _streaming(self) -> None:
         """Switched to a session: from now on only the streaming idle timeout applies."""
+        self._streaming_started = True
+        self._in_request = False
         self._last_activity = asyncio.get_running_loop().time()
         self._arm(self.agent.streaming_idle_timeout)
 
@@ -216,8 +286,8 @@ class AgentConnection(asyncio.Protocol):
             self._last_activity = asyncio.get_running_loop().time()
             self.session.receive(data)
             return
-        if not self._waiting_for_head:
-            self._waiting_for_head = True  # a new request begins: its head has a deadline
+        if not self._in_request:
+            self._in_request = True  # a new request begins: it has a deadline
             self._arm(self.agent.header_timeout)
         if self._preface is not None:
             # HTTP/2 with prior knowledge is recognised before h11 sees a byte.
@@ -254,10 +324,10 @@ class AgentConnection(asyncio.Protocol):
             self.agent.dialer,
             stream_creation_timeout=self.agent.stream_creation_timeout,
             max_concurrent_streams=self.agent.h2_max_streams,
-            authorized=self.authorized,
+            authorized=self._h2_stream_authorized,
         )
         self.session = session
-        self._streaming()
+        # Still the request deadline: the first authorized stream makes it streaming.
         session.start(how)
         if head:
             session.receive(head)
@@ -273,8 +343,21 @@ class AgentConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.session is not None:
             self.session.pause_writing()
+            return
+        # HTTP/1.1: a client pipelining requests without reading the answers would have
+        # them buffered here without bound; read (and answer) nothing more until it reads.
+        self._http_write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self._http_write_paused:
+            self._http_write_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+            if self.session is None:
+                self._drive_http()
+                return
         if self.session is not None:
             self.session.resume_writing()
 
@@ -282,7 +365,9 @@ class AgentConnection(asyncio.Protocol):
 
     def _drive_http(self) -> None:
         assert self.transport is not None
-        while self.session is None and not self.transport.is_closing():
+        while (
+            self.session is None and not self.transport.is_closing() and not self._http_write_paused
+        ):
             try:
                 event = self.http.next_event()
             except h11.RemoteProtocolError as exc:
@@ -291,12 +376,9 @@ class AgentConnection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                # The deadline runs on until the body has arrived too.
                 self.request = event
                 self.body_size = 0
-                self._waiting_for_head = False
-                if self._deadline is not None:
-                    self._deadline.cancel()
-                    self._deadline = None
             elif isinstance(event, h11.Data):
                 self.body_size += len(event.data)
                 if self.body_size > MAX_BODY:
@@ -305,6 +387,10 @@ class AgentConnection(asyncio.Protocol):
             elif isinstance(event, h11.EndOfMessage):
                 request, self.request = self.request, None
                 assert request is not None
+                self._in_request = False
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
                 try:
                     self._handle(request)
                 except Exception:
@@ -358,6 +444,16 @@ class AgentConnection(asyncio.Protocol):
             challenge = [("WWW-Authenticate", 'Bearer realm="podgate-agent"')]
             self._send(HttpReply.json(401, _UNAUTHORIZED, challenge))
             return
+        if not self.agent.auth.enabled:
+            refusal = _web_page_refusal(request)
+            if refusal is not None:
+                log.warning("refused a request from a web page: %s", refusal)
+                message = (
+                    f"{refusal} refused: an agent without --client-ca or --token-file "
+                    "serves the clients of this machine only"
+                )
+                self._send(HttpReply.json(403, kubeapi.status(403, "Forbidden", message)))
+                return
         for route in _PORTFORWARD_ROUTES:
             match = route.match(path)
             if match:
@@ -513,12 +609,17 @@ def tls_context(
     client_ca: str | None = None,
     client_cert_required: bool = True,
 ) -> ssl.SSLContext:
-    """A server TLS context offering ALPN ``h2`` (→ HTTP/2 pairs) and ``http/1.1``; with
+    """A server TLS context offering ALPN ``http/1.1`` and ``h2`` (→ HTTP/2 pairs); with
     ``client_ca``, client certificates are verified against it (the kubelet's
-    ``--client-ca-file``), and required unless bearer tokens may stand in for them."""
+    ``--client-ca-file``), and required unless bearer tokens may stand in for them.
+
+    The server's order decides, and ``http/1.1`` comes first: a client offering both
+    (kubectl, any Go or curl client) gets HTTP/1.1, where discovery and GET pod are
+    answered, and only a client offering ``h2`` alone (podgate's h2 transport) gets the
+    pairs. kubectl sends a kubeconfig's token over TLS only, so this is its way in."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_file, key_file)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
     if client_ca is not None:
         ctx.load_verify_locations(cafile=client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED if client_cert_required else ssl.CERT_OPTIONAL
@@ -573,6 +674,8 @@ class Agent:
             self.port,
             reuse_address=True,
             ssl=self.ssl_context,
+            # A TLS handshake is part of the first request: the same deadline.
+            ssl_handshake_timeout=self.header_timeout if self.ssl_context is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -549,7 +549,7 @@ async def test_keep_alive_two_gets_then_an_upgrade(agent: AgentUnderTest) -> Non
 async def test_spdy_bytes_pipelined_behind_the_upgrade_request(agent: AgentUnderTest) -> None:
     """Bytes after the request's blank line are already SPDY (§1.1), even in one segment."""
     conn = await HttpConnection.open(agent.port)
-    head = f"POST {KUBELET_PATH} HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\n"
+    head = f"POST {KUBELET_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS)
     conn.writer.write(head.encode() + b"\r\n" + PingFrame(1).serialize())
     response = await conn.read_response()

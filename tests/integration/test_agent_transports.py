@@ -521,7 +521,9 @@ def _h2_target(
     if mode == "h2c":
         yield agent.port, None
     else:
-        yield tls_agent.port, _client_tls(ca, ["h2", "http/1.1"])
+        # What podgate's h2 transport offers: h2 alone (a client offering http/1.1 too
+        # gets HTTP/1.1, the agent's preference: kubectl's discovery).
+        yield tls_agent.port, _client_tls(ca, ["h2"])
 
 
 @pytest.mark.parametrize("mode", ["h2c", "tls-alpn"])
@@ -543,16 +545,19 @@ async def test_h2_20mb_each_way_and_50_concurrent_pairs(
             assert results == payloads
 
 
+@pytest.mark.parametrize("offer", [["http/1.1"], ["h2", "http/1.1"]], ids=["http11", "both"])
 def test_tls_alpn_http11_keeps_the_http11_path(
-    tls_agent: RunningAgent, tls_cert: tuple[IssuedCert, Path]
+    tls_agent: RunningAgent, tls_cert: tuple[IssuedCert, Path], offer: list[str]
 ) -> None:
-    ctx = _client_tls(tls_cert[1], ["http/1.1"])
+    """A client offering http/1.1, alone or after h2 as Go clients (kubectl) do, gets
+    HTTP/1.1, where discovery is answered."""
+    ctx = _client_tls(tls_cert[1], offer)
     with (
         socket.create_connection(("127.0.0.1", tls_agent.port), timeout=10) as raw,
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
     ):
         assert sock.selected_alpn_protocol() == "http/1.1"
-        sock.sendall(b"GET /version HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk

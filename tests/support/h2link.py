@@ -13,7 +13,8 @@ a stream closes that stream's window, and nothing else::
         echoed = await link.read_all(pair.data)
 
 TLS: pass an ``ssl.SSLContext``; ALPN ``h2`` is required (``link.alpn`` tells what was
-selected).
+selected). ``headers`` (e.g. ``[("authorization", "Bearer TOKEN")]``) go on every stream
+the link opens, pairs and ``query_agent`` alike.
 
 GOAWAY: after the agent's graceful GOAWAY the streams up to ``last_stream_id`` go on
 (``H2PairClient`` keeps the connection open, RFC 9113 §6.8), so that a test can watch the
@@ -84,7 +85,9 @@ class H2Link:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         client: H2PairClient,
+        headers: list[tuple[str, str]] | None = None,
     ) -> None:
+        self.headers = headers or []
         self.reader = reader
         self.writer = writer
         self.client = client
@@ -109,6 +112,7 @@ class H2Link:
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
     ) -> AsyncIterator[H2Link]:
         kwargs: dict[str, Any] = {}
         if ssl_context is not None:
@@ -117,7 +121,7 @@ class H2Link:
         scheme = "https" if ssl_context is not None else "http"
         client = H2PairClient(f"{host}:{port}", scheme)
         writer.write(client.initiate())
-        link = cls(reader, writer, client)
+        link = cls(reader, writer, client, headers)
         try:
             await link._settings_exchanged()  # pairs may only be opened after the agent's SETTINGS
             yield link
@@ -206,6 +210,8 @@ class H2Link:
         stream = _Stream(asyncio.get_running_loop().create_future())
         # A refused stream may never be awaited for its status: no "never retrieved".
         stream.status.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if self.closed:  # the connection ended already: no answer will come
+            stream.status.set_exception(LinkClosed("connection closed"))
         self.streams[sid] = stream
         return stream
 
@@ -217,11 +223,18 @@ class H2Link:
         if request_id is None:
             request_id = str(self._next_request)
             self._next_request += 1
-        error_id, data_id = self.client.open_pair(namespace, pod, port, request_id)
+        error_id, data_id = self.client.open_pair(namespace, pod, port, request_id, self.headers)
         self._track(error_id)
         self._track(data_id)
         await self.flush()
         return Pair(error_id, data_id, request_id)
+
+    async def query_agent(self) -> int:
+        """Open the handshake stream (``GET /v1/agent``); its id (then ``status``, ``read_all``)."""
+        sid = self.client.query_agent(self.headers)
+        self._track(sid)
+        await self.flush()
+        return sid
 
     async def open_stream(self, headers: list[tuple[str, str]], end_stream: bool) -> int:
         """A raw request stream with exactly ``headers`` (for malformed requests)."""
@@ -299,6 +312,10 @@ class H2Link:
         while chunk := await self.read(sid):
             parts.append(chunk)
         return b"".join(parts)
+
+    async def wait_closed(self) -> None:
+        """Return once the agent has ended the connection (EOF, reset or GOAWAY + close)."""
+        await asyncio.shield(self._task)
 
     async def wait_window_event(self) -> None:
         self._window.clear()

@@ -89,6 +89,8 @@ def write_kubeconfig(
     certificate_authority: Path | None = None,
     insecure_skip_tls_verify: bool = False,
     context: str = "podgate-test",
+    client_certificate: Path | None = None,
+    client_key: Path | None = None,
 ) -> Path:
     """Write a single-cluster kubeconfig and return ``path``.
 
@@ -100,6 +102,7 @@ def write_kubeconfig(
         certificate_authority: CA bundle for an ``https`` server.
         insecure_skip_tls_verify: skip TLS verification for an ``https`` server.
         context: name used for the cluster, user and context entries.
+        client_certificate, client_key: the user's TLS client certificate and its key.
     """
     cluster: dict[str, object] = {"server": server}
     if certificate_authority is not None:
@@ -107,6 +110,10 @@ def write_kubeconfig(
     if insecure_skip_tls_verify:
         cluster["insecure-skip-tls-verify"] = True
     user: dict[str, object] = {} if token is None else {"token": token}
+    if client_certificate is not None:
+        user["client-certificate"] = str(client_certificate)
+    if client_key is not None:
+        user["client-key"] = str(client_key)
     config = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -57,7 +57,7 @@ __all__ = [
 
 #: How to run the `podgate` command from this checkout (the venv's interpreter).
 PODGATE = [sys.executable, "-m", "service.cli"]
-LISTENING_RE = r"^Listening on (http://\S+)$"
+LISTENING_RE = r"^Listening on (https?://\S+)$"  # an agent with --tls-cert: https
 START_TIMEOUT = 30.0
 
 _CHUNK = 64 * 1024
@@ -89,7 +89,7 @@ class Podgate:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        host, _, port = self.url.partition("://")[2].rpartition(":")
         return host.strip("[]"), int(port)
 
 
