@@ -149,30 +149,6 @@ def helper(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     applied = _kubectl(admin, "apply", "-k", str(manifests / "agent" / "base"))
     assert applied.returncode == 0, applied.stderr
     credentials = manifests / "agent" / "base" / "credentials"
-    # --allow-target svc needs Services and Endpoints too (the comment in rbac.yaml).
-    cluster.admin.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-        {
-            "metadata": {"name": "podgate-agent-services"},
-            "rules": [
-                {"apiGroups": [""], "resources": ["services", "endpoints"], "verbs": ["get"]}
-            ],
-        },
-    )
-    cluster.admin.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        {
-            "metadata": {"name": "podgate-agent-services"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "podgate-agent-services",
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": "podgate-agent", "namespace": "podgate"}
-            ],
-        },
-    )
     cluster.create_namespace(NAMESPACE)
     # The agents' own credentials toward the API server: the ServiceAccount's token.
     token = cluster.service_account_token("podgate", "podgate-agent")

@@ -160,7 +160,7 @@ def test_the_agent_manifests_validate_and_apply(
     base = "/apis/apps/v1/namespaces/podgate"
     deployment = cluster.admin.get(f"{base}/deployments/podgate-agent")["spec"]["template"]["spec"]
     agent = deployment["containers"][0]
-    assert {"--cluster", "--dial=pod-ip"} <= set(agent["args"])
+    assert {"--cluster", "--dial=pod-ip", "--allow-target=svc"} <= set(agent["args"])
     assert deployment["securityContext"]["runAsNonRoot"] is True
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert agent["securityContext"]["readOnlyRootFilesystem"] is True
@@ -190,6 +190,8 @@ def test_the_agent_manifests_validate_and_apply(
     [
         ("list", "pods", True),
         ("watch", "pods", True),
+        ("get", "services", True),
+        ("get", "endpoints", True),
         # Nothing more: it reaches pods itself, and reads no secrets.
         ("get", "pods", False),
         ("create", "pods --subresource=portforward", False),
@@ -198,7 +200,7 @@ def test_the_agent_manifests_validate_and_apply(
         ("delete", "pods", False),
     ],
 )
-def test_the_agents_service_account_may_list_and_watch_pods_and_no_more(
+def test_the_agents_service_account_may_read_pods_and_services_and_no_more(
     cluster: Cluster, tmp_path: Path, agent_manifests: Path, verb: str, resource: str, allowed: bool
 ) -> None:
     kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
