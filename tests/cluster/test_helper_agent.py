@@ -541,3 +541,29 @@ def test_the_netns_agent_knows_only_the_pods_of_its_node(helper: Helper) -> None
         answer = _agent_pod(helper, helper.netns_agent, "elsewhere")
         assert answer.status_code == 404, answer.text
         assert answer.json()["message"] == 'pods "elsewhere" not found'
+
+
+def test_serve_with_a_default_agent_sends_every_session_through_it(
+    helper: Helper, tmp_path: Path
+) -> None:
+    """`serve --default-agent URL --default-agent-context NAME --agent-kubeconfig FILE` (the
+    manifests' serve overlay): sessions that name no `via` go through the agent."""
+    admin = helper.cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
+    args = [
+        *("--default-agent", helper.ip_agent.url, "--default-agent-context", "podgate-agent"),
+        *("--agent-kubeconfig", str(helper.credentials / "kubeconfig")),
+    ]
+    with (
+        run_serve(tmp_path / "data", admin, extra_args=args) as serve,
+        api_client(serve.url) as api,
+        explain_on_failure(serve.process, helper.ip_agent.process),
+        _pod_at(helper, "web-default", "127.0.0.79") as server,
+    ):
+        session = create_session(
+            api, namespace=NAMESPACE, target="pod/web-default", ports=[f"0:{server.port}"]
+        )
+        assert session["via"] == helper.ip_agent.via
+        session = wait_for_status(api, session["id"], "ready")
+        assert (session["pod"], session["transport"]) == ("web-default", "h2")
+        assert roundtrip("127.0.0.1", _local_port(session), os.urandom(MB)).intact
+        assert server.connections == 1  # by the agent, at the pod's IP
