@@ -28,6 +28,15 @@ from service.protocols.websocket import (
 from .endpoint import Endpoint, describe_connect_error
 from .errors import UpstreamError, describe_http_error
 
+__all__ = [
+    "TunnelRefused",
+    "WebSocketConnection",
+    "WsClient",
+    "connect_raw",
+    "dial_websocket",
+    "set_nodelay",
+]
+
 WsClient = TunnelClient | ChannelClient
 
 
