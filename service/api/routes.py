@@ -98,15 +98,18 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 AUTH_PROBLEMS = (401, 503)
 
 
+#: The counters, in the order of `Counters` (and of the session's own counter fields).
+_COUNTER_FIELDS = tuple(Counters.model_fields)
+_counter_values = operator.attrgetter(*_COUNTER_FIELDS)
+
+
+def _counter_fields(counters: TrafficCounters) -> dict[str, Any]:
+    """The counters by field name: a port's `Counters`, or a session's own fields."""
+    return dict(zip(_COUNTER_FIELDS, _counter_values(counters), strict=True))
+
+
 def _counters(counters: TrafficCounters) -> Counters:
-    return Counters(
-        connections_active=counters.connections_active,
-        connections_total=counters.connections_total,
-        connection_errors=counters.connection_errors,
-        bytes_in=counters.bytes_in,
-        bytes_out=counters.bytes_out,
-        connections_refused=counters.connections_refused,
-    )
+    return Counters(**_counter_fields(counters))
 
 
 def to_public(session: ForwardSession) -> SessionPublic:
@@ -134,7 +137,6 @@ def to_public(session: ForwardSession) -> SessionPublic:
         )
         shown = remote_port or mapping.remote_name or "?"
         forwarding += [format_forwarding_lines(a, local_port, shown) for a in addresses]
-    counters = session.counters
     policy = session.policy
     return SessionPublic(
         id=spec.id,
@@ -150,12 +152,7 @@ def to_public(session: ForwardSession) -> SessionPublic:
         ready_since=session.ready_since,
         ports=ports,
         forwarding=forwarding,
-        connections_active=counters.connections_active,
-        connections_total=counters.connections_total,
-        connection_errors=counters.connection_errors,
-        bytes_in=counters.bytes_in,
-        bytes_out=counters.bytes_out,
-        connections_refused=counters.connections_refused,
+        **_counter_fields(session.counters),
         reconnects=session.reconnects,
         reconnect=ReconnectPublic(
             enabled=policy.reconnect,
@@ -266,10 +263,6 @@ async def list_sessions(supervisor: SupervisorDep, caller: CallerDep) -> Respons
 # ------------------------------------------------- the GET /sessions rendering
 # Each session's JSON is kept as a template with a %d per counter: only the counters
 # are rendered per request; the rest is rebuilt when anything else of the session changes.
-
-#: The counters, in the order of `Counters` (and of the session's own counter fields).
-_COUNTER_FIELDS = tuple(Counters.model_fields)
-_counter_values = operator.attrgetter(*_COUNTER_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
