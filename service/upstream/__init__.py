@@ -1,6 +1,6 @@
 """Dialing the cluster: kubeconfig / in-cluster credentials, TLS, GET pod, resolving a
 target (pod, service, deployment, …) to a pod, and the HTTP/1.1 SPDY upgrade. Imports only
-``service.protocols`` and ``service.ports`` of the project."""
+``service.protocols``, ``service.ports`` and ``service.aio`` of the project."""
 
 # _k8s_lazy first: registers kubernetes_asyncio without its ~800 model modules (+38 MB).
 from . import (

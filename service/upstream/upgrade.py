@@ -8,14 +8,14 @@ its own protocol; whatever was read past the 101 is handed over as ``leftover``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import h11
+
+from service.aio.sockets import set_nodelay
 
 from .endpoint import Endpoint, describe_connect_error
 from .errors import UpstreamError, describe_http_error
@@ -133,10 +133,7 @@ class _UpgradeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:

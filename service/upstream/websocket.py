@@ -10,13 +10,12 @@ when the caller installs its own protocol.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from service.aio.sockets import set_nodelay
 from service.protocols.websocket import (
     ChannelClient,
     HandshakeAccepted,
@@ -64,14 +63,6 @@ class WebSocketConnection:
             protocol.eof_received()
         else:
             self.transport.resume_reading()
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """TCP_NODELAY on a TCP transport (a no-op for others and on failure)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _HandshakeProtocol(asyncio.Protocol):
