@@ -1,10 +1,12 @@
-"""Pieces every dial needs, shared by the SPDY upgrade and a future WebSocket dial:
-the URL, the TLS context and the auth header, built from a kubernetes_asyncio Configuration
-exactly as its REST client does (protocols.md §6)."""
+"""Pieces every dial needs, shared by the SPDY upgrade and the WebSocket dials: the URL,
+the TLS context and the auth header, built from a kubernetes_asyncio Configuration
+exactly as its REST client does (protocols.md §6), and the connection itself."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -16,6 +18,7 @@ __all__ = [
     "auth_headers",
     "build_ssl_context",
     "describe_connect_error",
+    "open_transport",
     "portforward_url",
 ]
 
@@ -66,6 +69,28 @@ class Endpoint:
             host_header=parts.netloc.rpartition("@")[2],
             target=target,
         )
+
+
+async def open_transport(
+    endpoint: Endpoint,
+    factory: Callable[[], asyncio.BaseProtocol],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    deadline: float,
+) -> asyncio.Transport:
+    """Connect to ``endpoint`` (TLS for https and wss, its handshake bounded by ``deadline``
+    in ``loop.time()`` terms) with a protocol from ``factory``; errors propagate."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(
+        factory,
+        endpoint.host,
+        endpoint.port,
+        ssl=ssl_context if endpoint.tls else None,
+        server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
+        ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+    )
+    return transport
 
 
 def build_ssl_context(cfg: Any, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:

@@ -17,7 +17,7 @@ import h11
 
 from service.aio.sockets import set_nodelay
 
-from .endpoint import Endpoint, describe_connect_error
+from .endpoint import Endpoint, describe_connect_error, open_transport
 from .errors import UpstreamError, describe_http_error
 
 __all__ = [
@@ -287,13 +287,12 @@ async def dial_spdy(
         if deadline is None:
             deadline = loop.time() + timeout
         async with asyncio.timeout_at(deadline):
-            await loop.create_connection(
+            await open_transport(
+                endpoint,
                 factory,
-                endpoint.host,
-                endpoint.port,
-                ssl=ssl_context if endpoint.tls else None,
-                server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
+                deadline=deadline,
             )
             assert dialer is not None
             stage = "waiting for the upgrade response from"

@@ -24,7 +24,7 @@ from service.protocols.websocket import (
     WebSocketError,
 )
 
-from .endpoint import Endpoint, describe_connect_error
+from .endpoint import Endpoint, describe_connect_error, open_transport
 from .errors import UpstreamError, describe_http_error
 
 __all__ = [
@@ -157,16 +157,14 @@ async def _connect(
     server_hostname: str | None,
     deadline: float,
 ) -> asyncio.Transport:
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(deadline):
-            transport, _ = await loop.create_connection(
+            transport = await open_transport(
+                endpoint,
                 factory,
-                endpoint.host,
-                endpoint.port,
-                ssl=ssl_context if endpoint.tls else None,
-                server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
+                deadline=deadline,
             )
     except TimeoutError:
         raise UpstreamError(f"timed out connecting to {endpoint.url}", retryable=True) from None
