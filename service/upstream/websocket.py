@@ -24,7 +24,7 @@ from service.protocols.websocket import (
     WebSocketError,
 )
 
-from .endpoint import Endpoint, describe_connect_error, open_transport
+from .endpoint import DialProtocol, Endpoint, describe_connect_error, open_transport
 from .errors import UpstreamError, describe_http_error
 
 __all__ = [
@@ -65,23 +65,14 @@ class WebSocketConnection:
             self.transport.resume_reading()
 
 
-class _HandshakeProtocol(asyncio.Protocol):
+class _HandshakeProtocol(DialProtocol[WebSocketConnection]):
     def __init__(self, endpoint: Endpoint, client: WsClient) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint)
         self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.outcome: asyncio.Future[WebSocketConnection] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.eof = False
-        self.lost = False
-        self.lost_exc: Exception | None = None
         self.answered = False  # some bytes of the answer arrived
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop: not a subclass
-        set_nodelay(transport)
-        self.transport.write(self.client.initiate())
+    def _request(self) -> bytes:
+        return self.client.initiate()
 
     def data_received(self, data: bytes) -> None:
         if not self.outcome.done():
@@ -95,14 +86,6 @@ class _HandshakeProtocol(asyncio.Protocol):
         if not self.outcome.done():
             self._fail(self._closed_early())
         return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost, self.lost_exc = True, exc
-        if not self.outcome.done():
-            if exc is not None and not isinstance(exc, ConnectionResetError | BrokenPipeError):
-                self._fail(describe_connect_error(exc, self.endpoint.url))
-            else:
-                self._fail(self._closed_early())
 
     def _closed_early(self) -> UpstreamError:
         when = "before finishing its answer to" if self.answered else "before answering"
@@ -141,12 +124,6 @@ class _HandshakeProtocol(asyncio.Protocol):
                     WebSocketConnection(self.transport, self.client, events[index + 1 :], self)
                 )
                 return
-
-    def _fail(self, error: UpstreamError) -> None:
-        if not self.outcome.done():
-            self.outcome.set_exception(error)
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def _connect(
