@@ -15,7 +15,14 @@ from typing import Any
 
 from service.model import Transport
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "DEFAULT_SERVER", "KIND_WORDS", "add_parser", "run"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SERVER",
+    "KIND_WORDS",
+    "add_address_option",
+    "add_parser",
+    "run",
+]
 
 _USAGE = """\
   podgate sessions ls [-o wide|json|yaml|name]
@@ -56,6 +63,16 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def add_address_option(parser: argparse.ArgumentParser) -> None:
+    """``--address``, as `oc port-forward` has it (also `podgate forward`'s)."""
+    parser.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -134,12 +151,7 @@ def add_parser(sub: Any) -> None:
         choices=[t.value for t in Transport],
         help="how to reach the cluster (default auto)",
     )
-    create.add_argument(
-        "--address",
-        action="append",
-        default=[],
-        help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
-    )
+    add_address_option(create)
     create.add_argument("--context", help="kubeconfig context of the server to use")
     create.add_argument(
         "--via",
