@@ -1,2 +1,2 @@
 """asyncio pieces the runner, the agent and upstream share: read flow control, socket options,
-guarded tasks and the reused read buffer. Imports nothing of the project."""
+guarded tasks, timers and the reused read buffer. Imports nothing of the project."""
