@@ -103,6 +103,12 @@ def _control_header(frame_type: int, flags: int, length: int) -> tuple[int, int]
     return _CTRL_WORD | frame_type, (flags << 24) | length
 
 
+def _two_words(frame_type: int, first: int, second: int) -> bytes:
+    """RST_STREAM, GOAWAY and WINDOW_UPDATE: the control header, then two 32-bit words."""
+    w0, w1 = _control_header(frame_type, 0, 8)
+    return _FOUR_WORDS.pack(w0, w1, first, second)
+
+
 def data_frame_header(stream_id: int, length: int, fin: bool) -> bytes:
     """The 8-byte DATA frame header; write it followed by ``length`` payload bytes."""
     if not 0 <= length <= MAX_FRAME_LENGTH:
@@ -173,8 +179,7 @@ class RstStreamFrame:
     status: int
 
     def serialize(self) -> bytes:
-        w0, w1 = _control_header(FrameType.RST_STREAM, 0, 8)
-        return _FOUR_WORDS.pack(w0, w1, self.stream_id, self.status)
+        return _two_words(FrameType.RST_STREAM, self.stream_id, self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +214,7 @@ class GoAwayFrame:
     status: int = GoAwayStatus.OK
 
     def serialize(self) -> bytes:
-        w0, w1 = _control_header(FrameType.GOAWAY, 0, 8)
-        return _FOUR_WORDS.pack(w0, w1, self.last_good_stream_id, self.status)
+        return _two_words(FrameType.GOAWAY, self.last_good_stream_id, self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +223,7 @@ class WindowUpdateFrame:
     delta: int
 
     def serialize(self) -> bytes:
-        w0, w1 = _control_header(FrameType.WINDOW_UPDATE, 0, 8)
-        return _FOUR_WORDS.pack(w0, w1, self.stream_id, self.delta)
+        return _two_words(FrameType.WINDOW_UPDATE, self.stream_id, self.delta)
 
 
 Frame = (
