@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
+from service.client import add_address_option
 from service.client import add_parser as add_sessions_parser
 from service.model import Transport
 from service.protocols.h2 import MAX_CONCURRENT_STREAMS
@@ -617,12 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is forwarded to the pod port it leads to, which the lines show.",
     )
     forward.add_argument("-n", "--namespace", default="default", help="namespace (default)")
-    forward.add_argument(
-        "--address",
-        action="append",
-        default=[],
-        help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
-    )
+    add_address_option(forward)
     forward.add_argument("--kubeconfig", help="kubeconfig path (default $KUBECONFIG)")
     forward.add_argument("--context", help="kubeconfig context")
     forward.add_argument(

@@ -43,6 +43,7 @@ from service.agent.sessions import (
 )
 from service.aio.fds import near_limit
 from service.aio.sockets import loop_sets_nodelay, set_nodelay
+from service.aio.timer import Timer
 from service.protocols.h2 import MAX_CONCURRENT_STREAMS
 from service.protocols.websocket import (
     SPDY_TUNNEL_PROTOCOL,
@@ -201,7 +202,7 @@ class AgentConnection(asyncio.Protocol):
         self._preface: bytes | None = b""
         self.certified = False  # the client presented a certificate the TLS layer verified
         # One deadline at a time: the request, the keep-alive idle, the streaming idle.
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline = Timer(self._deadline_passed)
         self._in_request = True  # a request has begun and is not complete: its deadline runs
         self._streaming_started = False  # from now on only the streaming idle timeout applies
         self._last_activity = 0.0
@@ -245,12 +246,9 @@ class AgentConnection(asyncio.Protocol):
     # deadlines ----------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = asyncio.get_running_loop().call_later(seconds, self._deadline_passed)
+        self._deadline.start(seconds)
 
     def _deadline_passed(self) -> None:
-        self._deadline = None
         if self.transport is None:
             return
         if not self._streaming_started:
@@ -333,9 +331,7 @@ class AgentConnection(asyncio.Protocol):
             session.receive(head)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline.cancel()
         self.agent.connections.discard(self)
         if self.session is not None:
             self.session.close()
@@ -388,9 +384,7 @@ class AgentConnection(asyncio.Protocol):
                 request, self.request = self.request, None
                 assert request is not None
                 self._in_request = False
-                if self._deadline is not None:
-                    self._deadline.cancel()
-                    self._deadline = None
+                self._deadline.cancel()
                 try:
                     self._handle(request)
                 except Exception:

@@ -1,2 +1,2 @@
-"""asyncio pieces the runner and the agent share: read flow control, socket options,
-guarded tasks and the reused read buffer. Imports nothing of the project."""
+"""asyncio pieces the runner, the agent and upstream share: read flow control, socket options,
+guarded tasks, timers and the reused read buffer. Imports nothing of the project."""

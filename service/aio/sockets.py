@@ -1,4 +1,4 @@
-"""Socket options, in one place for the runner and the agent."""
+"""Socket options, in one place for the runner, the agent and upstream."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.aio.timer import Timer
 from service.api.problems import PROBLEM_JSON, problem_bytes
 
 __all__ = ["guarded_h11"]
@@ -24,18 +25,19 @@ class _GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_deadline = Timer(self._head_timed_out)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_deadline()
+        self._head_deadline.start(self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE and self._head_deadline is None:
-            self._arm_head_deadline()  # a new request begins: its head has a deadline
+        if self.conn.their_state is h11.IDLE and not self._head_deadline.pending:
+            # A new request begins: its head has a deadline.
+            self._head_deadline.start(self.header_timeout)
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
-            self._disarm_head_deadline()
+            self._head_deadline.cancel()
 
     def send_400_response(self, msg: str) -> None:
         # As every other error of the API: problem+json, not uvicorn's text/plain.
@@ -57,20 +59,10 @@ class _GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
+        self._head_deadline.cancel()
         super().connection_lost(exc)
 
-    def _arm_head_deadline(self) -> None:
-        self._disarm_head_deadline()
-        self._head_deadline = self.loop.call_later(self.header_timeout, self._head_timed_out)
-
-    def _disarm_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
-
     def _head_timed_out(self) -> None:
-        self._head_deadline = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 

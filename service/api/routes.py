@@ -98,15 +98,18 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 AUTH_PROBLEMS = (401, 503)
 
 
+#: The counters, in the order of `Counters` (and of the session's own counter fields).
+_COUNTER_FIELDS = tuple(Counters.model_fields)
+_counter_values = operator.attrgetter(*_COUNTER_FIELDS)
+
+
+def _counter_fields(counters: TrafficCounters) -> dict[str, Any]:
+    """The counters by field name: a port's `Counters`, or a session's own fields."""
+    return dict(zip(_COUNTER_FIELDS, _counter_values(counters), strict=True))
+
+
 def _counters(counters: TrafficCounters) -> Counters:
-    return Counters(
-        connections_active=counters.connections_active,
-        connections_total=counters.connections_total,
-        connection_errors=counters.connection_errors,
-        bytes_in=counters.bytes_in,
-        bytes_out=counters.bytes_out,
-        connections_refused=counters.connections_refused,
-    )
+    return Counters(**_counter_fields(counters))
 
 
 def to_public(session: ForwardSession) -> SessionPublic:
@@ -134,7 +137,6 @@ def to_public(session: ForwardSession) -> SessionPublic:
         )
         shown = remote_port or mapping.remote_name or "?"
         forwarding += [format_forwarding_lines(a, local_port, shown) for a in addresses]
-    counters = session.counters
     policy = session.policy
     return SessionPublic(
         id=spec.id,
@@ -150,12 +152,7 @@ def to_public(session: ForwardSession) -> SessionPublic:
         ready_since=session.ready_since,
         ports=ports,
         forwarding=forwarding,
-        connections_active=counters.connections_active,
-        connections_total=counters.connections_total,
-        connection_errors=counters.connection_errors,
-        bytes_in=counters.bytes_in,
-        bytes_out=counters.bytes_out,
-        connections_refused=counters.connections_refused,
+        **_counter_fields(session.counters),
         reconnects=session.reconnects,
         reconnect=ReconnectPublic(
             enabled=policy.reconnect,
@@ -266,10 +263,6 @@ async def list_sessions(supervisor: SupervisorDep, caller: CallerDep) -> Respons
 # ------------------------------------------------- the GET /sessions rendering
 # Each session's JSON is kept as a template with a %d per counter: only the counters
 # are rendered per request; the rest is rebuilt when anything else of the session changes.
-
-#: The counters, in the order of `Counters` (and of the session's own counter fields).
-_COUNTER_FIELDS = tuple(Counters.model_fields)
-_counter_values = operator.attrgetter(*_COUNTER_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,31 +519,46 @@ async def _event_stream(
         hub.unsubscribe(subscription)
 
 
-def _event_response(
-    hub: EventHub,
-    session_id: str | None,
-    header: int | None,
-    query: int | None,
-    settings: Settings,
-    caller: Caller,
-) -> EventStreamResponse:
-    if hub.subscribers >= settings.max_event_subscribers:
-        raise ProblemError(
-            429,
-            f"{hub.subscribers} event streams are open, the most allowed "
-            "(--max-event-subscribers): close one, or try again later",
-            {"Retry-After": "5"},
+class EventStreams:
+    """What both event routes take (a dependency): the hub, the limits, the caller and
+    where to resume; ``open`` answers with the stream."""
+
+    def __init__(
+        self,
+        supervisor: SupervisorDep,
+        settings: SettingsDep,
+        caller: CallerDep,
+        last_event_id: LastEventIdHeader = None,
+        last_event_id_query: LastEventIdQuery = None,
+    ) -> None:
+        self.hub = supervisor.events
+        self.settings = settings
+        self.caller = caller
+        self.last_event_id = last_event_id if last_event_id is not None else last_event_id_query
+
+    def open(self, session_id: str | None) -> EventStreamResponse:
+        """The events of ``session_id`` (None: of every session the caller may see)."""
+        hub, settings, caller = self.hub, self.settings, self.caller
+        if hub.subscribers >= settings.max_event_subscribers:
+            raise ProblemError(
+                429,
+                f"{hub.subscribers} event streams are open, the most allowed "
+                "(--max-event-subscribers): close one, or try again later",
+                {"Retry-After": "5"},
+            )
+        # Subscribed before the answer starts: nothing published from now on is missed.
+        owner = None if caller.sees_all else caller.user
+        subscription = hub.subscribe(session_id, self.last_event_id, owner)
+        keepalive = settings.sse_keepalive_seconds
+        return EventStreamResponse(
+            _event_stream(hub, subscription, keepalive),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            # Also when the stream never started (a client gone at once).
+            background=BackgroundTask(hub.unsubscribe, subscription),
         )
-    # Subscribed before the answer starts: nothing published from now on is missed.
-    owner = None if caller.sees_all else caller.user
-    subscription = hub.subscribe(session_id, header if header is not None else query, owner)
-    keepalive = settings.sse_keepalive_seconds
-    return EventStreamResponse(
-        _event_stream(hub, subscription, keepalive),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        # Also when the stream never started (a client gone at once).
-        background=BackgroundTask(hub.unsubscribe, subscription),
-    )
+
+
+EventStreamsDep = Annotated[EventStreams, Depends()]
 
 
 @router.get(
@@ -560,16 +568,8 @@ def _event_response(
     summary="Live events of every session (Server-Sent Events)",
     description=EVENTS_DOC,
 )
-async def all_events(
-    supervisor: SupervisorDep,
-    settings: SettingsDep,
-    caller: CallerDep,
-    last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
-) -> EventStreamResponse:
-    return _event_response(
-        supervisor.events, None, last_event_id, last_event_id_query, settings, caller
-    )
+async def all_events(streams: EventStreamsDep) -> EventStreamResponse:
+    return streams.open(None)
 
 
 @router.get(
@@ -579,17 +579,8 @@ async def all_events(
     summary="Live events of one session (Server-Sent Events)",
     description=EVENTS_DOC + "\n\nThe stream ends after the session's `deleted` event.",
 )
-async def session_events(
-    session: SessionDep,
-    supervisor: SupervisorDep,
-    settings: SettingsDep,
-    caller: CallerDep,
-    last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
-) -> EventStreamResponse:
-    return _event_response(
-        supervisor.events, session.spec.id, last_event_id, last_event_id_query, settings, caller
-    )
+async def session_events(session: SessionDep, streams: EventStreamsDep) -> EventStreamResponse:
+    return streams.open(session.spec.id)
 
 
 @router.get(

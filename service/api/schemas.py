@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.model import SessionStatus, Transport
+
+_TEN_YEARS = 10 * 365 * 86400
+
+
+def _seconds(floor: float, ceiling: float, description: str) -> Any:
+    """An optional duration in seconds, from ``floor`` to ``ceiling``; null by default."""
+    return Field(default=None, ge=floor, le=ceiling, description=description)
 
 
 class ReconnectPolicy(BaseModel):
@@ -26,11 +33,10 @@ class ReconnectPolicy(BaseModel):
         le=1_000_000,
         description="Consecutive failed dials before the session is `failed`; null: no limit.",
     )
-    max_backoff_seconds: float | None = Field(
-        default=None,
-        ge=1,
-        le=3600,
-        description="Cap of the exponential backoff (with jitter) between dials; "
+    max_backoff_seconds: float | None = _seconds(
+        1,
+        3600,
+        "Cap of the exponential backoff (with jitter) between dials; "
         "null: the service's default (30 s).",
     )
 
@@ -114,32 +120,28 @@ class SessionCreate(BaseModel):
     reconnect: ReconnectPolicy | None = Field(
         default=None, description="Reconnect policy; null: enabled, unlimited, 30 s backoff cap."
     )
-    keepalive_seconds: float | None = Field(
-        default=None,
-        ge=1,
-        le=3600,
-        description="Ping interval on the upstream connection; a peer that leaves 3 pings "
+    keepalive_seconds: float | None = _seconds(
+        1,
+        3600,
+        "Ping interval on the upstream connection; a peer that leaves 3 pings "
         "unanswered is dead and the session reconnects. Null: the service's default (5 s).",
     )
-    connect_wait_seconds: float | None = Field(
-        default=None,
-        ge=0,
-        le=3600,
-        description="How long a local connection accepted while the session is not `ready` "
+    connect_wait_seconds: float | None = _seconds(
+        0,
+        3600,
+        "How long a local connection accepted while the session is not `ready` "
         "waits for it before being closed. Null: the service's default (30 s).",
     )
-    ttl_seconds: float | None = Field(
-        default=None,
-        ge=1,
-        le=10 * 365 * 86400,
-        description="Stop the session this long after its creation (it then reads `stopped`, "
+    ttl_seconds: float | None = _seconds(
+        1,
+        _TEN_YEARS,
+        "Stop the session this long after its creation (it then reads `stopped`, "
         "listeners closed, until DELETE).",
     )
-    idle_timeout_seconds: float | None = Field(
-        default=None,
-        ge=1,
-        le=10 * 365 * 86400,
-        description="Stop the session once it has had no open local connection for this long.",
+    idle_timeout_seconds: float | None = _seconds(
+        1,
+        _TEN_YEARS,
+        "Stop the session once it has had no open local connection for this long.",
     )
     via: Via | None = Field(
         default=None,
@@ -148,11 +150,10 @@ class SessionCreate(BaseModel):
         "`ip/` and `host/` targets are dialled by the agent itself. Null: the service's "
         "default agent, if it has one, else the cluster.",
     )
-    channel_linger_seconds: float | None = Field(
-        default=None,
-        ge=0,
-        le=3600,
-        description="`ws-channel` only (v4 channels have no half-close): after a local client "
+    channel_linger_seconds: float | None = _seconds(
+        0,
+        3600,
+        "`ws-channel` only (v4 channels have no half-close): after a local client "
         "half-closes, the WebSocket stays open while the pod sends and is closed once the pod "
         "has been quiet this long. Null: the service's default (0.5 s).",
     )

@@ -15,7 +15,14 @@ from typing import Any
 
 from service.model import Transport
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "DEFAULT_SERVER", "KIND_WORDS", "add_parser", "run"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SERVER",
+    "KIND_WORDS",
+    "add_address_option",
+    "add_parser",
+    "run",
+]
 
 _USAGE = """\
   podgate sessions ls [-o wide|json|yaml|name]
@@ -58,6 +65,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def add_address_option(parser: argparse.ArgumentParser) -> None:
+    """``--address``, as `oc port-forward` has it (also `podgate forward`'s)."""
+    parser.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
+    )
+
+
 def add_parser(sub: Any) -> None:
     """Register ``podgate sessions`` on the ``podgate`` command's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
@@ -94,6 +111,13 @@ def add_parser(sub: Any) -> None:
     sessions.set_defaults(func=run)
     verbs = sessions.add_subparsers(dest="verb_given", required=True, metavar="COMMAND")
 
+    def add_verb(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A verb's parser, with the common options; ``args.verb`` is its name, whichever
+        alias was typed."""
+        parser: argparse.ArgumentParser = verbs.add_parser(name, parents=[common], **kwargs)
+        parser.set_defaults(verb=name)
+        return parser
+
     def output_option(parser: argparse.ArgumentParser, choices: Sequence[str]) -> None:
         parser.add_argument(
             "-o",
@@ -103,18 +127,15 @@ def add_parser(sub: Any) -> None:
             help=f"{', '.join(choices)} (default: a table)",
         )
 
-    ls = verbs.add_parser("ls", aliases=["list"], parents=[common], help="list the sessions")
+    ls = add_verb("ls", aliases=["list"], help="list the sessions")
     output_option(ls, ("wide", "json", "yaml", "name"))
-    ls.set_defaults(verb="ls")
 
-    get = verbs.add_parser("get", parents=[common], help="show sessions by name or id")
+    get = add_verb("get", help="show sessions by name or id")
     get.add_argument("refs", nargs="+", metavar="NAME|ID")
     output_option(get, ("wide", "json", "yaml", "name"))
-    get.set_defaults(verb="get")
 
-    create = verbs.add_parser(
+    create = add_verb(
         "create",
-        parents=[common],
         help="create a session; prints the `Forwarding from` lines like `oc port-forward`",
         description="TARGET: NAME, KIND/NAME (pod, svc, deploy, sts, rs; ip, host via an "
         "agent), NAMESPACE/NAME or "
@@ -130,12 +151,7 @@ def add_parser(sub: Any) -> None:
         choices=[t.value for t in Transport],
         help="how to reach the cluster (default auto)",
     )
-    create.add_argument(
-        "--address",
-        action="append",
-        default=[],
-        help="addresses to listen on, comma separated (default localhost: 127.0.0.1 and ::1)",
-    )
+    add_address_option(create)
     create.add_argument("--context", help="kubeconfig context of the server to use")
     create.add_argument(
         "--via",
@@ -161,18 +177,13 @@ def add_parser(sub: Any) -> None:
         help="how long --wait waits (default 30)",
     )
     output_option(create, ("json", "yaml", "name"))
-    create.set_defaults(verb="create")
 
-    rm = verbs.add_parser(
-        "rm", aliases=["delete"], parents=[common], help="delete sessions by name or id"
-    )
+    rm = add_verb("rm", aliases=["delete"], help="delete sessions by name or id")
     rm.add_argument("refs", nargs="*", metavar="NAME|ID")
     rm.add_argument("--all", action="store_true", help="delete every session you can see")
-    rm.set_defaults(verb="rm")
 
-    watch = verbs.add_parser(
+    watch = add_verb(
         "watch",
-        parents=[common],
         help="print a line per session change (GET /events) until Ctrl-C",
         description="Prints the current sessions, then one line per event. A dropped "
         "stream is resumed with Last-Event-ID; when the server no longer has the missed "
@@ -182,7 +193,6 @@ def add_parser(sub: Any) -> None:
     watch.add_argument(
         "-o", "--output", choices=("json",), default="table", help="json: one event per line"
     )
-    watch.set_defaults(verb="watch")
 
 
 async def run(args: argparse.Namespace) -> int:

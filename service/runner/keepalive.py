@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+
+from service.aio.timer import Timer
 
 MAX_MISSES = 3
 
@@ -25,22 +26,19 @@ class Keepalive:
         # reach us then, which says nothing about the peer.
         self._held = held
         self._misses = 0
-        self._handle: asyncio.TimerHandle | None = None
+        self._timer = Timer(self._tick)
 
     def start(self) -> None:
         if self.interval > 0:
-            self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+            self._timer.start(self.interval)
 
     def answered(self) -> None:
         self._misses = 0
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._timer.cancel()
 
     def _tick(self) -> None:
-        self._handle = None
         if self._held():
             self._misses = 0
         elif self._misses >= MAX_MISSES:

@@ -1,65 +1,33 @@
 """Dialing the cluster: kubeconfig / in-cluster credentials, TLS, GET pod, resolving a
 target (pod, service, deployment, …) to a pod, and the HTTP/1.1 SPDY upgrade. Imports only
-``service.protocols`` and ``service.ports`` of the project."""
+``service.protocols``, ``service.ports`` and ``service.aio`` of the project."""
 
-# Why first: registers kubernetes_asyncio without its ~800 generated model modules (+38 MB).
-from . import _k8s_lazy  # noqa: F401  (isort: keep before .cluster)
-from .cluster import DEFAULT_TIMEOUT, WATCH_TIMEOUT, Cluster, PodInfo, user_agent
-from .endpoint import Endpoint, auth_headers, build_ssl_context, portforward_url
-from .errors import (
-    PodNotFound,
-    PodNotRunning,
-    UpstreamError,
-    WatchExpired,
-    WatchRefused,
-    describe_http_error,
+# _k8s_lazy first: registers kubernetes_asyncio without its ~800 model modules (+38 MB).
+from . import (
+    _k8s_lazy,  # noqa: F401  (isort: keep before .cluster)
+    cluster,
+    endpoint,
+    errors,
+    resolve,
+    targets,
+    upgrade,
+    websocket,
 )
-from .resolve import (
-    InvalidTarget,
-    NoRunningPod,
-    PortNotFound,
-    Resolution,
-    ResolveError,
-    TargetNotFound,
-    UnsupportedProtocol,
-    resolve_target,
-)
-from .targets import Target, TargetError, parse_target
-from .upgrade import PORTFORWARD_PROTOCOL, SPDY_UPGRADE, UpgradedConnection, dial_spdy
-from .websocket import TunnelRefused, WebSocketConnection, set_nodelay
+from .cluster import *
+from .endpoint import *
+from .errors import *
+from .resolve import *
+from .targets import *
+from .upgrade import *
+from .websocket import *
 
+# One list of public names: each submodule's own ``__all__``.
 __all__ = [
-    "DEFAULT_TIMEOUT",
-    "PORTFORWARD_PROTOCOL",
-    "SPDY_UPGRADE",
-    "WATCH_TIMEOUT",
-    "Cluster",
-    "Endpoint",
-    "InvalidTarget",
-    "NoRunningPod",
-    "PodInfo",
-    "PodNotFound",
-    "PodNotRunning",
-    "PortNotFound",
-    "Resolution",
-    "ResolveError",
-    "Target",
-    "TargetError",
-    "TargetNotFound",
-    "TunnelRefused",
-    "UnsupportedProtocol",
-    "UpgradedConnection",
-    "UpstreamError",
-    "WatchExpired",
-    "WatchRefused",
-    "WebSocketConnection",
-    "auth_headers",
-    "build_ssl_context",
-    "describe_http_error",
-    "dial_spdy",
-    "parse_target",
-    "portforward_url",
-    "resolve_target",
-    "set_nodelay",
-    "user_agent",
+    *cluster.__all__,
+    *endpoint.__all__,
+    *errors.__all__,
+    *resolve.__all__,
+    *targets.__all__,
+    *upgrade.__all__,
+    *websocket.__all__,
 ]

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -264,30 +264,36 @@ class Cluster:
             raise UpstreamError(f"GET {url} returned a list without items", retryable=False)
         return [item for item in items if isinstance(item, dict)]
 
+    @contextlib.contextmanager
+    def _connect_errors(self, url: str, doing: str) -> Iterator[None]:
+        """The time-out (while ``doing``) and the connection failures of a request to
+        ``url`` as UpstreamErrors; other errors pass, for the caller to word."""
+        try:
+            yield
+        except TimeoutError:
+            raise UpstreamError(
+                f"timed out after {self._timeout:g} s {doing} {url}", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise describe_connect_error(exc.certificate_error, url) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise describe_connect_error(exc.os_error, url) from exc
+
     async def _request(
         self, url: str, path: str, limit: int, *, method: str = "GET", body: bytes | None = None
     ) -> tuple[int, str, bytes]:
         """``method path`` with get_pod's bounds and error mapping; ``(status, reason,
         body)`` for any HTTP answer (the body cut at ``limit``)."""
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._fresh_credentials()
-                timeout = aiohttp.ClientTimeout(total=self._timeout)
-                response = await self._send(method, path, timeout, body)
-                try:
-                    body = await _read_bounded(response.content, limit)
-                finally:
-                    response.release()
-        except UpstreamError:
-            raise
-        except TimeoutError:
-            raise UpstreamError(
-                f"timed out after {self._timeout:g} s on GET {url}", retryable=True
-            ) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise describe_connect_error(exc.certificate_error, url) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise describe_connect_error(exc.os_error, url) from exc
+            with self._connect_errors(url, "on GET"):
+                async with asyncio.timeout(self._timeout):
+                    await self._fresh_credentials()
+                    timeout = aiohttp.ClientTimeout(total=self._timeout)
+                    response = await self._send(method, path, timeout, body)
+                    try:
+                        body = await _read_bounded(response.content, limit)
+                    finally:
+                        response.release()
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"GET {url} failed: {_describe(exc)}", retryable=True) from exc
         except OSError as exc:
@@ -434,28 +440,21 @@ class Cluster:
         path = self._pods_path(namespace)
         url = f"{self.server}{path}?watch=true"
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._fresh_credentials()
-                query: dict[str, str] = {"allowWatchBookmarks": "true"}
-                if field_selector:
-                    query["fieldSelector"] = field_selector
-                if resource_version:
-                    query["resourceVersion"] = resource_version
-                query |= {"timeoutSeconds": str(timeout_seconds), "watch": "true"}
-                response = await self._get(
-                    path + "?" + urlencode(query),
-                    aiohttp.ClientTimeout(
-                        sock_connect=self._timeout, sock_read=timeout_seconds + self._timeout
-                    ),
-                )
-        except UpstreamError:
-            raise
-        except TimeoutError:
-            raise UpstreamError(
-                f"timed out after {self._timeout:g} s opening the watch {url}", retryable=True
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise describe_connect_error(exc.os_error, url) from exc
+            with self._connect_errors(url, "opening the watch"):
+                async with asyncio.timeout(self._timeout):
+                    await self._fresh_credentials()
+                    query: dict[str, str] = {"allowWatchBookmarks": "true"}
+                    if field_selector:
+                        query["fieldSelector"] = field_selector
+                    if resource_version:
+                        query["resourceVersion"] = resource_version
+                    query |= {"timeoutSeconds": str(timeout_seconds), "watch": "true"}
+                    response = await self._get(
+                        path + "?" + urlencode(query),
+                        aiohttp.ClientTimeout(
+                            sock_connect=self._timeout, sock_read=timeout_seconds + self._timeout
+                        ),
+                    )
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"watch {url} failed: {_describe(exc)}", retryable=True) from exc
         try:

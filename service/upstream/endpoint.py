@@ -1,13 +1,18 @@
-"""Pieces every dial needs, shared by the SPDY upgrade and a future WebSocket dial:
-the URL, the TLS context and the auth header, built from a kubernetes_asyncio Configuration
-exactly as its REST client does (protocols.md §6)."""
+"""Pieces every dial needs, shared by the SPDY upgrade and the WebSocket dials: the URL,
+the TLS context and the auth header, built from a kubernetes_asyncio Configuration
+exactly as its REST client does (protocols.md §6), the connection itself, and the
+protocol that waits for the upgrade's answer (``DialProtocol``)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import quote, urlsplit
+
+from service.aio.sockets import set_nodelay
 
 from .errors import UpstreamError
 
@@ -16,6 +21,7 @@ __all__ = [
     "auth_headers",
     "build_ssl_context",
     "describe_connect_error",
+    "open_transport",
     "portforward_url",
 ]
 
@@ -66,6 +72,73 @@ class Endpoint:
             host_header=parts.netloc.rpartition("@")[2],
             target=target,
         )
+
+
+async def open_transport(
+    endpoint: Endpoint,
+    factory: Callable[[], asyncio.BaseProtocol],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    deadline: float,
+) -> asyncio.Transport:
+    """Connect to ``endpoint`` (TLS for https and wss, its handshake bounded by ``deadline``
+    in ``loop.time()`` terms) with a protocol from ``factory``; errors propagate."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(
+        factory,
+        endpoint.host,
+        endpoint.port,
+        ssl=ssl_context if endpoint.tls else None,
+        server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
+        ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+    )
+    return transport
+
+
+T = TypeVar("T")
+
+
+class DialProtocol(asyncio.Protocol, Generic[T]):
+    """A dial's protocol until its upgrade is answered: sends ``_request()`` once
+    connected, resolves ``outcome`` or fails it (closing the transport), and records an
+    EOF or a loss that comes after the outcome, before the caller takes over."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.eof = False  # EOF seen after the outcome, before the hand-over
+        self.lost = False
+        self.lost_exc: Exception | None = None
+
+    def _request(self) -> bytes:
+        """What to send once connected."""
+        raise NotImplementedError
+
+    def _closed_early(self) -> UpstreamError:
+        """The error for a peer that closed the connection before the outcome."""
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(transport)
+        self.transport.write(self._request())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.lost_exc = True, exc
+        if not self.outcome.done():
+            if exc is not None and not isinstance(exc, ConnectionResetError | BrokenPipeError):
+                self._fail(describe_connect_error(exc, self.endpoint.url))
+            else:
+                self._fail(self._closed_early())
+
+    def _fail(self, error: UpstreamError) -> None:
+        if not self.outcome.done():
+            self.outcome.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
 
 
 def build_ssl_context(cfg: Any, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:

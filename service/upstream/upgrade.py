@@ -8,16 +8,13 @@ its own protocol; whatever was read past the 101 is handed over as ``leftover``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import h11
 
-from .endpoint import Endpoint, describe_connect_error
+from .endpoint import DialProtocol, Endpoint, describe_connect_error, open_transport
 from .errors import UpstreamError, describe_http_error
 
 __all__ = [
@@ -91,25 +88,18 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
     return ", ".join(v.decode("latin-1") for k, v in headers if k == name)
 
 
-class _UpgradeProtocol(asyncio.Protocol):
+class _UpgradeProtocol(DialProtocol[UpgradedConnection]):
     """Writes the upgrade request, parses the answer, resolves ``outcome``."""
 
     def __init__(
         self, endpoint: Endpoint, headers: Sequence[tuple[str, str]], max_body: int
     ) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint)
         self.max_body = max_body
         self.http = h11.Connection(h11.CLIENT)
         self.request = self._build_request(headers)
-        self.outcome: asyncio.Future[UpgradedConnection] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.transport: asyncio.Transport | None = None
         self.response: h11.Response | None = None
         self.body = bytearray()
-        self.eof = False  # EOF seen after the 101, before the hand-over
-        self.lost = False
-        self.lost_exc: Exception | None = None
 
     def _build_request(self, headers: Sequence[tuple[str, str]]) -> bytes:
         """The request kubectl sends (protocols.md §1.1), plus ``headers``."""
@@ -128,16 +118,10 @@ class _UpgradeProtocol(asyncio.Protocol):
         data = self.http.send(request) or b""
         return data + (self.http.send(h11.EndOfMessage()) or b"")
 
-    # -- asyncio callbacks ---------------------------------------------------
+    def _request(self) -> bytes:
+        return self.request
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.write(self.request)
+    # -- asyncio callbacks ---------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self.outcome.done():
@@ -154,12 +138,6 @@ class _UpgradeProtocol(asyncio.Protocol):
         self.http.receive_data(b"")
         self._drive()
         return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.lost_exc = exc
-        if not self.outcome.done():
-            self._fail(self._early_close_error(exc))
 
     # -- response handling ---------------------------------------------------
 
@@ -184,7 +162,7 @@ class _UpgradeProtocol(asyncio.Protocol):
                     if self.response is not None:
                         self._fail(self.http_error())
                     else:
-                        self._fail(self._early_close_error(None))
+                        self._fail(self._closed_early())
         except h11.RemoteProtocolError as exc:
             if self.response is not None:  # e.g. the body was cut short: report the status
                 self._fail(self.http_error())
@@ -242,19 +220,11 @@ class _UpgradeProtocol(asyncio.Protocol):
             f"unable to upgrade connection to {self.endpoint.url}: {text}{hint}", status=status
         )
 
-    def _early_close_error(self, exc: Exception | None) -> UpstreamError:
-        if exc is not None and not isinstance(exc, ConnectionResetError | BrokenPipeError):
-            return describe_connect_error(exc, self.endpoint.url)
+    def _closed_early(self) -> UpstreamError:
         return UpstreamError(
             f"{self.endpoint.url} closed the connection before answering the upgrade request",
             retryable=True,
         )
-
-    def _fail(self, error: UpstreamError) -> None:
-        if not self.outcome.done():
-            self.outcome.set_exception(error)
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def dial_spdy(
@@ -290,13 +260,12 @@ async def dial_spdy(
         if deadline is None:
             deadline = loop.time() + timeout
         async with asyncio.timeout_at(deadline):
-            await loop.create_connection(
+            await open_transport(
+                endpoint,
                 factory,
-                endpoint.host,
-                endpoint.port,
-                ssl=ssl_context if endpoint.tls else None,
-                server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
+                deadline=deadline,
             )
             assert dialer is not None
             stage = "waiting for the upgrade response from"

@@ -10,13 +10,12 @@ when the caller installs its own protocol.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from service.aio.sockets import set_nodelay
 from service.protocols.websocket import (
     ChannelClient,
     HandshakeAccepted,
@@ -25,8 +24,17 @@ from service.protocols.websocket import (
     WebSocketError,
 )
 
-from .endpoint import Endpoint, describe_connect_error
+from .endpoint import DialProtocol, Endpoint, describe_connect_error, open_transport
 from .errors import UpstreamError, describe_http_error
+
+__all__ = [
+    "TunnelRefused",
+    "WebSocketConnection",
+    "WsClient",
+    "connect_raw",
+    "dial_websocket",
+    "set_nodelay",
+]
 
 WsClient = TunnelClient | ChannelClient
 
@@ -57,31 +65,14 @@ class WebSocketConnection:
             self.transport.resume_reading()
 
 
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """TCP_NODELAY on a TCP transport (a no-op for others and on failure)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _HandshakeProtocol(asyncio.Protocol):
+class _HandshakeProtocol(DialProtocol[WebSocketConnection]):
     def __init__(self, endpoint: Endpoint, client: WsClient) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint)
         self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.outcome: asyncio.Future[WebSocketConnection] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.eof = False
-        self.lost = False
-        self.lost_exc: Exception | None = None
         self.answered = False  # some bytes of the answer arrived
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop: not a subclass
-        set_nodelay(transport)
-        self.transport.write(self.client.initiate())
+    def _request(self) -> bytes:
+        return self.client.initiate()
 
     def data_received(self, data: bytes) -> None:
         if not self.outcome.done():
@@ -95,14 +86,6 @@ class _HandshakeProtocol(asyncio.Protocol):
         if not self.outcome.done():
             self._fail(self._closed_early())
         return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost, self.lost_exc = True, exc
-        if not self.outcome.done():
-            if exc is not None and not isinstance(exc, ConnectionResetError | BrokenPipeError):
-                self._fail(describe_connect_error(exc, self.endpoint.url))
-            else:
-                self._fail(self._closed_early())
 
     def _closed_early(self) -> UpstreamError:
         when = "before finishing its answer to" if self.answered else "before answering"
@@ -142,12 +125,6 @@ class _HandshakeProtocol(asyncio.Protocol):
                 )
                 return
 
-    def _fail(self, error: UpstreamError) -> None:
-        if not self.outcome.done():
-            self.outcome.set_exception(error)
-        if self.transport is not None:
-            self.transport.close()
-
 
 async def _connect(
     endpoint: Endpoint,
@@ -157,16 +134,14 @@ async def _connect(
     server_hostname: str | None,
     deadline: float,
 ) -> asyncio.Transport:
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(deadline):
-            transport, _ = await loop.create_connection(
+            transport = await open_transport(
+                endpoint,
                 factory,
-                endpoint.host,
-                endpoint.port,
-                ssl=ssl_context if endpoint.tls else None,
-                server_hostname=(server_hostname or endpoint.host) if endpoint.tls else None,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001) if endpoint.tls else None,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
+                deadline=deadline,
             )
     except TimeoutError:
         raise UpstreamError(f"timed out connecting to {endpoint.url}", retryable=True) from None

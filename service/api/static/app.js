@@ -214,6 +214,18 @@ async function readEvents(body) {
   }
 }
 
+/** What `status` and `reconnect` events tell of a session: its field <- the event's key. */
+const EVENT_FIELDS = {
+  status: {
+    status: 'new',
+    last_error: 'last_error',
+    pod: 'pod',
+    transport: 'transport',
+    reconnects: 'reconnects',
+  },
+  reconnect: { reconnects: 'reconnects', pod: 'pod', transport: 'transport' },
+};
+
 function handleEvent(type, text) {
   let data;
   try {
@@ -230,19 +242,9 @@ function handleEvent(type, text) {
       refreshSoon();
       return;
     case 'status':
-      change(id, (session) => {
-        session.status = data.new;
-        session.last_error = data.last_error;
-        session.pod = data.pod;
-        session.transport = data.transport;
-        session.reconnects = data.reconnects;
-      });
-      return;
     case 'reconnect':
       change(id, (session) => {
-        session.reconnects = data.reconnects;
-        session.pod = data.pod;
-        session.transport = data.transport;
+        for (const [field, key] of Object.entries(EVENT_FIELDS[type])) session[field] = data[key];
       });
       return;
     case 'deleted':

@@ -5,55 +5,10 @@
 ``errors``; ``internals`` holds everything that reaches into h2 4.x's internals.
 """
 
-from .errors import PairLimitReached, PairProtocolError, PairRequestError, PairStateError
-from .events import (
-    ConnectionTerminated,
-    DataReceived,
-    Event,
-    PingAcknowledged,
-    StreamEnded,
-    StreamOpened,
-    StreamReplied,
-    StreamReset,
-    WindowOpened,
-)
-from .pairs import (
-    AGENT_KIND,
-    AGENT_PATH,
-    CONNECTION_WINDOW,
-    MAX_CONCURRENT_STREAMS,
-    MAX_FRAME_SIZE,
-    STREAM_WINDOW,
-    H2PairClient,
-    H2PairServer,
-    agent_identity,
-    parse_pair_path,
-    validate_pair_headers,
-)
+from . import errors, events, pairs
+from .errors import *
+from .events import *
+from .pairs import *
 
-__all__ = [
-    "AGENT_KIND",
-    "AGENT_PATH",
-    "CONNECTION_WINDOW",
-    "MAX_CONCURRENT_STREAMS",
-    "MAX_FRAME_SIZE",
-    "STREAM_WINDOW",
-    "ConnectionTerminated",
-    "DataReceived",
-    "Event",
-    "H2PairClient",
-    "H2PairServer",
-    "PairLimitReached",
-    "PairProtocolError",
-    "PairRequestError",
-    "PairStateError",
-    "PingAcknowledged",
-    "StreamEnded",
-    "StreamOpened",
-    "StreamReplied",
-    "StreamReset",
-    "WindowOpened",
-    "agent_identity",
-    "parse_pair_path",
-    "validate_pair_headers",
-]
+# One list of public names: each submodule's own ``__all__``.
+__all__ = [*errors.__all__, *events.__all__, *pairs.__all__]

@@ -2,11 +2,14 @@
 h2's events mapped to small frozen ones; all past tense, all immutable.
 
 The names are those of every protocol here (protocols.md, "Event names"), h2's own
-where it has one; codes from the wire are in ``error_code``."""
+where it has one; codes from the wire are in ``error_code``. ``StreamEnded``,
+``PingAcknowledged`` and ``ConnectionTerminated`` are shared, from ``protocols.events``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..events import ConnectionTerminated, PingAcknowledged, StreamEnded
 
 __all__ = [
     "ConnectionTerminated",
@@ -50,13 +53,6 @@ class DataReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamEnded:
-    """The peer half-closed the stream (END_STREAM)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
 class StreamReset:
     """The stream is gone: RST_STREAM(``error_code``) from the peer (``remote``), or h2
     reset it."""
@@ -72,23 +68,6 @@ class WindowOpened:
     stream's window (the peer's INITIAL_WINDOW_SIZE) grew: retry all blocked sends."""
 
     stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class PingAcknowledged:
-    """The peer acknowledged our ping carrying ``ping_data``."""
-
-    ping_data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionTerminated:
-    """The peer sent GOAWAY(``error_code``); streams above ``last_stream_id`` were not
-    processed. After a graceful one (``error_code`` 0) a client's streams up to it go on
-    to their end (drain)."""
-
-    error_code: int
-    last_stream_id: int
 
 
 Event = (

@@ -421,13 +421,8 @@ class SpdyConnection:
 
     def _on_data(self, frame: DataFrame, events: list[Event]) -> None:
         stream_id = frame.stream_id
-        stream = self._streams.get(stream_id)
+        stream = self._readable_stream(stream_id, "DATA", events)
         if stream is None:
-            if not self._was_opened(stream_id):
-                self._reject_unopened(stream_id, "DATA", events)
-            return  # else: in flight when we closed or reset it
-        if stream.remote_closed:
-            self._reject_after_fin(stream_id, "DATA", events)
             return
         events.append(DataReceived(stream_id, frame.data, frame.fin))
         if frame.fin:
@@ -459,10 +454,8 @@ class SpdyConnection:
             )
             return
         self._last_peer_id = stream_id
-        try:
-            headers = decode_header_block(block, FORBIDDEN_IN_SYN_STREAM)
-        except HeaderError as exc:
-            self._reject(exc.for_stream(stream_id), stream_id, events)
+        headers = self._decode(block, FORBIDDEN_IN_SYN_STREAM, stream_id, events)
+        if headers is None:
             return
         self._last_accepted_id = stream_id
         if not (frame.fin and frame.unidirectional):
@@ -474,10 +467,8 @@ class SpdyConnection:
     def _on_syn_reply(self, frame: SynReplyFrame, events: list[Event]) -> None:
         block = self._decompressor.decompress(frame.header_block)
         stream_id = frame.stream_id
-        stream = self._streams.get(stream_id)
+        stream = self._peer_stream(stream_id, "SYN_REPLY", events)
         if stream is None:
-            if not self._was_opened(stream_id):
-                self._reject_unopened(stream_id, "SYN_REPLY", events)
             return
         if stream_id & 1 != self._parity:
             self._reject(
@@ -499,10 +490,8 @@ class SpdyConnection:
         if stream.remote_closed:
             self._reject_after_fin(stream_id, "SYN_REPLY", events)
             return
-        try:
-            headers = decode_header_block(block, FORBIDDEN_IN_SYN_REPLY)
-        except HeaderError as exc:
-            self._reject(exc.for_stream(stream_id), stream_id, events)
+        headers = self._decode(block, FORBIDDEN_IN_SYN_REPLY, stream_id, events)
+        if headers is None:
             return
         stream.replied = True
         events.append(StreamReplied(stream_id, headers, frame.fin))
@@ -512,20 +501,13 @@ class SpdyConnection:
     def _on_headers(self, frame: HeadersFrame, events: list[Event]) -> None:
         block = self._decompressor.decompress(frame.header_block)
         stream_id = frame.stream_id
-        stream = self._streams.get(stream_id)
+        stream = self._readable_stream(stream_id, "HEADERS", events)
         if stream is None:
-            if not self._was_opened(stream_id):
-                self._reject_unopened(stream_id, "HEADERS", events)
-            return
-        if stream.remote_closed:
-            self._reject_after_fin(stream_id, "HEADERS", events)
             return
         # spdystream: request rules on even (server) streams, response rules on odd ones.
         forbidden = FORBIDDEN_IN_SYN_STREAM if stream_id & 1 == 0 else FORBIDDEN_IN_SYN_REPLY
-        try:
-            headers = decode_header_block(block, forbidden)
-        except HeaderError as exc:
-            self._reject(exc.for_stream(stream_id), stream_id, events)
+        headers = self._decode(block, forbidden, stream_id, events)
+        if headers is None:
             return
         events.append(HeadersReceived(stream_id, headers, frame.fin))
         if frame.fin:
@@ -554,6 +536,33 @@ class SpdyConnection:
                 stream_id=stream_id,
             )
         return stream
+
+    def _peer_stream(self, stream_id: int, what: str, events: list[Event]) -> _Stream | None:
+        """The stream a peer's frame (``what``) is for; None when it is gone (the frame was
+        in flight when we closed or reset it: dropped) or was never opened (rejected)."""
+        stream = self._streams.get(stream_id)
+        if stream is None and not self._was_opened(stream_id):
+            self._reject_unopened(stream_id, what, events)
+        return stream
+
+    def _readable_stream(self, stream_id: int, what: str, events: list[Event]) -> _Stream | None:
+        """``_peer_stream``, and None too (rejected) if the peer already sent its FIN."""
+        stream = self._peer_stream(stream_id, what, events)
+        if stream is not None and stream.remote_closed:
+            self._reject_after_fin(stream_id, what, events)
+            return None
+        return stream
+
+    def _decode(
+        self, block: bytes, forbidden: frozenset[str], stream_id: int, events: list[Event]
+    ) -> dict[str, str] | None:
+        """The peer's header block for ``stream_id``; None when it breaks a rule (the
+        stream is then rejected)."""
+        try:
+            return decode_header_block(block, forbidden)
+        except HeaderError as exc:
+            self._reject(exc.for_stream(stream_id), stream_id, events)
+            return None
 
     def _was_opened(self, stream_id: int) -> bool:
         """Whether ``stream_id`` was ever in use (ids only grow, so closed ones are below)."""

@@ -2,12 +2,14 @@
 
 The names are those of every protocol here (protocols.md, "Event names"): h2's
 ``DataReceived``, ``StreamEnded``, ``StreamReset``, ``ConnectionTerminated``, and
-``PingAcknowledged``; codes from the wire are in ``error_code``."""
+``PingAcknowledged``; codes from the wire are in ``error_code``. ``StreamEnded`` and
+``ConnectionTerminated`` are the classes h2 uses too, from ``protocols.events``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..events import ConnectionTerminated, StreamEnded
 from .errors import ProtocolError
 
 __all__ = [
@@ -59,13 +61,6 @@ class DataReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamEnded:
-    """The peer half-closed the stream; follows the event that carried FIN."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
 class StreamReset:
     """The peer sent RST_STREAM; the stream is gone. ``error_code`` is its status."""
 
@@ -85,15 +80,6 @@ class PingAcknowledged:
     """The peer echoed one of our pings."""
 
     ping_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionTerminated:
-    """The peer sent GOAWAY (``error_code`` is its status, ``last_stream_id`` its
-    last-good-stream-id); later bytes are ignored."""
-
-    error_code: int
-    last_stream_id: int
 
 
 @dataclass(frozen=True, slots=True)

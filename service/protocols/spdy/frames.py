@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import ClassVar, Final
 
 from .errors import FrameError
 
@@ -103,6 +103,12 @@ def _control_header(frame_type: int, flags: int, length: int) -> tuple[int, int]
     return _CTRL_WORD | frame_type, (flags << 24) | length
 
 
+def _two_words(frame_type: int, first: int, second: int) -> bytes:
+    """RST_STREAM, GOAWAY and WINDOW_UPDATE: the control header, then two 32-bit words."""
+    w0, w1 = _control_header(frame_type, 0, 8)
+    return _FOUR_WORDS.pack(w0, w1, first, second)
+
+
 def data_frame_header(stream_id: int, length: int, fin: bool) -> bytes:
     """The 8-byte DATA frame header; write it followed by ``length`` payload bytes."""
     if not 0 <= length <= MAX_FRAME_LENGTH:
@@ -142,29 +148,29 @@ class SynStreamFrame:
 
 
 @dataclass(frozen=True, slots=True)
-class SynReplyFrame:
+class _StreamHeadersFrame:
+    """The layout SYN_REPLY and HEADERS share: a stream id, then the header block."""
+
+    frame_type: ClassVar[FrameType]
     stream_id: int
     header_block: bytes
     fin: bool = False
 
     def serialize(self) -> bytes:
         w0, w1 = _control_header(
-            FrameType.SYN_REPLY, FLAG_FIN if self.fin else 0, 4 + len(self.header_block)
+            self.frame_type, FLAG_FIN if self.fin else 0, 4 + len(self.header_block)
         )
         return _SYN_REPLY.pack(w0, w1, self.stream_id) + self.header_block
 
 
 @dataclass(frozen=True, slots=True)
-class HeadersFrame:
-    stream_id: int
-    header_block: bytes
-    fin: bool = False
+class SynReplyFrame(_StreamHeadersFrame):
+    frame_type = FrameType.SYN_REPLY
 
-    def serialize(self) -> bytes:
-        w0, w1 = _control_header(
-            FrameType.HEADERS, FLAG_FIN if self.fin else 0, 4 + len(self.header_block)
-        )
-        return _SYN_REPLY.pack(w0, w1, self.stream_id) + self.header_block
+
+@dataclass(frozen=True, slots=True)
+class HeadersFrame(_StreamHeadersFrame):
+    frame_type = FrameType.HEADERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +179,7 @@ class RstStreamFrame:
     status: int
 
     def serialize(self) -> bytes:
-        w0, w1 = _control_header(FrameType.RST_STREAM, 0, 8)
-        return _FOUR_WORDS.pack(w0, w1, self.stream_id, self.status)
+        return _two_words(FrameType.RST_STREAM, self.stream_id, self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +214,7 @@ class GoAwayFrame:
     status: int = GoAwayStatus.OK
 
     def serialize(self) -> bytes:
-        w0, w1 = _control_header(FrameType.GOAWAY, 0, 8)
-        return _FOUR_WORDS.pack(w0, w1, self.last_good_stream_id, self.status)
+        return _two_words(FrameType.GOAWAY, self.last_good_stream_id, self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +223,7 @@ class WindowUpdateFrame:
     delta: int
 
     def serialize(self) -> bytes:
-        w0, w1 = _control_header(FrameType.WINDOW_UPDATE, 0, 8)
-        return _FOUR_WORDS.pack(w0, w1, self.stream_id, self.delta)
+        return _two_words(FrameType.WINDOW_UPDATE, self.stream_id, self.delta)
 
 
 Frame = (
@@ -311,10 +314,8 @@ def parse_frame(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[F
     elif frame_type == FrameType.SYN_REPLY or frame_type == FrameType.HEADERS:
         sid = _nonzero(_U32.unpack_from(buf, start)[0] & _ID_MASK, _TYPE_NAMES[frame_type])
         block = bytes(buf[start + 4 : end])
-        if frame_type == FrameType.SYN_REPLY:
-            frame = SynReplyFrame(sid, block, fin)
-        else:
-            frame = HeadersFrame(sid, block, fin)
+        kind = SynReplyFrame if frame_type == FrameType.SYN_REPLY else HeadersFrame
+        frame = kind(sid, block, fin)
     elif frame_type == FrameType.RST_STREAM:
         _, _, sid, status = _FOUR_WORDS.unpack_from(buf, offset)
         sid = _nonzero(sid & _ID_MASK, "RST_STREAM")

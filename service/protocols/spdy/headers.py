@@ -90,6 +90,19 @@ def encode_header_block(
     return block
 
 
+def _length_prefixed(block: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    """The bytes of the name or value (``what``) whose length is at ``pos``, and the
+    position after them."""
+    size = len(block)
+    if size - pos < 4:
+        raise CompressionError(f"header block truncated before a {what} length")
+    n = _U32.unpack_from(block, pos)[0]
+    pos += 4
+    if n > size - pos:
+        raise CompressionError(f"header block truncated inside a {what}")
+    return block[pos : pos + n], pos + n
+
+
 def decode_header_block(
     block: bytes, forbidden: frozenset[str] = FORBIDDEN_IN_SYN_STREAM
 ) -> dict[str, str]:
@@ -105,30 +118,17 @@ def decode_header_block(
     count = _U32.unpack_from(block, 0)[0]
     if count > MAX_HEADERS:
         raise HeaderError(f"{count} headers exceed the limit of {MAX_HEADERS}")
-    unpack = _U32.unpack_from
     headers: dict[str, str] = {}
     pos = 4
     for _ in range(count):
-        if size - pos < 4:
-            raise CompressionError("header block truncated before a name length")
-        n = unpack(block, pos)[0]
-        pos += 4
-        if n > size - pos:
-            raise CompressionError("header block truncated inside a name")
-        if n > MAX_HEADER_FIELD:
-            raise HeaderError(f"header name of {n} bytes exceeds {MAX_HEADER_FIELD}")
-        name = _text(block[pos : pos + n])
-        pos += n
-        if size - pos < 4:
-            raise CompressionError("header block truncated before a value length")
-        n = unpack(block, pos)[0]
-        pos += 4
-        if n > size - pos:
-            raise CompressionError("header block truncated inside a value")
-        if n > MAX_HEADER_FIELD:
+        raw, pos = _length_prefixed(block, pos, "name")
+        if len(raw) > MAX_HEADER_FIELD:
+            raise HeaderError(f"header name of {len(raw)} bytes exceeds {MAX_HEADER_FIELD}")
+        name = _text(raw)
+        raw, pos = _length_prefixed(block, pos, "value")
+        if len(raw) > MAX_HEADER_FIELD:
             raise HeaderError(f"value of header {name!r} exceeds {MAX_HEADER_FIELD} bytes")
-        value = _text(block[pos : pos + n])
-        pos += n
+        value = _text(raw)
         if name != name.lower():
             raise HeaderError(f"header name {name!r} is not lowercase")
         if name in headers:

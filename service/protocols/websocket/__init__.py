@@ -4,122 +4,22 @@
 protocols on top: ``tunnel`` (SPDY tunnelled in a WebSocket, protocols.md §3) and
 ``channel`` (v4 channels, §2)."""
 
-from .channel import (
-    MAX_MESSAGE_PAYLOAD,
-    V4_BASE64,
-    V4_BINARY,
-    V4_PROTOCOLS,
-    ChannelClient,
-    ChannelServer,
-    parse_ports_query,
-)
-from .connection import (
-    State,
-    WebSocketEndpoint,
-)
-from .errors import (
-    CLOSE_ABNORMAL,
-    CLOSE_INVALID_DATA,
-    CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_NO_STATUS,
-    CLOSE_NORMAL,
-    CLOSE_PROTOCOL_ERROR,
-    CLOSE_UNSUPPORTED_DATA,
-    ChannelError,
-    ChannelRequestError,
-    FrameError,
-    HandshakeError,
-    TunnelError,
-    WebSocketError,
-    WebSocketStateError,
-)
-from .events import (
-    ConnectionTerminated,
-    DataReceived,
-    ErrorTextReceived,
-    Event,
-    HandshakeAccepted,
-    HandshakeRejected,
-    HeaderList,
-    PingAcknowledged,
-    RequestReceived,
-)
-from .frames import (
-    OPCODE_BINARY,
-    OPCODE_TEXT,
-    Buffer,
-    FrameParser,
-    encode_message,
-    frame_header,
-    mask_payload,
-    message_pieces,
-)
-from .handshake import (
-    DEFAULT_MAX_REJECT_BODY,
-    WS_VERSION,
-    ClientHandshake,
-    ServerHandshake,
-    accept_response,
-    parse_upgrade_request,
-    reject_response,
-    select_subprotocol,
-)
-from .tunnel import (
-    SPDY_TUNNEL_PROTOCOL,
-    TunnelClient,
-    TunnelServer,
-)
+from . import channel, connection, errors, events, frames, handshake, tunnel
+from .channel import *
+from .connection import *
+from .errors import *
+from .events import *
+from .frames import *
+from .handshake import *
+from .tunnel import *
 
+# One list of public names: each submodule's own ``__all__``.
 __all__ = [
-    "CLOSE_ABNORMAL",
-    "CLOSE_INVALID_DATA",
-    "CLOSE_MESSAGE_TOO_BIG",
-    "CLOSE_NORMAL",
-    "CLOSE_NO_STATUS",
-    "CLOSE_PROTOCOL_ERROR",
-    "CLOSE_UNSUPPORTED_DATA",
-    "DEFAULT_MAX_REJECT_BODY",
-    "MAX_MESSAGE_PAYLOAD",
-    "OPCODE_BINARY",
-    "OPCODE_TEXT",
-    "SPDY_TUNNEL_PROTOCOL",
-    "V4_BASE64",
-    "V4_BINARY",
-    "V4_PROTOCOLS",
-    "WS_VERSION",
-    "Buffer",
-    "ChannelClient",
-    "ChannelError",
-    "ChannelRequestError",
-    "ChannelServer",
-    "ClientHandshake",
-    "ConnectionTerminated",
-    "DataReceived",
-    "ErrorTextReceived",
-    "Event",
-    "FrameError",
-    "FrameParser",
-    "HandshakeAccepted",
-    "HandshakeError",
-    "HandshakeRejected",
-    "HeaderList",
-    "PingAcknowledged",
-    "RequestReceived",
-    "ServerHandshake",
-    "State",
-    "TunnelClient",
-    "TunnelError",
-    "TunnelServer",
-    "WebSocketEndpoint",
-    "WebSocketError",
-    "WebSocketStateError",
-    "accept_response",
-    "encode_message",
-    "frame_header",
-    "mask_payload",
-    "message_pieces",
-    "parse_ports_query",
-    "parse_upgrade_request",
-    "reject_response",
-    "select_subprotocol",
+    *channel.__all__,
+    *connection.__all__,
+    *errors.__all__,
+    *events.__all__,
+    *frames.__all__,
+    *handshake.__all__,
+    *tunnel.__all__,
 ]

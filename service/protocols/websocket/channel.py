@@ -22,10 +22,10 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Unpack
 from urllib.parse import parse_qsl
 
-from .connection import WebSocketEndpoint
+from .connection import EndpointOptions, WebSocketEndpoint
 from .errors import (
     CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
@@ -111,13 +111,9 @@ class _ChannelEndpoint(WebSocketEndpoint):
         ports: Sequence[int],
         *,
         max_message: int,
-        request: RequestReceived | None = None,
-        trailing_data: bytes = b"",
-        max_reject_body: int = DEFAULT_MAX_REJECT_BODY,
+        **options: Unpack[EndpointOptions],
     ) -> None:
-        super().__init__(
-            client, request=request, trailing_data=trailing_data, max_reject_body=max_reject_body
-        )
+        super().__init__(client, **options)
         self.ports = _check_ports(ports)
         self.max_message = max_message
         self.base64 = False

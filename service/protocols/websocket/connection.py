@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import TypedDict
 
 from wsproto.frame_protocol import FrameProtocol
 
@@ -56,6 +57,14 @@ class State(enum.Enum):
     CLOSED = "closed"  # the peer's Close arrived (ours is sent or queued), or the EOF
     REJECTED = "rejected"  # the upgrade was refused, by either side
     FAILED = "failed"  # a violation; its error is raised again by every receive_data
+
+
+class EndpointOptions(TypedDict, total=False):
+    """``WebSocketEndpoint``'s keyword arguments, which subclasses pass through."""
+
+    request: RequestReceived | None
+    trailing_data: bytes
+    max_reject_body: int
 
 
 class WebSocketEndpoint:

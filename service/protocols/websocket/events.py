@@ -1,11 +1,13 @@
 """Events returned by the WebSocket endpoints (tunnel and channels); all past tense,
 all immutable. The names are those of the other protocols (``DataReceived``,
-``PingAcknowledged``, ``ConnectionTerminated``; protocols.md, "Event names")."""
+``PingAcknowledged``, ``ConnectionTerminated``; protocols.md, "Event names").
+``PingAcknowledged`` is h2's class, from ``protocols.events``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..events import PingAcknowledged
 from .errors import CLOSE_NORMAL
 
 __all__ = [
@@ -79,13 +81,6 @@ class ErrorTextReceived:
 
     port_index: int
     text: str
-
-
-@dataclass(frozen=True, slots=True)
-class PingAcknowledged:
-    """The peer answered a WebSocket ping (or sent an unsolicited pong)."""
-
-    ping_data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ open.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Unpack
 
-from .connection import WebSocketEndpoint
+from .connection import EndpointOptions, WebSocketEndpoint
 from .errors import CLOSE_UNSUPPORTED_DATA, TunnelError, WebSocketError
 from .events import DataReceived, RequestReceived
 from .frames import OPCODE_BINARY, Buffer, message_pieces
@@ -39,17 +39,8 @@ class _TunnelEndpoint(WebSocketEndpoint):
 
     _error_type = TunnelError
 
-    def __init__(
-        self,
-        client: bool,
-        *,
-        request: RequestReceived | None = None,
-        trailing_data: bytes = b"",
-        max_reject_body: int = DEFAULT_MAX_REJECT_BODY,
-    ) -> None:
-        super().__init__(
-            client, request=request, trailing_data=trailing_data, max_reject_body=max_reject_body
-        )
+    def __init__(self, client: bool, **options: Unpack[EndpointOptions]) -> None:
+        super().__init__(client, **options)
         self._chunks: list[Buffer] = []  # binary payloads of this call, coalesced
 
     def _on_message(self, data: Buffer | str, finished: bool) -> None:

@@ -14,7 +14,7 @@ from service.runner.local import LocalConnection
 if TYPE_CHECKING:
     from service.upstream import Cluster
 
-__all__ = ["Link", "LinkDialer", "LinkHooks"]
+__all__ = ["Link", "LinkDialer", "LinkHooks", "RetiringLink"]
 
 
 class Link(Protocol):
@@ -43,6 +43,34 @@ class Link(Protocol):
 
     def close(self) -> None:
         """End the link for good (the session stops): connections are closed."""
+
+
+class RetiringLink:
+    """``Link.retire`` for a link that carries several connections: it takes no new ones
+    and closes itself once the last open one has ended (``_close_if_retired``)."""
+
+    closed: bool
+    retiring: bool
+    lost_reason: str
+
+    def retire(self, reason: str) -> None:
+        if self.closed or self.retiring:
+            return
+        self.retiring = True
+        self.lost_reason = reason
+        self._close_if_retired()
+
+    def _close_if_retired(self) -> None:
+        """Call when a connection has ended: the last one of a retired link closes it."""
+        if self.retiring and not self._carrying():
+            self.close()
+
+    def _carrying(self) -> bool:
+        """Whether a connection is still open on the link."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

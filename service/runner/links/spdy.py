@@ -40,7 +40,7 @@ from service.protocols.spdy import (
     encode_header_block,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.links.base import LinkHooks
+from service.runner.links.base import LinkHooks, RetiringLink
 from service.runner.local import LocalConnection
 from service.upstream import Cluster, UpgradedConnection
 
@@ -106,7 +106,7 @@ class StreamPair:
         self.link.reads.unblock(self)
 
 
-class SpdyLink(SharedBufferReader):
+class SpdyLink(SharedBufferReader, RetiringLink):
     """One upgraded connection toward the cluster, multiplexing many `StreamPair`s.
 
     Buffered: the socket is read into `shared_read_buffer()` (see there why); inside a
@@ -171,13 +171,8 @@ class SpdyLink(SharedBufferReader):
             and not self.conn.goaway_sent
         )
 
-    def retire(self, reason: str) -> None:
-        if self.closed or self.retiring:
-            return
-        self.retiring = True
-        self.lost_reason = reason
-        if not self.pairs:
-            self.close()
+    def _carrying(self) -> bool:
+        return bool(self.pairs)
 
     # -------------------------------------------------------------- keepalive
 
@@ -431,8 +426,7 @@ class SpdyLink(SharedBufferReader):
             pair.local.abort()
         else:
             pair.local.close()
-        if self.retiring and not self.pairs:
-            self.close()  # the last pair of a retired link
+        self._close_if_retired()
 
     def _flush_soon(self) -> None:
         """Flush once the loop has run every callback of this I/O poll.

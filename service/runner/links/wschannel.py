@@ -27,7 +27,7 @@ from service.protocols.websocket import (
     ErrorTextReceived,
     WebSocketError,
 )
-from service.runner.links.base import LinkHooks
+from service.runner.links.base import LinkHooks, RetiringLink
 from service.runner.local import LocalConnection
 from service.upstream import Cluster, UpstreamError
 
@@ -179,7 +179,7 @@ class ChannelConnection(asyncio.Protocol):
             self.raw.close()
 
 
-class ChannelLink:
+class ChannelLink(RetiringLink):
     """A `Link` that opens a WebSocket per local connection."""
 
     kind = Transport.WS_CHANNEL
@@ -199,13 +199,8 @@ class ChannelLink:
     def usable(self) -> bool:
         return not self.closed and not self.retiring
 
-    def retire(self, reason: str) -> None:
-        if self.closed or self.retiring:
-            return
-        self.retiring = True
-        self.lost_reason = reason
-        if not self.connections:
-            self.close()
+    def _carrying(self) -> bool:
+        return bool(self.connections)
 
     def open_pair(self, local: LocalConnection) -> None:
         conn = ChannelConnection(self, local)
@@ -255,8 +250,7 @@ class ChannelLink:
         else:
             local.close()
         conn.close()
-        if self.retiring and not self.connections:
-            self.close()  # the last connection of a retired link
+        self._close_if_retired()
 
     def fail(self, reason: str) -> None:
         """Give up on this pod (it is gone, or refused us): close every connection."""
