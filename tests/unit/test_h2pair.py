@@ -16,6 +16,7 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived as H2DataReceived
 from h2.events import StreamEnded as H2StreamEnded
 from h2.settings import SettingCodes
+from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
 from service.protocols.h2 import (
     CONNECTION_WINDOW,
@@ -38,6 +39,7 @@ from service.protocols.h2 import (
     parse_pair_path,
     validate_pair_headers,
 )
+from service.protocols.h2.internals import FastDecoder, MemoEncoder
 from tests.support.splits import SPLIT_MODES, chunks_of, feed
 
 
@@ -599,6 +601,126 @@ def test_the_repr_counter_catches_plain_h2(repr_counter: dict[str, int]) -> None
         "serialize_body": 1,
         "_raw_data_repr": 1,
     }
+
+
+# ---------------------------------------------------------------- HPACK without the search
+
+_NAMES = [b":method", b":path", b"port", b"requestid", b"x-a", b"authorization", b"user-agent"]
+
+
+def _random_fields(rng: random.Random) -> list[tuple[bytes, bytes]]:
+    fields: list[tuple[bytes, bytes]] = []
+    for _ in range(rng.randint(0, 9)):
+        name = rng.choice(_NAMES)
+        value = rng.choice([b"", b"POST", b"8080", b"/v1/x", str(rng.randint(0, 30)).encode()])
+        if rng.random() < 0.05:
+            value = rng.randbytes(rng.choice([1, 130, 300]))  # multi-byte lengths
+        sensitive = rng.random() < 0.2
+        fields.append(NeverIndexedHeaderTuple(name, value) if sensitive else (name, value))
+    return fields
+
+
+def test_memo_encoder_encodes_as_hpack_and_keeps_the_same_table() -> None:
+    """Block after block (the same fields again and again, new ones, evictions, table
+    size changes from the peer), MemoEncoder's bytes are hpack's except never-indexed
+    literals (no Huffman), a stock decoder reads the same fields, and the tables agree."""
+    rng = random.Random(7)
+    ours, stock, decoder = MemoEncoder(), Encoder(), Decoder()
+    for i in range(3000):
+        if i % 500 == 499:
+            size = rng.choice([0, 60, 200, 4096])
+            ours.header_table_size = stock.header_table_size = size
+            decoder.max_allowed_table_size = max(size, decoder.max_allowed_table_size)
+        repeated: list[tuple[bytes, bytes]] = [(b":method", b"POST"), (b"port", b"80")]
+        fields = _random_fields(rng) if rng.random() < 0.3 else repeated
+        plain = [f for f in fields if not isinstance(f, NeverIndexedHeaderTuple)]
+        block = ours.encode(fields)
+        expected = stock.encode(fields)
+        if len(plain) == len(fields):
+            assert block == expected
+        assert [tuple(h) for h in decoder.decode(block, raw=True)] == [tuple(f) for f in fields]
+        assert ours.header_table.dynamic_entries == stock.header_table.dynamic_entries
+    assert ours._memo  # the memo was used
+
+
+def _stock_blocks(rng: random.Random) -> Iterator[bytes]:
+    encoder = Encoder()
+    for i in range(2000):
+        if i % 400 == 399:
+            encoder.header_table_size = rng.choice([0, 100, 4096])
+        yield encoder.encode(_random_fields(rng), huffman=rng.random() < 0.5)
+
+
+def test_fast_decoder_decodes_as_hpack() -> None:
+    """Blocks of every kind (indexed, literal with/without/never indexing, Huffman or
+    not, size updates, long strings) decode to the same fields, tables in step."""
+    rng = random.Random(11)
+    fast, stock = FastDecoder(), Decoder()
+    fast_calls = 0
+    for block in _stock_blocks(rng):
+        fast_calls += fast._decode_unchanging(block) is not None  # changes nothing
+        got, expected = fast.decode(block, raw=True), stock.decode(block, raw=True)
+        assert got == expected
+        assert [type(h) for h in got] == [type(h) for h in expected]
+        assert fast.header_table.dynamic_entries == stock.header_table.dynamic_entries
+    assert fast_calls > 100
+
+
+def test_fast_decoder_keeps_the_field_types() -> None:
+    encoder, fast, stock = Encoder(), FastDecoder(), Decoder()
+    warm = encoder.encode([(b"a", b"1")])
+    fast.decode(warm, raw=True)
+    stock.decode(warm, raw=True)
+    block = encoder.encode([(b"a", b"1"), NeverIndexedHeaderTuple(b"b", b"2")], huffman=False)
+    assert fast._decode_unchanging(block) is not None
+    got, expected = fast.decode(block, raw=True), stock.decode(block, raw=True)
+    assert got == expected
+    assert [type(h) for h in got] == [type(h) for h in expected]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_decoder_refuses_what_hpack_refuses(seed: int) -> None:
+    """Damaged blocks (cut short, bytes flipped, bad indexes, a size update after a
+    field, over the list size limit): the same fields or the same error as hpack, and the
+    same table afterwards."""
+    rng = random.Random(seed)
+    for block in _stock_blocks(rng):
+        fast, stock = FastDecoder(), Decoder()
+        fast.max_header_list_size = stock.max_header_list_size = rng.choice([100, 65536])
+        damaged = bytearray(block)
+        for _ in range(rng.randint(1, 3)):
+            if damaged:
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        for data in (bytes(damaged), block[: rng.randint(0, len(block))], b"\x80", b"\xff\x80"):
+            outcomes = []
+            for decoder in (fast, stock):
+                try:
+                    outcomes.append(decoder.decode(data, raw=True))
+                except HPACKError as exc:
+                    outcomes.append(type(exc))
+            assert outcomes[0] == outcomes[1]
+            assert fast.header_table.dynamic_entries == stock.header_table.dynamic_entries
+
+
+def test_pair_requests_take_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first pair, a pair's requests are encoded from the memo and decoded
+    without hpack's decoder."""
+    slow = {"decode": 0}
+    original = Decoder.decode
+
+    def counting(self: Decoder, data: bytes, raw: bool = False) -> object:
+        slow["decode"] += 1
+        return original(self, data, raw)
+
+    monkeypatch.setattr(Decoder, "decode", counting)
+    client, server = connected()
+    for request_id in range(50):
+        client.open_pair("default", "web-0", 8080, request_id, [("user-agent", "t")])
+    events = server.receive_data(client.data_to_send())
+    opened = [e for e in events if isinstance(e, StreamOpened)]
+    assert len(opened) == 100
+    assert [e.headers["requestid"] for e in opened[-2:]] == ["49", "49"]
+    assert slow["decode"] <= 2  # the first two requests add their fields to the table
 
 
 # h2 modules whose use ties us to h2 4.x (subclassed, or private): the h2>=4.4,<5 pin in
