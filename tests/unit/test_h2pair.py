@@ -6,6 +6,7 @@ import ast
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import hyperframe.frame
@@ -15,7 +16,10 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived as H2DataReceived
 from h2.events import StreamEnded as H2StreamEnded
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.exceptions import TooManyStreamsError
 from h2.settings import SettingCodes
+from h2.stream import H2Stream
 from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
 from service.protocols.h2 import (
@@ -39,7 +43,15 @@ from service.protocols.h2 import (
     parse_pair_path,
     validate_pair_headers,
 )
-from service.protocols.h2.internals import FastDecoder, MemoEncoder
+from service.protocols.h2.internals import (
+    _REQUEST_FLAGS,
+    Connection,
+    FastDecoder,
+    MemoEncoder,
+    PairStream,
+    _plain_request,
+    new_connection,
+)
 from tests.support.splits import SPLIT_MODES, chunks_of, feed
 
 
@@ -721,6 +733,197 @@ def test_pair_requests_take_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(opened) == 100
     assert [e.headers["requestid"] for e in opened[-2:]] == ["49", "49"]
     assert slow["decode"] <= 2  # the first two requests add their fields to the table
+
+
+# ---------------------------------------------------------------- HEADERS, lighter
+
+
+def _twins(client_side: bool, frame_size: int = 16384) -> tuple[Connection, Connection]:
+    """Two of our connections in the same state, the peer's SETTINGS received."""
+    pair = []
+    for _ in range(2):
+        conn = new_connection(
+            client_side,
+            max_concurrent_streams=100,
+            initial_window_size=65535,
+            max_frame_size=16384,
+            max_header_list_size=1 << 16,
+        )
+        conn.initiate_connection()
+        peer = H2Connection(H2Configuration(client_side=not client_side))
+        peer.initiate_connection()
+        peer.update_settings({SettingCodes.MAX_FRAME_SIZE: frame_size})
+        conn.receive_data(peer.data_to_send())  # a client peer's starts with the preface
+        conn.data_to_send()
+        pair.append(conn)
+    return pair[0], pair[1]
+
+
+def _stream_state(conn: Connection, sid: int) -> tuple[object, ...]:
+    stream = conn.streams[sid]
+    return (
+        stream.state_machine.state,
+        stream._authority,
+        stream.request_method,
+        conn.highest_outbound_stream_id,
+        conn.state_machine.state,
+    )
+
+
+def _send_both(
+    fast: Connection, stock: Connection, sid: int, fields: list[tuple[bytes, bytes]], end: bool
+) -> None:
+    outcomes = []
+    for conn, send in (
+        (fast, fast.send_headers),
+        (stock, partial(H2Connection.send_headers, stock)),
+    ):
+        try:
+            send(sid, fields, end_stream=end)
+            outcomes.append(conn.data_to_send())
+        except H2ProtocolError as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
+    if sid in fast.streams:
+        assert _stream_state(fast, sid) == _stream_state(stock, sid)
+
+
+_REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"a:1"),
+    (b":path", b"/v1/portforward/n/p"),
+    (b"streamtype", b"data"),
+    (b"port", b"80"),
+]
+
+
+def test_sent_headers_are_what_h2_sends() -> None:
+    """Requests (with END_STREAM or not, one frame or CONTINUATIONs past the peer's frame
+    size, never-indexed fields), responses and trailers: the same bytes, stream states and
+    errors as h2's own send_headers on a twin connection."""
+    fast, stock = _twins(client_side=True)
+    big = (b"x-big", b"v" * 40000)  # 3 frames of 16 KiB
+    requestid = NeverIndexedHeaderTuple(b"requestid", b"7")
+    for sid, fields, end in [
+        (1, _REQUEST, True),
+        (3, [*_REQUEST, requestid], False),
+        (5, [*_REQUEST, big], False),
+        (7, [(b":method", b"GET"), (b":authority", b"b"), (b":authority", b"c")], False),
+        (3, [(b"x-trailer", b"1")], False),  # trailers without END_STREAM: refused
+        (5, [(b"x-trailer", b"1")], True),
+        (1, _REQUEST, False),  # closed
+    ]:
+        _send_both(fast, stock, sid, fields, end)
+    server_fast, server_stock = _twins(client_side=False)
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.data_to_send()
+    for sid in (1, 3, 5, 7):
+        client.send_headers(sid, [(k.decode(), v.decode()) for k, v in _REQUEST])
+    wire = client.data_to_send()
+    server_fast.receive_data(wire)
+    server_stock.receive_data(wire)
+    for sid, fields, end in [
+        (1, [(b":status", b"200")], False),
+        (3, [(b":status", b"404"), (b"content-type", b"text/plain")], True),
+        (5, [(b":status", b"100")], False),  # informational: h2's own way
+        (5, [(b":status", b"200")], False),
+        (7, [(b":status", b"200"), big], True),
+        (1, [(b"x-trailer", b"1")], True),
+    ]:
+        _send_both(server_fast, server_stock, sid, fields, end)
+
+
+def test_too_many_streams_is_refused_by_send_headers() -> None:
+    fast, _ = _twins(client_side=True)
+    fast.remote_settings.acknowledge()  # nothing pending
+    fast.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1
+    fast.remote_settings.acknowledge()
+    fast.send_headers(1, _REQUEST)
+    with pytest.raises(TooManyStreamsError):
+        fast.send_headers(3, _REQUEST)
+
+
+_VALID_REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"agent:1"),
+    (b":path", b"/v1/portforward/n/p"),
+    (b"streamtype", b"data"),
+    (b"port", b"80"),
+    NeverIndexedHeaderTuple(b"requestid", b"1"),
+    (b"user-agent", b"podgate/1 (x)"),
+]
+
+
+def _variants() -> Iterator[list[tuple[bytes, bytes]]]:
+    """The pair request, and each way h2's inbound validation can refuse (or let through)
+    a request."""
+    yield list(_VALID_REQUEST)
+    rng = random.Random(3)
+    edits: list[Callable[[list[tuple[bytes, bytes]]], None]] = [
+        lambda f: f.append((b"X-Upper", b"1")),
+        lambda f: f.append((b"", b"1")),
+        lambda f: f.append((b"a b", b"1")),
+        lambda f: f.append((b"a:b", b"1")),
+        lambda f: f.append((b"\x7f", b"1")),
+        lambda f: f.append((b"te", b"trailers")),
+        lambda f: f.append((b"te", b"gzip")),
+        lambda f: f.append((b"connection", b"close")),
+        lambda f: f.append((b"keep-alive", b"1")),
+        lambda f: f.append((b"host", b"agent:1")),
+        lambda f: f.append((b"host", b"other")),
+        lambda f: f.append((b"cookie", b"a=1")),
+        lambda f: f.extend([(b"cookie", b"a=1"), (b"cookie", b"b=2")]),
+        lambda f: f.append((b"x", b"a\nb")),
+        lambda f: f.append((b"x", b"a\rb")),
+        lambda f: f.append((b"x", b"a\x00b")),
+        lambda f: f.append((b"x", b" a")),
+        lambda f: f.append((b"x", b"a\t")),
+        lambda f: f.append((b"x", b"")),
+        lambda f: f.append((b":path", b"/again")),
+        lambda f: f.append((b":status", b"200")),
+        lambda f: f.insert(0, (b":protocol", b"websocket")),
+        lambda f: f.insert(0, (b":custom", b"1")),
+        lambda f: f.insert(5, (b"x", b"1")) or f.insert(6, (b":method", b"GET")),
+        lambda f: f.__setitem__(0, (b":method", b"CONNECT")),
+        lambda f: f.__setitem__(3, (b":path", b"")),
+        lambda f: f.__setitem__(2, (b":authority", b" a")),
+        lambda f: f.pop(2),
+        lambda f: f.pop(1),
+        lambda f: f.pop(0),
+        lambda f: f.pop(3),
+        lambda f: f.append((b"x-\xff", b"1")),
+        lambda f: f.append((b"x", b"\xff\x01 ok")),
+    ]
+    for edit in edits:
+        fields = list(_VALID_REQUEST)
+        edit(fields)
+        yield fields
+    for _ in range(300):
+        fields = list(_VALID_REQUEST)
+        for edit in rng.sample(edits, rng.randint(1, 3)):
+            edit(fields)
+        yield fields
+
+
+def test_vouched_requests_are_what_h2_validation_accepts() -> None:
+    """For every variant, PairStream's result is h2's validation pipeline's result (the
+    same fields, or the same refusal), and the pair request takes the short way."""
+    config = H2Configuration(client_side=False, header_encoding=None)
+    ours, stock = PairStream(1, config, 65535, 65535), H2Stream(1, config, 65535, 65535)
+    for fields in _variants():
+        outcomes = []
+        for stream in (ours, stock):
+            try:
+                outcomes.append(
+                    stream._process_received_headers(list(fields), _REQUEST_FLAGS, None)
+                )
+            except H2ProtocolError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1], fields
+    assert _plain_request(list(_VALID_REQUEST))
 
 
 # h2 modules whose use ties us to h2 4.x (subclassed, or private): the h2>=4.4,<5 pin in

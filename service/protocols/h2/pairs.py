@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, cast
+from dataclasses import dataclass
+from typing import Final
 from urllib.parse import quote, unquote
 
 from h2.errors import ErrorCodes
@@ -296,6 +297,15 @@ class _PairEndpoint:
 # ---------------------------------------------------------------------- client
 
 
+@dataclass(frozen=True, slots=True)
+class _PairFields:
+    """A pair's request fields but the requestid: before it, and after it."""
+
+    error: tuple[tuple[bytes, bytes], ...]
+    data: tuple[tuple[bytes, bytes], ...]
+    extra: tuple[tuple[bytes, bytes], ...]
+
+
 class H2PairClient(_PairEndpoint):
     """The podgate side: opens a pair of streams per forwarded connection."""
 
@@ -310,6 +320,8 @@ class H2PairClient(_PairEndpoint):
         self.authority = authority
         self.scheme = scheme
         self._ping_counter = 0
+        # The fields of the requests that open pairs, as bytes, per target (see open_pair).
+        self._pair_fields: dict[tuple[object, ...], _PairFields] = {}
 
     def initiate(self) -> bytes:
         """Preface, SETTINGS and the connection WINDOW_UPDATE (h2c prior knowledge, or
@@ -348,27 +360,43 @@ class H2PairClient(_PairEndpoint):
         if not self.can_open_pair():
             limit = conn.remote_settings.max_concurrent_streams
             raise PairLimitReached(f"the agent allows {limit} concurrent streams")
-        path = f"{PATH_PREFIX}{quote(namespace, safe='')}/{quote(pod, safe='')}"
-        base = [
-            (":method", "POST"),
-            (":scheme", self.scheme),
-            (":authority", self.authority),
-            (":path", path),
-        ]
+        fields = self._fields_for(namespace, pod, port, extra_headers)
         # A new value per pair: never indexed, so it does not churn the HPACK table.
-        tail: list[tuple[str, str]] = [
-            ("port", str(port)),
-            cast(tuple[str, str], NeverIndexedHeaderTuple("requestid", str(request_id))),
-        ]
-        tail.extend((k.lower(), v) for k, v in extra_headers)
+        request = NeverIndexedHeaderTuple(b"requestid", str(request_id).encode())
         try:
             error_id = conn.get_next_available_stream_id()
-            conn.send_headers(error_id, [*base, ("streamtype", "error"), *tail], end_stream=True)
+            conn.send_headers(error_id, [*fields.error, request, *fields.extra], end_stream=True)
             data_id = conn.get_next_available_stream_id()
-            conn.send_headers(data_id, [*base, ("streamtype", "data"), *tail])
+            conn.send_headers(data_id, [*fields.data, request, *fields.extra])
         except H2ProtocolError as exc:
             raise PairStateError(f"cannot open a stream pair: {exc}") from exc
         return error_id, data_id
+
+    def _fields_for(
+        self, namespace: str, pod: str, port: int, extra_headers: Sequence[tuple[str, str]]
+    ) -> _PairFields:
+        """The request fields of a pair but its requestid, built once per target: in
+        bytes, which h2 would otherwise encode (and the path quote) for every stream."""
+        key = (namespace, pod, port, *extra_headers)
+        fields = self._pair_fields.get(key)
+        if fields is None:
+            path = f"{PATH_PREFIX}{quote(namespace, safe='')}/{quote(pod, safe='')}"
+            base = [
+                (b":method", b"POST"),
+                (b":scheme", self.scheme.encode()),
+                (b":authority", self.authority.encode()),
+                (b":path", path.encode()),
+            ]
+            port_field = (b"port", str(port).encode())
+            fields = _PairFields(
+                error=(*base, (b"streamtype", b"error"), port_field),
+                data=(*base, (b"streamtype", b"data"), port_field),
+                extra=tuple((k.lower().encode(), v.encode()) for k, v in extra_headers),
+            )
+            if len(self._pair_fields) >= 256:  # many targets: a bound, not a cache policy
+                self._pair_fields.clear()
+            self._pair_fields[key] = fields
+        return fields
 
     def query_agent(self, extra_headers: Sequence[tuple[str, str]] = ()) -> int:
         """Open the handshake stream (``GET AGENT_PATH``, END_STREAM); return its id. The
@@ -425,10 +453,10 @@ class H2PairServer(_PairEndpoint):
         headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Response HEADERS (the SYN_REPLY equivalent when ``status`` is 200)."""
+        fields = [(b":status", str(status).encode())]
+        fields.extend((k.encode(), v.encode()) for k, v in headers)
         try:
-            self._conn.send_headers(
-                stream_id, [(":status", str(status)), *headers], end_stream=end_stream
-            )
+            self._conn.send_headers(stream_id, fields, end_stream=end_stream)
         except H2ProtocolError as exc:
             raise PairStateError(f"cannot respond on stream {stream_id}: {exc}") from exc
 
