@@ -15,6 +15,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived as H2DataReceived
+from h2.events import RequestReceived
 from h2.events import StreamEnded as H2StreamEnded
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import TooManyStreamsError
@@ -843,6 +844,66 @@ def test_too_many_streams_is_refused_by_send_headers() -> None:
     fast.send_headers(1, _REQUEST)
     with pytest.raises(TooManyStreamsError):
         fast.send_headers(3, _REQUEST)
+
+
+def test_end_stream_is_what_h2_sends() -> None:
+    fast, stock = _twins(client_side=True)
+    for conn in (fast, stock):
+        conn.send_headers(1, _REQUEST)
+        conn.send_headers(3, _REQUEST, end_stream=True)
+        conn.data_to_send()
+    h2_own = partial(H2Connection.end_stream, stock)
+    for sid in (1, 1, 3, 5):  # open, already ended, ended by its HEADERS, unknown
+        outcomes: list[object] = []
+        for conn, end in ((fast, fast.end_stream), (stock, h2_own)):
+            try:
+                end(sid)
+                outcomes.append(b"".join(conn.take_output()))
+            except H2ProtocolError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1]
+        if sid in fast.streams:
+            assert _stream_state(fast, sid) == _stream_state(stock, sid)
+
+
+def _headers_frame(sid: int, block: bytes, flags: set[str], pad: int = 0) -> bytes:
+    frame = hyperframe.frame.HeadersFrame(sid, block)
+    for flag in flags:
+        frame.flags.add(flag)
+    if pad:
+        frame.flags.add("PADDED")
+        frame.pad_length = pad
+    if "PRIORITY" in flags:
+        frame.depends_on, frame.stream_weight = 0, 15
+    return frame.serialize()
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_received_headers_frames_are_read_as_h2_reads_them(mode: str) -> None:
+    """HEADERS of every shape (END_STREAM, CONTINUATION, PRIORITY, PADDED), cut anywhere:
+    our server's events carry what a stock h2 server's do."""
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    wire = client.data_to_send()
+    encoder = Encoder()
+    request = [(k.decode(), v.decode()) for k, v in _REQUEST]
+    client.send_headers(1, request, end_stream=True)
+    client.send_headers(3, [*request, ("x-big", "v" * 40000)])  # HEADERS + CONTINUATIONs
+    wire += client.data_to_send()
+    encoder.header_table = client.encoder.header_table  # go on with the client's context
+    block = encoder.encode(request)
+    wire += _headers_frame(5, block, {"END_HEADERS", "PRIORITY"})
+    wire += _headers_frame(7, encoder.encode(request), {"END_HEADERS", "END_STREAM"}, pad=9)
+    wire += _headers_frame(9, encoder.encode(request), {"END_HEADERS"}, pad=1)
+    ours, stock = H2PairServer(), H2Connection(H2Configuration(client_side=False))
+    stock.initiate_connection()
+    got = [e for e in feed(ours.receive_data, wire, mode) if isinstance(e, StreamOpened)]
+    expected = [e for e in stock.receive_data(wire) if isinstance(e, RequestReceived)]
+    assert [(e.stream_id, e.end_stream) for e in got] == [
+        (e.stream_id, e.stream_ended is not None) for e in expected
+    ]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.headers == {k.decode(): v.decode() for k, v in theirs.headers}
 
 
 _VALID_REQUEST = [

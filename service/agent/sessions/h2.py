@@ -122,6 +122,9 @@ class H2Session(PairedSession[H2Pair]):
         self._last_stream_id = 0  # highest client stream seen: the GOAWAY last-stream-id
         self._flush_pending = False
         self._unflushed = 0  # pod payload bytes queued since the last write
+        # Pairs whose pod output waits for window (an ordered set): what a connection-wide
+        # WINDOW_UPDATE may unblock, without walking every pair.
+        self._stalled: dict[H2Pair, None] = {}
 
     def start(self, how: str) -> None:
         log.info("http/2 connection (%s) from %s", how, self.transport.get_extra_info("peername"))
@@ -289,7 +292,7 @@ class H2Session(PairedSession[H2Pair]):
 
     def _window_opened(self, sid: int) -> None:
         if sid == 0:
-            pairs = [p for p in self.pairs.values() if p.outq or (p.pod_eof and not p.end_sent)]
+            pairs = list(self._stalled)
         else:
             found = self.by_stream.get(sid)
             pairs = [found] if found is not None else []
@@ -383,9 +386,11 @@ class H2Session(PairedSession[H2Pair]):
                 outq.popleft()
             if outq:
                 # Window closed: stop reading this pod until the client opens it.
+                self._stalled[pair] = None
                 if pair.pod is not None:
                     pair.pod.transport.pause_reading()
                 return
+            self._stalled.pop(pair, None)
             if pair.pod_eof:
                 if not pair.end_sent:
                     pair.end_sent = True
@@ -441,6 +446,7 @@ class H2Session(PairedSession[H2Pair]):
         # Bytes we will never write still count against the connection window.
         self._ack(pair)
         pair.outq.clear()
+        self._stalled.pop(pair, None)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -131,22 +131,30 @@ def _quiet_repr(frame: Frame) -> str:
     )
 
 
+class QuietHeadersFrame(HeadersFrame):
+    """A received HEADERS frame whose repr neither hex-encodes the block nor sorts flags."""
+
+    __repr__ = _quiet_repr
+
+
 #: Every other frame type h2 dispatches on -> its subclass with a cheap repr.
 _QUIET: Final[dict[type[Frame], type[Frame]]] = {
-    cls: type(f"Quiet{cls.__name__}", (cls,), {"__repr__": _quiet_repr})
-    for cls in (
-        HeadersFrame,
-        PushPromiseFrame,
-        SettingsFrame,
-        WindowUpdateFrame,
-        PingFrame,
-        RstStreamFrame,
-        PriorityFrame,
-        GoAwayFrame,
-        ContinuationFrame,
-        AltSvcFrame,
-        ExtensionFrame,
-    )
+    HeadersFrame: QuietHeadersFrame,
+    **{
+        cls: type(f"Quiet{cls.__name__}", (cls,), {"__repr__": _quiet_repr})
+        for cls in (
+            PushPromiseFrame,
+            SettingsFrame,
+            WindowUpdateFrame,
+            PingFrame,
+            RstStreamFrame,
+            PriorityFrame,
+            GoAwayFrame,
+            ContinuationFrame,
+            AltSvcFrame,
+            ExtensionFrame,
+        )
+    },
 }
 
 
@@ -174,8 +182,12 @@ _QUIET: Final[dict[type[Frame], type[Frame]]] = {
 
 _FRAME_HEADER: Final = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, id
 _DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
+_END_HEADERS: Final = 0x4
 _PADDED: Final = 0x8
+_PRIORITY: Final = 0x20
 
 
 class FrameBufferOverChunks(FrameBuffer):
@@ -253,6 +265,12 @@ class FrameBufferOverChunks(FrameBuffer):
             if flags & _END_STREAM:
                 frame.flags.add("END_STREAM")
             frame.data = cast(bytes, body)  # a view is fine: h2 only takes its len()
+            frame.body_len = length
+        elif kind == _HEADERS and stream_id and not flags & (_PADDED | _PRIORITY):
+            # What hyperframe's parse_frame_header + parse_body make of it, directly.
+            frame = QuietHeadersFrame(stream_id)
+            frame.parse_flags(flags)
+            frame.data = bytes(body)
             frame.body_len = length
         else:
             frame = self._parse(header, body)
@@ -463,9 +481,6 @@ def _string(data: bytes, i: int) -> tuple[bytes, int]:
 # values free of NUL/CR/LF and surrounding whitespace. For those h2's pipeline returns the
 # fields as they are; any other block goes through the pipeline as before.
 
-_CONTINUATION: Final = 0x9
-_HEADERS: Final = 0x1
-_END_HEADERS: Final = 0x4
 _REQUEST_FLAGS: Final = HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
 )
@@ -652,6 +667,13 @@ class Connection(H2Connection):
             out += piece
             kind, flags = _CONTINUATION, 0
         return None
+
+    def end_stream(self, stream_id: int) -> None:
+        """h2's end_stream (an empty DATA frame with END_STREAM), without frame objects."""
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream = self._get_stream_by_id(stream_id)
+        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        self._data_to_send += _FRAME_HEADER.pack(0, 0, _DATA, _END_STREAM, stream_id)
 
     def queue_data(self, stream_id: int, view: memoryview) -> None:
         """Queue all of ``view`` as DATA frames (no padding, no END_STREAM); the caller

@@ -110,6 +110,9 @@ class H2Link(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.pairs: dict[int, H2Pair] = {}
         self._waiting: deque[LocalConnection] = deque()  # accepted at the stream limit
+        # Pairs whose local bytes wait for window (an ordered set): what a connection-wide
+        # WINDOW_UPDATE may unblock, without walking every pair.
+        self._stalled: dict[H2Pair, None] = {}
         self._next_request_id = 0
         self._write_paused = False
         self._flush_pending = False
@@ -284,8 +287,10 @@ class H2Link(asyncio.Protocol):
                 sent = len(chunk)  # the stream is gone; its end is reported by events
             if sent < len(chunk):
                 backlog[0] = memoryview(chunk)[sent:]
+                self._stalled[pair] = None
                 return False
             backlog.popleft()
+        self._stalled.pop(pair, None)
         return True
 
     def local_eof(self, pair: H2Pair) -> None:
@@ -415,7 +420,7 @@ class H2Link(asyncio.Protocol):
         self._finish(pair, abort_local=True)
 
     def _window_opened(self, sid: int) -> None:
-        targets = set(self.pairs.values()) if sid == 0 else {self.pairs.get(sid)}
+        targets = list(self._stalled) if sid == 0 else [self.pairs.get(sid)]
         for pair in targets:
             if pair is None or pair.done or not pair.backlog:
                 continue
@@ -434,6 +439,7 @@ class H2Link(asyncio.Protocol):
         if pair.done:
             return
         pair.done = True
+        self._stalled.pop(pair, None)
         assert self.client is not None
         for sid in (pair.data_sid, pair.error_sid):
             if self.client.can_send(sid):
@@ -499,6 +505,7 @@ class H2Link(asyncio.Protocol):
             pair.local.counters.connections_active -= 1
             pair.local.reset()  # data may be missing: a reset, not a clean end
         self.pairs.clear()
+        self._stalled.clear()
         while self._waiting:
             self._waiting.popleft().abort()
         if self.transport is not None:
