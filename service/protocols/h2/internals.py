@@ -249,16 +249,30 @@ class FrameBufferOverChunks(FrameBuffer):
     def __next__(self) -> Frame:
         if self._size < 9:
             raise StopIteration
-        header = self._peek(9)
-        length = int.from_bytes(header[:3], "big")
+        parts = self._parts
+        first = parts[0]
+        fields = _FRAME_HEADER.unpack_from(first if len(first) >= 9 else self._peek(9))
+        high, low, kind, flags, raw_id = fields
+        length = high << 8 | low
         # Checked before the body arrives, so a peer cannot make us buffer a huge frame.
         self._validate_frame_length(length)
-        if self._size < 9 + length:
+        end = 9 + length
+        if self._size < end:
             raise StopIteration
-        self._take(9)
-        body = self._take(length)
-        kind, flags = header[3], header[4]
-        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        body: Buffer
+        if len(first) >= end:  # the whole frame in the first chunk: the usual case
+            self._size -= end
+            if len(first) == end:
+                parts.popleft()
+            else:
+                parts[0] = first[end:]
+            piece = first[9:end]
+            # As in _take: a view only for at least half of its read.
+            body = piece if 2 * length >= len(cast(bytes, piece.obj)) else piece.tobytes()
+        else:
+            self._take(9)
+            body = self._take(length)
+        stream_id = raw_id & 0x7FFFFFFF
         frame: Frame
         if kind == _DATA and stream_id and not flags & _PADDED:
             frame = QuietDataFrame(stream_id)
@@ -273,7 +287,7 @@ class FrameBufferOverChunks(FrameBuffer):
             frame.data = bytes(body)
             frame.body_len = length
         else:
-            frame = self._parse(header, body)
+            frame = self._parse(_FRAME_HEADER.pack(*fields), body)
         new_frame = self._update_header_buffer(frame)
         return new_frame if new_frame is not None else self.__next__()
 
