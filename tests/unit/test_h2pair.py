@@ -180,6 +180,32 @@ def test_data_both_ways_and_half_close(mode: str) -> None:
         client.end_stream(data_id)
 
 
+def test_released_streams_are_forgotten_once_closed() -> None:
+    """release() drops closed streams at once (h2 would at its next count of the open
+    streams) and keeps open ones."""
+    client, server, error_id, data_id, _ = opened_pair()
+    server.respond(error_id, 200)
+    server.respond(data_id, 200)
+    client.receive_data(server.data_to_send())
+    client.end_stream(data_id)
+    server.receive_data(client.data_to_send())
+    server.release(error_id, data_id)  # both still open on the agent's side
+    assert set(server._conn.streams) == {error_id, data_id}
+    server.end_stream(data_id)
+    server.end_stream(error_id)
+    server.release(error_id, data_id)
+    assert server._conn.streams == {}
+    client.receive_data(server.data_to_send())
+    client.release(error_id, data_id)
+    assert client._conn.streams == {}
+    # Forgotten as h2 forgets them: how each closed is remembered, sending is refused.
+    assert set(client._conn._closed_streams) >= {error_id, data_id}
+    assert not client.can_send(data_id)
+    with pytest.raises(PairStateError):
+        client.end_stream(data_id)
+    assert client.can_open_pair()
+
+
 @pytest.mark.parametrize("direction", ["up", "down"])
 def test_flow_control_bounds_sends_and_acknowledge_releases_more(direction: str) -> None:
     client, server, _, data_id, _ = opened_pair()

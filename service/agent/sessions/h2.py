@@ -447,6 +447,7 @@ class H2Session(PairedSession[H2Pair]):
         self._ack(pair)
         pair.outq.clear()
         self._stalled.pop(pair, None)
+        self.h2.release(*(sid for sid in (pair.data_sid, pair.error_sid) if sid is not None))
 
     # ------------------------------------------------------------ lifecycle
 

@@ -448,6 +448,7 @@ class H2Link(asyncio.Protocol):
             self.pairs.pop(sid, None)
         if pair.unacked:
             self.client.acknowledge(pair.data_sid, pair.unacked)
+        self.client.release(pair.data_sid, pair.error_sid)
         pair.local.counters.connections_active -= 1
         if abort_local:
             pair.local.abort()
