@@ -125,6 +125,9 @@ class H2Session(PairedSession[H2Pair]):
         # Pairs whose pod output waits for window (an ordered set): what a connection-wide
         # WINDOW_UPDATE may unblock, without walking every pair.
         self._stalled: dict[H2Pair, None] = {}
+        # The client's payloads of one read, per pair: each pod socket gets one write (and
+        # each stream one acknowledgement) per read, not one per DATA frame.
+        self._held: dict[H2Pair, list[bytes | memoryview]] = {}
 
     def start(self, how: str) -> None:
         log.info("http/2 connection (%s) from %s", how, self.transport.get_extra_info("peername"))
@@ -146,9 +149,12 @@ class H2Session(PairedSession[H2Pair]):
             if self._closed:
                 return
             try:
-                if isinstance(event, DataReceived):
+                if type(event) is DataReceived:
                     self._data(event)
-                elif isinstance(event, StreamOpened):
+                    continue
+                if self._held:
+                    self._write_held()  # keep order: data reaches the pod before its EOF
+                if isinstance(event, StreamOpened):
                     self._stream_opened(event)
                 elif isinstance(event, StreamEnded):
                     self._data_ended(event.stream_id)
@@ -165,6 +171,8 @@ class H2Session(PairedSession[H2Pair]):
                 # A stream in a state we did not expect (e.g. reset while we answered):
                 # it concerns that stream only.
                 log.info("http/2 stream state: %s", exc)
+        if self._held:
+            self._write_held()
         self.flush()
 
     def client_eof(self) -> None:
@@ -262,10 +270,26 @@ class H2Session(PairedSession[H2Pair]):
             if event.data:
                 pair.pending.append(event.data)  # bounded by the stream window
             return
+        chunks = self._held.get(pair)
+        if chunks is None:
+            chunks = self._held[pair] = []
         if event.data:
-            pod.transport.write(event.data)
-        if not pod.write_paused:
-            self._ack(pair)
+            chunks.append(event.data)
+
+    def _write_held(self) -> None:
+        """Write what this read brought for each pod; acknowledge it at once if the pod
+        socket took it all, else once it drains (``pod_drained``)."""
+        held, self._held = self._held, {}
+        for pair, chunks in held.items():
+            pod = pair.pod
+            if pair.done or pod is None:
+                continue  # _forget acknowledged what the pair held
+            if len(chunks) == 1:
+                pod.transport.write(chunks[0])
+            elif chunks:
+                pod.transport.writelines(chunks)
+            if not pod.write_paused:
+                self._ack(pair)
 
     def _ack(self, pair: H2Pair) -> None:
         if pair.unacked and pair.data_sid is not None:
@@ -297,6 +321,8 @@ class H2Session(PairedSession[H2Pair]):
             found = self.by_stream.get(sid)
             pairs = [found] if found is not None else []
         for pair in pairs:
+            if sid == 0 and self.h2.connection_window() <= 0:
+                break  # the rest wait for the next one
             if not pair.done:
                 self._send_out(pair)
 

@@ -244,6 +244,10 @@ class _PairEndpoint:
         """Whether our side of ``stream_id`` is still open."""
         return self._conn.can_send(stream_id)
 
+    def connection_window(self) -> int:
+        """Bytes the connection's window lets ``send_data`` take now, over all streams."""
+        return self._conn.outbound_flow_control_window
+
     def window(self, stream_id: int) -> int:
         """Bytes ``send_data`` would take now on ``stream_id`` (0 if it is closed)."""
         if not self.can_send(stream_id):

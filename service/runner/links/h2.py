@@ -64,6 +64,7 @@ class H2Pair:
     local_ended: bool = False  # the local client half-closed (END_STREAM once backlog is out)
     remote_fin: bool = False
     unacked: int = 0  # received and written while the local socket was above high water
+    held: int = 0  # flow-controlled bytes of this upstream read, written at its end
     local_blocked: bool = False
     status: int = 0
     error_text: str = ""
@@ -113,6 +114,9 @@ class H2Link(asyncio.Protocol):
         # Pairs whose local bytes wait for window (an ordered set): what a connection-wide
         # WINDOW_UPDATE may unblock, without walking every pair.
         self._stalled: dict[H2Pair, None] = {}
+        # Payloads of one upstream read, per pair: each local socket gets one write (and
+        # each stream one acknowledgement) per read, not one per DATA frame.
+        self._held: dict[H2Pair, list[bytes | memoryview]] = {}
         self._next_request_id = 0
         self._write_paused = False
         self._flush_pending = False
@@ -335,9 +339,12 @@ class H2Link(asyncio.Protocol):
         for event in events:
             if self._handshake is not None and self._handshake_event(event):
                 continue
-            if isinstance(event, DataReceived):
+            if type(event) is DataReceived:
                 self._data(event)
-            elif isinstance(event, StreamReplied):
+                continue
+            if self._held:
+                self._write_held()  # keep order: data reaches the local side before FIN/RST
+            if isinstance(event, StreamReplied):
                 self._response(event)
             elif isinstance(event, StreamEnded):
                 self._ended(event.stream_id)
@@ -352,6 +359,8 @@ class H2Link(asyncio.Protocol):
                     self._lose(f"upstream sent GOAWAY (code {event.error_code})")
                     return
                 self._drain()
+        if self._held:
+            self._write_held()
         if self._waiting:
             self._open_waiting()
         self._flush()
@@ -380,11 +389,32 @@ class H2Link(asyncio.Protocol):
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         local.counters.bytes_in += len(event.data)
-        local.write(event.data)
-        if pair.local_blocked:
-            pair.unacked += event.flow_controlled_length  # credited once the socket drains
-        else:
-            self.client.acknowledge(event.stream_id, event.flow_controlled_length)
+        chunks = self._held.get(pair)
+        if chunks is None:
+            chunks = self._held[pair] = []
+        if event.data:
+            chunks.append(event.data)
+        pair.held += event.flow_controlled_length
+
+    def _write_held(self) -> None:
+        """Write what this read brought for each pair, then acknowledge it: at once, or
+        once the local socket drains if it is above its high water mark."""
+        assert self.client is not None
+        held, self._held = self._held, {}
+        for pair, chunks in held.items():
+            flow, pair.held = pair.held, 0
+            local = pair.local
+            if pair.done or local.closed:
+                self.client.acknowledge(pair.data_sid, flow)  # dropped, still credited
+                continue
+            if len(chunks) == 1:
+                local.write(chunks[0])
+            elif chunks:
+                local.writelines(chunks)
+            if pair.local_blocked:
+                pair.unacked += flow  # credited once the socket drains
+            else:
+                self.client.acknowledge(pair.data_sid, flow)
 
     def _response(self, event: StreamReplied) -> None:
         pair = self.pairs.get(event.stream_id)
@@ -420,8 +450,11 @@ class H2Link(asyncio.Protocol):
         self._finish(pair, abort_local=True)
 
     def _window_opened(self, sid: int) -> None:
+        assert self.client is not None
         targets = list(self._stalled) if sid == 0 else [self.pairs.get(sid)]
         for pair in targets:
+            if sid == 0 and self.client.connection_window() <= 0:
+                break  # the rest wait for the next one
             if pair is None or pair.done or not pair.backlog:
                 continue
             if self._send_backlog(pair):
