@@ -48,6 +48,7 @@ from service.protocols.h2.internals import (
     _REQUEST_FLAGS,
     Connection,
     FastDecoder,
+    FrameBufferOverChunks,
     MemoEncoder,
     PairStream,
     _plain_request,
@@ -902,6 +903,40 @@ def _headers_frame(sid: int, block: bytes, flags: set[str], pad: int = 0) -> byt
     if "PRIORITY" in flags:
         frame.depends_on, frame.stream_weight = 0, 15
     return frame.serialize()
+
+
+@pytest.mark.parametrize(
+    ("frame", "flags"),
+    [
+        (hyperframe.frame.DataFrame(3, b"payload"), ()),
+        (hyperframe.frame.DataFrame(3, b""), ("END_STREAM",)),
+        (hyperframe.frame.HeadersFrame(5, b"\x82\x86"), ("END_HEADERS",)),
+        (hyperframe.frame.HeadersFrame(5, b"\x82"), ("END_HEADERS", "END_STREAM")),
+        (hyperframe.frame.HeadersFrame(7, b""), ("END_HEADERS",)),
+    ],
+)
+def test_frames_built_without_hyperframe_are_what_it_parses(
+    frame: hyperframe.frame.Frame, flags: tuple[str, ...]
+) -> None:
+    """The frames FrameBufferOverChunks builds itself have the attributes hyperframe's
+    parse gives them (a guard for a hyperframe upgrade)."""
+    for flag in flags:
+        frame.flags.add(flag)
+    wire = frame.serialize()
+    parsed, _ = hyperframe.frame.Frame.parse_frame_header(memoryview(wire[:9]))
+    parsed.parse_body(memoryview(wire[9:]))
+    buffer = FrameBufferOverChunks(server=False)
+    buffer.max_frame_size = 1 << 14
+    buffer.add_data(wire)
+    built = next(buffer)
+    assert type(built).__mro__[1] is type(parsed)
+    mine, theirs = dict(vars(built)), dict(vars(parsed))
+    assert set(mine.pop("flags")) == set(theirs.pop("flags"))
+    assert bytes(mine.pop("data")) == theirs.pop("data")
+    assert mine == theirs
+    built.flags.add("END_STREAM")  # a Flags of its own, that knows its frame's flags
+    with pytest.raises(ValueError, match="Unexpected flag"):
+        built.flags.add("ACK")
 
 
 @pytest.mark.parametrize("mode", SPLIT_MODES)

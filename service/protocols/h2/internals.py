@@ -37,6 +37,7 @@ from hpack import Decoder, Encoder, HeaderTuple, HPACKError, NeverIndexedHeaderT
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.flags import Flags
 from hyperframe.frame import (
     AltSvcFrame,
     ContinuationFrame,
@@ -191,6 +192,34 @@ _PADDED: Final = 0x8
 _PRIORITY: Final = 0x20
 
 
+# An unpadded DATA frame, and a HEADERS frame without padding or priority, are built as
+# hyperframe's parse_frame_header + parse_body would build them, without the chain of
+# keyword-argument constructors (Frame, Padding, Priority, Flags: 2.5 us a frame): the
+# attributes of a frame its own constructor made, with this frame's stream, flags, data
+# and length. tests/unit/test_h2pair.py compares the two.
+_PROTOTYPES: Final[dict[type[Frame], dict[str, object]]] = {
+    cls: vars(cls(1)) for cls in (QuietDataFrame, QuietHeadersFrame)
+}
+_VALID_FLAGS: Final = {cls: cls(1).flags._valid_flags for cls in _PROTOTYPES}
+_FLAG_NAMES: Final[dict[type[Frame], dict[int, tuple[str, ...]]]] = {
+    QuietDataFrame: {0: (), _END_STREAM: ("END_STREAM",)},
+    QuietHeadersFrame: {
+        bits: tuple(name for name, bit in (("END_STREAM", 1), ("END_HEADERS", 4)) if bits & bit)
+        for bits in range(256)
+    },
+}
+
+
+def _received(cls: type[Frame], stream_id: int, flags: int, data: Buffer, length: int) -> Frame:
+    frame = cls.__new__(cls)
+    names = Flags.__new__(Flags)
+    names._valid_flags = _VALID_FLAGS[cls]
+    names._flags = set(_FLAG_NAMES[cls][flags])
+    frame.__dict__.update(_PROTOTYPES[cls], stream_id=stream_id, flags=names, body_len=length)
+    frame.data = data  # type: ignore[attr-defined]
+    return frame
+
+
 class FrameBufferOverChunks(FrameBuffer):
     """h2's frame buffer over the received chunks themselves (see above)."""
 
@@ -276,17 +305,10 @@ class FrameBufferOverChunks(FrameBuffer):
         stream_id = raw_id & 0x7FFFFFFF
         frame: Frame
         if kind == _DATA and stream_id and not flags & _PADDED:
-            frame = QuietDataFrame(stream_id)
-            if flags & _END_STREAM:
-                frame.flags.add("END_STREAM")
-            frame.data = cast(bytes, body)  # a view is fine: h2 only takes its len()
-            frame.body_len = length
+            # A view is fine as the payload: h2 only takes its len().
+            frame = _received(QuietDataFrame, stream_id, flags & _END_STREAM, body, length)
         elif kind == _HEADERS and stream_id and not flags & (_PADDED | _PRIORITY):
-            # What hyperframe's parse_frame_header + parse_body make of it, directly.
-            frame = QuietHeadersFrame(stream_id)
-            frame.parse_flags(flags)
-            frame.data = bytes(body)
-            frame.body_len = length
+            frame = _received(QuietHeadersFrame, stream_id, flags, bytes(body), length)
         else:
             frame = self._parse(_FRAME_HEADER.pack(*fields), body)
         new_frame = self._update_header_buffer(frame)
