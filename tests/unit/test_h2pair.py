@@ -12,7 +12,7 @@ from pathlib import Path
 import hyperframe.frame
 import pytest
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import AllowedStreamIDs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived as H2DataReceived
 from h2.events import RequestReceived
@@ -871,6 +871,42 @@ def test_too_many_streams_is_refused_by_send_headers() -> None:
     fast.send_headers(1, _REQUEST)
     with pytest.raises(TooManyStreamsError):
         fast.send_headers(3, _REQUEST)
+
+
+@pytest.mark.parametrize("client_side", [True, False])
+def test_new_streams_are_made_as_h2_makes_them(client_side: bool) -> None:
+    """Stream ids too low, of the wrong parity, or fine, for our side or the peer's: the
+    same errors, streams (windows, frame size) and highest ids as h2's own."""
+    ours, theirs = _twins(client_side)
+    theirs_new = partial(H2Connection._begin_new_stream, theirs)
+    mine, peer = AllowedStreamIDs(client_side), AllowedStreamIDs(not client_side)
+    first = 1 if client_side else 2
+    for sid, allowed in [
+        (first, mine),
+        (first, mine),
+        (first + 1, mine),
+        (first + 2, mine),
+        (first + 1, peer),
+        (first + 5, peer),
+        (first + 3, peer),
+    ]:
+        outcomes: list[object] = []
+        for conn, new in ((ours, ours._begin_new_stream), (theirs, theirs_new)):
+            try:
+                stream = new(sid, allowed)
+                outcomes.append(
+                    (
+                        stream.stream_id,
+                        stream.outbound_flow_control_window,
+                        stream._inbound_window_manager.max_window_size,
+                        stream.max_outbound_frame_size,
+                    )
+                )
+            except H2ProtocolError as exc:
+                outcomes.append(type(exc))
+            outcomes.append((conn.highest_outbound_stream_id, conn.highest_inbound_stream_id))
+        assert outcomes[:2] == outcomes[2:], (sid, allowed)
+    assert type(ours.streams[first]) is PairStream
 
 
 def test_end_stream_is_what_h2_sends() -> None:

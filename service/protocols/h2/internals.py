@@ -27,7 +27,7 @@ from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated
 from h2.events import Event as H2Event
-from h2.exceptions import FrameDataMissingError, TooManyStreamsError
+from h2.exceptions import FrameDataMissingError, StreamIDTooLowError, TooManyStreamsError
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
@@ -387,6 +387,8 @@ class MemoEncoder(Encoder):
         super().__init__()
         self.header_table = self._table = _CountingTable()
         self._memo: dict[tuple[bytes, bytes], bytes] = {}
+        # Names the table does not hold -> the start of their never-indexed literal.
+        self._names: dict[bytes, bytes] = {}
         self._memo_at = 0
 
     def encode(self, headers: object, huffman: bool = True) -> bytes:
@@ -395,8 +397,7 @@ class MemoEncoder(Encoder):
             return super().encode(headers, huffman)  # type: ignore[arg-type]  # a size update first
         memo = self._memo
         if table.changes != self._memo_at:
-            memo.clear()
-            self._memo_at = table.changes
+            self._forget()
         parts = []
         for header in headers:
             if type(header) is tuple and len(header) == 2:
@@ -406,18 +407,35 @@ class MemoEncoder(Encoder):
                     if table.changes == self._memo_at:
                         memo[header] = encoded
                     else:
-                        memo.clear()
-                        self._memo_at = table.changes
+                        self._forget()
             elif isinstance(header, NeverIndexedHeaderTuple):
-                name, value = (h if isinstance(h, bytes) else str(h).encode() for h in header)
-                encoded = self.add((name, value), True, huffman=False)
+                encoded = self._never_indexed(header)
             else:
                 encoded = super().encode([header], huffman)
                 if table.changes != self._memo_at:
-                    memo.clear()
-                    self._memo_at = table.changes
+                    self._forget()
             parts.append(encoded)
         return b"".join(parts)
+
+    def _forget(self) -> None:
+        """The table changed: what was remembered may be wrong now."""
+        self._memo.clear()
+        self._names.clear()
+        self._memo_at = self._table.changes
+
+    def _never_indexed(self, header: NeverIndexedHeaderTuple) -> bytes:
+        """A never-indexed literal without Huffman coding. A name the table does not hold
+        (our requestid) is always sent literally: its bytes are remembered like the
+        fields' (hpack's add() searched the table and logged twice for each)."""
+        name, value = (h if isinstance(h, bytes) else str(h).encode() for h in header)
+        head = self._names.get(name)
+        if head is None:
+            if len(name) >= 0x7F or self._table.search(name, value) is not None:
+                return self.add((name, value), True, huffman=False)
+            head = self._names[name] = bytes((0x10, len(name))) + name
+        if len(value) >= 0x7F:
+            return self.add((name, value), True, huffman=False)
+        return head + bytes((len(value),)) + value
 
 
 class FastDecoder(Decoder):
@@ -605,6 +623,12 @@ class Connection(H2Connection):
         self._recount_at = 0
         #: Set by a graceful GOAWAY: no new stream may be opened, those up to it finish.
         self.goaway_last_stream_id: int | None = None
+        # The configuration, read once (each h2 option is a descriptor call).
+        self._client_side = bool(config.client_side)
+        self._outbound_ids = AllowedStreamIDs(self._client_side)
+        self._plain_outbound = not (
+            config.validate_outbound_headers or config.normalize_outbound_headers
+        )
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
         """A graceful GOAWAY (NO_ERROR) leaves a client's connection open: the streams up
@@ -638,8 +662,26 @@ class Connection(H2Connection):
         return count
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
-        stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream.__class__ = PairStream
+        """h2 4.4.1's, making a PairStream, without its three debug calls (a no-op logger)
+        and with the side read once."""
+        outbound = (stream_id % 2) == int(self._client_side)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if (stream_id % 2) != int(allowed_ids):
+            raise H2ProtocolError("Invalid stream ID for peer.")
+        stream = PairStream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
         return stream
 
     def send_headers(
@@ -653,13 +695,11 @@ class Connection(H2Connection):
     ) -> None:
         """h2's send_headers, by a shorter way for a list of bytes fields without
         priority that is not an informational response (see above)."""
-        config = self.config
         if (
             priority_weight is not None
             or priority_depends_on is not None
             or priority_exclusive is not None
-            or config.validate_outbound_headers
-            or config.normalize_outbound_headers
+            or not self._plain_outbound
             or type(headers) is not list
             or not headers
         ):
@@ -679,7 +719,7 @@ class Connection(H2Connection):
                 method = value
             elif name == b":authority" and authority is None:
                 authority = value
-            elif name == b":status" and value[:1] == b"1" and not config.client_side:
+            elif name == b":status" and value[:1] == b"1" and not self._client_side:
                 return super().send_headers(stream_id, headers, end_stream)  # informational
         if stream_id not in self.streams:
             limit = self.remote_settings.max_concurrent_streams
@@ -687,7 +727,7 @@ class Connection(H2Connection):
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(config.client_side))
+        stream = self._get_or_create_stream(stream_id, self._outbound_ids)
         machine = stream.state_machine
         machine.process_input(StreamInputs.SEND_HEADERS)
         block = self.encoder.encode(headers)
