@@ -265,7 +265,7 @@ class FrameBufferOverChunks(FrameBuffer):
             piece = first[:n]
             # A view keeps its whole read alive while the payload waits in a buffer: only
             # for at least half of that read, so held memory stays within 2x the payload.
-            return piece if 2 * n >= len(cast(bytes, piece.obj)) else piece.tobytes()
+            return piece if 2 * n >= len(piece.obj) else piece.tobytes()  # type: ignore[arg-type]
         pieces: list[memoryview] = []
         while n:
             part = parts.popleft()
@@ -298,7 +298,7 @@ class FrameBufferOverChunks(FrameBuffer):
                 parts[0] = first[end:]
             piece = first[9:end]
             # As in _take: a view only for at least half of its read.
-            body = piece if 2 * length >= len(cast(bytes, piece.obj)) else piece.tobytes()
+            body = piece if 2 * length >= len(piece.obj) else piece.tobytes()  # type: ignore[arg-type]
         else:
             self._take(9)
             body = self._take(length)
