@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import copy
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +14,13 @@ from pathlib import Path
 import hyperframe.frame
 import pytest
 from h2.config import H2Configuration
-from h2.connection import AllowedStreamIDs, H2Connection
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import DataReceived as H2DataReceived
 from h2.events import RequestReceived
@@ -20,7 +28,7 @@ from h2.events import StreamEnded as H2StreamEnded
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import TooManyStreamsError
 from h2.settings import SettingCodes
-from h2.stream import H2Stream
+from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs
 from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
 from service.protocols.h2 import (
@@ -50,7 +58,9 @@ from service.protocols.h2.internals import (
     FastDecoder,
     FrameBufferOverChunks,
     MemoEncoder,
+    PairConnectionStateMachine,
     PairStream,
+    PairStreamStateMachine,
     _plain_request,
     new_connection,
 )
@@ -907,6 +917,50 @@ def test_new_streams_are_made_as_h2_makes_them(client_side: bool) -> None:
             outcomes.append((conn.highest_outbound_stream_id, conn.highest_inbound_stream_id))
         assert outcomes[:2] == outcomes[2:], (sid, allowed)
     assert type(ours.streams[first]) is PairStream
+
+
+def _machine_outcome(machine: object, event: object) -> tuple[object, ...]:
+    try:
+        events = machine.process_input(event)  # type: ignore[attr-defined]
+        result: object = [type(e) for e in events]
+    except (H2ProtocolError, ValueError) as exc:
+        result = (type(exc), str(exc))
+    return result, vars(machine)
+
+
+def test_connection_state_machine_is_h2s() -> None:
+    """Every input in every state, and a wrong input type: the same state, events and
+    errors as h2's own machine."""
+    for state in ConnectionState:
+        for event in [*ConnectionInputs, "not an input"]:
+            ours, theirs = PairConnectionStateMachine(), H2ConnectionStateMachine()
+            ours.state = theirs.state = state
+            assert _machine_outcome(ours, event) == _machine_outcome(theirs, event)
+
+
+def test_stream_state_machine_is_h2s() -> None:
+    """Every input in every state, and from every reachable history (client and server
+    streams, headers and trailers sent or received): the same state, flags, events and
+    errors as h2's own machine."""
+    histories: list[list[StreamInputs]] = [[]]
+    for length in range(1, 4):
+        histories += [list(h) for h in itertools.product(StreamInputs, repeat=length)]
+    checked = 0
+    for history in histories:
+        ours, theirs = PairStreamStateMachine(1), H2StreamStateMachine(1)
+        try:
+            for event in history:
+                theirs.process_input(event)
+        except H2ProtocolError:
+            continue  # not a history h2 allows
+        for event in history:
+            ours.process_input(event)
+        assert vars(ours) == vars(theirs)
+        for event in [*StreamInputs, "not an input"]:
+            a, b = copy.copy(ours), copy.copy(theirs)
+            assert _machine_outcome(a, event) == _machine_outcome(b, event), (history, event)
+            checked += 1
+    assert checked > 1000
 
 
 def test_end_stream_is_what_h2_sends() -> None:

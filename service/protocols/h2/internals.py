@@ -23,7 +23,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
 from h2.config import H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated
 from h2.events import Event as H2Event
@@ -31,7 +36,8 @@ from h2.exceptions import FrameDataMissingError, StreamIDTooLowError, TooManyStr
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import H2Stream, StreamInputs, StreamState
+from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs, StreamState
+from h2.stream import _transitions as _stream_transitions
 from h2.utilities import CONNECTION_HEADERS, HeaderValidationFlags
 from hpack import Decoder, Encoder, HeaderTuple, HPACKError, NeverIndexedHeaderTuple
 from hpack.huffman_table import decode_huffman
@@ -580,6 +586,59 @@ def _plain_request(fields: list[Header]) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------- state machines
+#
+# h2's state machines look their transition up in a dict keyed by (state, input), two Enum
+# members; an Enum member's __hash__ is a Python function, so each of the ~25 inputs a
+# pair's frames feed the machines cost two Python calls for hashing alone (1.2 us an
+# input with the rest). These subclasses look the same tables up by the members'
+# identities (they are singletons) and do what h2's process_input does with the entry;
+# an input the table does not hold (an invalid one, or not an input at all) goes to h2's
+# own process_input, which raises as before. tests/unit/test_h2pair.py runs every
+# (state, input) through both.
+
+
+class PairConnectionStateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, its table looked up by identity."""
+
+    _by_id: Final = {
+        (id(state), id(event)): entry
+        for (state, event), entry in H2ConnectionStateMachine._transitions.items()
+    }
+
+    def process_input(self, input_: ConnectionInputs) -> list[H2Event]:
+        entry = self._by_id.get((id(self.state), id(input_)))
+        if entry is None:
+            return super().process_input(input_)
+        func, self.state = entry
+        return func() if func is not None else []
+
+
+class PairStreamStateMachine(H2StreamStateMachine):
+    """h2's stream state machine, its table looked up by identity."""
+
+    _by_id: Final = {
+        (id(state), id(event)): entry for (state, event), entry in _stream_transitions.items()
+    }
+
+    def process_input(self, input_: StreamInputs) -> list[H2Event]:
+        entry = self._by_id.get((id(self.state), id(input_)))
+        if entry is None:
+            return super().process_input(input_)
+        func, target = entry
+        previous, self.state = self.state, target
+        if func is None:
+            return []
+        try:
+            return func(self, previous)
+        except H2ProtocolError:
+            self.state = StreamState.CLOSED
+            raise
+        except AssertionError as err:  # as h2 does
+            self.state = StreamState.CLOSED
+            raise H2ProtocolError(err) from err
+
+
 class PairStream(H2Stream):
     """h2's stream, with received requests checked by _plain_request first (see above)."""
 
@@ -608,6 +667,7 @@ class Connection(H2Connection):
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
+        self.state_machine = PairConnectionStateMachine()
         self.incoming_buffer = FrameBufferOverChunks(server=not config.client_side)
         # Replaced before any header block (h2 sets their limits from the settings later).
         decoder = FastDecoder()
@@ -677,6 +737,7 @@ class Connection(H2Connection):
             outbound_window_size=self.remote_settings.initial_window_size,
         )
         stream.max_outbound_frame_size = self.max_outbound_frame_size
+        stream.state_machine.__class__ = PairStreamStateMachine
         self.streams[stream_id] = stream
         if outbound:
             self.highest_outbound_stream_id = stream_id
