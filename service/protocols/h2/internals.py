@@ -713,7 +713,7 @@ class Connection(H2Connection):
         answer. The exact walk runs when the bound nears the limit, or once the table has
         doubled since the last walk, so closed streams are still culled (amortised O(1))."""
         size = len(self.streams)
-        outbound = remainder == int(self.config.client_side)
+        outbound = remainder == int(self._client_side)
         settings = self.remote_settings if outbound else self.local_settings
         if size < self._recount_at and size + 2 <= settings.max_concurrent_streams:
             return size

@@ -21,6 +21,7 @@ are queued as slices of the caller's bytes, never copied ("DATA without copies" 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -135,6 +136,7 @@ def validate_pair_headers(headers: Mapping[str, str]) -> tuple[str, int, str]:
     return streamtype, port, request_id
 
 
+@functools.lru_cache(maxsize=1024)  # the same few paths for every pair
 def parse_pair_path(path: str) -> tuple[str, str]:
     """``(namespace, pod)`` from ``/v1/portforward/{namespace}/{pod}``, else 404."""
     rest = path.partition("?")[0]
