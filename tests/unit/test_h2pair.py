@@ -1029,6 +1029,50 @@ def test_frames_built_without_hyperframe_are_what_it_parses(
         built.flags.add("ACK")
 
 
+def test_received_responses_are_read_as_h2_reads_them() -> None:
+    """Responses of every shape (informational first, END_STREAM, cookies to join, a
+    repeated or missing :status, trailers): our client's fields are those of a stock h2
+    client configured as ours (inbound validation off)."""
+    config = H2Configuration(client_side=True, validate_inbound_headers=False)
+    ours, stock = H2PairClient("a"), H2Connection(config)  # h2 configured as ours
+    server = H2Connection(H2Configuration(client_side=False, validate_outbound_headers=False))
+    server.initiate_connection()
+    ours.initiate()  # the server hears the stock client only; both hear the server
+    stock.initiate_connection()
+    server.receive_data(stock.data_to_send())
+    settings = server.data_to_send()
+    ours.receive_data(settings)
+    stock.receive_data(settings)
+    responses: list[tuple[list[tuple[str, str]], bool]] = [
+        ([(":status", "200")], False),
+        ([(":status", "404"), ("content-type", "text/plain")], True),
+        ([(":status", "200"), ("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")], False),
+        ([(":status", "200"), (":status", "201")], False),
+        ([("x", "no status")], False),
+    ]
+    sids = []
+    for _ in responses:
+        sids.append(ours._conn.get_next_available_stream_id())
+        request = [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")]
+        ours._conn.send_headers(sids[-1], request)
+        stock.send_headers(sids[-1], request)
+    ours.data_to_send()
+    server.receive_data(stock.data_to_send())
+    server.send_headers(sids[0], [(":status", "100")])
+    for sid, (fields, end) in zip(sids, responses, strict=True):
+        server.send_headers(sid, fields, end_stream=end)
+    server.send_headers(sids[0], [("x-trailer", "1")], end_stream=True)
+    wire = server.data_to_send()
+    mine = ours._conn.receive_data(wire)
+    theirs = stock.receive_data(wire)
+    assert [type(e) for e in mine] == [type(e) for e in theirs]
+    for a, b in zip(mine, theirs, strict=True):
+        if hasattr(b, "headers"):
+            assert [tuple(h) for h in a.headers] == [tuple(h) for h in b.headers]
+    replies = [e for e in ours._translate(mine) if isinstance(e, StreamReplied)]
+    assert [e.status for e in replies] == [200, 404, 200, 0, 0]
+
+
 @pytest.mark.parametrize("mode", SPLIT_MODES)
 def test_received_headers_frames_are_read_as_h2_reads_them(mode: str) -> None:
     """HEADERS of every shape (END_STREAM, CONTINUATION, PRIORITY, PADDED), cut anywhere:

@@ -30,7 +30,7 @@ from h2.connection import (
     H2ConnectionStateMachine,
 )
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated
+from h2.events import ConnectionTerminated, RequestReceived, ResponseReceived, TrailersReceived
 from h2.events import Event as H2Event
 from h2.exceptions import FrameDataMissingError, StreamIDTooLowError, TooManyStreamsError
 from h2.exceptions import ProtocolError as H2ProtocolError
@@ -38,7 +38,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs, StreamState
 from h2.stream import _transitions as _stream_transitions
-from h2.utilities import CONNECTION_HEADERS, HeaderValidationFlags
+from h2.utilities import CONNECTION_HEADERS, HeaderValidationFlags, is_informational_response
 from hpack import Decoder, Encoder, HeaderTuple, HPACKError, NeverIndexedHeaderTuple
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
@@ -641,6 +641,48 @@ class PairStreamStateMachine(H2StreamStateMachine):
 
 class PairStream(H2Stream):
     """h2's stream, with received requests checked by _plain_request first (see above)."""
+
+    def receive_headers(
+        self, headers: Iterable[Header], end_stream: bool, header_encoding: bool | str | None
+    ) -> tuple[list[Frame], list[H2Event]]:
+        """h2 4.4.1's, telling a request from a response by its event before it builds
+        validation flags: a plain request (see above), or a response on a connection that
+        does not validate responses and with no cookie to join, is taken as it is, as h2's
+        pipeline would return it; any other block goes through that pipeline."""
+        if type(headers) is not list or is_informational_response(headers):
+            return super().receive_headers(headers, end_stream, header_encoding)
+        machine = self.state_machine
+        events = machine.process_input(StreamInputs.RECV_HEADERS)
+        first = events[0]
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            first.stream_ended = ended[0]  # type: ignore[attr-defined]
+            events += ended
+        self._initialize_content_length(headers)
+        kind = type(first)
+        if kind is TrailersReceived and not end_stream:
+            raise H2ProtocolError("Trailers must have END_STREAM set")
+        config = self.config
+        if not header_encoding and (
+            (
+                kind is RequestReceived
+                and config.validate_inbound_headers
+                and _plain_request(headers)
+            )
+            or (
+                kind is ResponseReceived
+                and not config.validate_inbound_headers
+                and not (
+                    config.normalize_inbound_headers and any(f[0] == b"cookie" for f in headers)
+                )
+            )
+        ):
+            first.headers = headers  # type: ignore[attr-defined]
+        else:
+            flags = self._build_hdr_validation_flags(events)
+            processed = self._process_received_headers(headers, flags, header_encoding)
+            first.headers = processed  # type: ignore[attr-defined]
+        return [], events
 
     def _process_received_headers(
         self,

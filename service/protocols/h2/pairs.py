@@ -112,6 +112,15 @@ def _header_dict(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str
     return out
 
 
+def _status(headers: Iterable[tuple[bytes | str, bytes | str]]) -> int:
+    """A response's ``:status`` as a number; 0 when missing, repeated or not a number."""
+    found = [value for name, value in headers if name in (b":status", ":status")]
+    if len(found) != 1:
+        return 0
+    text = found[0] if isinstance(found[0], str) else found[0].decode("latin-1")
+    return int(text) if text.isdigit() else 0
+
+
 def validate_pair_headers(headers: Mapping[str, str]) -> tuple[str, int, str]:
     """``(streamtype, port, requestid)`` of a pair stream, or ``PairRequestError(400)``.
 
@@ -277,7 +286,10 @@ class _PairEndpoint:
         out: list[Event] = []
         for ev in events:
             if isinstance(ev, H2DataReceived):
-                out.append(DataReceived(ev.stream_id, ev.data, ev.flow_controlled_length))
+                # An empty DATA frame (END_STREAM alone) carries nothing to write or to
+                # acknowledge: its StreamEnded follows.
+                if ev.flow_controlled_length or ev.data:
+                    out.append(DataReceived(ev.stream_id, ev.data, ev.flow_controlled_length))
             elif isinstance(ev, H2StreamEnded):
                 out.append(StreamEnded(ev.stream_id))
             elif isinstance(ev, RequestReceived):
@@ -287,8 +299,7 @@ class _PairEndpoint:
                     )
                 )
             elif isinstance(ev, ResponseReceived):
-                status = _header_dict(ev.headers).get(":status", "0")
-                out.append(StreamReplied(ev.stream_id, int(status) if status.isdigit() else 0))
+                out.append(StreamReplied(ev.stream_id, _status(ev.headers)))
             elif isinstance(ev, WindowUpdated):
                 out.append(WindowOpened(ev.stream_id or 0))
             elif isinstance(ev, H2StreamReset):
