@@ -27,7 +27,7 @@ from h2.events import RequestReceived
 from h2.events import StreamEnded as H2StreamEnded
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import TooManyStreamsError
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs
 from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
@@ -1027,6 +1027,33 @@ def test_frames_built_without_hyperframe_are_what_it_parses(
     built.flags.add("END_STREAM")  # a Flags of its own, that knows its frame's flags
     with pytest.raises(ValueError, match="Unexpected flag"):
         built.flags.add("ACK")
+
+
+def test_streams_past_the_agents_limit_are_refused_as_h2_refuses_them() -> None:
+    """A client that opens more streams than the agent allows (it ignored the SETTINGS):
+    our server ends the connection with the error a stock h2 server raises."""
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")]
+    for sid in (1, 3, 5):
+        client.send_headers(sid, request)
+    wire = client.data_to_send()
+    stock = H2Connection(H2Configuration(client_side=False))
+    stock.local_settings = Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2,
+        },
+    )
+    stock.local_settings.acknowledge()
+    with pytest.raises(H2ProtocolError) as theirs:
+        stock.receive_data(wire)
+    ours = H2PairServer(max_concurrent_streams=2)
+    ours._conn.local_settings.acknowledge()
+    with pytest.raises(PairProtocolError) as mine:
+        ours.receive_data(wire)
+    assert type(mine.value.__cause__) is type(theirs.value)
+    assert str(mine.value.__cause__) == str(theirs.value)
 
 
 def test_received_responses_are_read_as_h2_reads_them() -> None:

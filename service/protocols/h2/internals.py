@@ -28,6 +28,7 @@ from h2.connection import (
     ConnectionInputs,
     H2Connection,
     H2ConnectionStateMachine,
+    _decode_headers,
 )
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, RequestReceived, ResponseReceived, TrailersReceived
@@ -728,6 +729,8 @@ class Connection(H2Connection):
         # The configuration, read once (each h2 option is a descriptor call).
         self._client_side = bool(config.client_side)
         self._outbound_ids = AllowedStreamIDs(self._client_side)
+        self._inbound_ids = AllowedStreamIDs(not self._client_side)
+        self._header_encoding = config.header_encoding
         self._plain_outbound = not (
             config.validate_outbound_headers or config.normalize_outbound_headers
         )
@@ -762,6 +765,26 @@ class Connection(H2Connection):
         count = super()._open_streams(remainder)
         self._recount_at = 2 * len(self.streams) + 64
         return count
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
+        """h2 4.4.1's (without PRIORITY: h2's own), the stream looked up once and the
+        side read once (h2 builds an AllowedStreamIDs enum per frame)."""
+        if "PRIORITY" in frame.flags:
+            return super()._receive_headers_frame(frame)
+        stream = self.streams.get(frame.stream_id)
+        if stream is None:
+            limit = self.local_settings.max_concurrent_streams
+            count = self.open_inbound_streams
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if stream is None:
+            stream = self._begin_new_stream(frame.stream_id, self._inbound_ids)
+        frames, stream_events = stream.receive_headers(
+            headers, "END_STREAM" in frame.flags, self._header_encoding
+        )
+        return frames, events + stream_events
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
         """h2 4.4.1's, making a PairStream, without its three debug calls (a no-op logger)

@@ -103,11 +103,28 @@ _DIGITS = re.compile(r"[0-9]+")
 # ---------------------------------------------------------------------- helpers
 
 
+# Fields decoded to text, remembered: the fields of a pair's requests are the same but for
+# the requestid (never indexed, not remembered). Bounded: cleared when full.
+_texts: dict[tuple[bytes | str, bytes | str], tuple[str, str]] = {}
+_TEXTS_LIMIT: Final = 4096
+
+
 def _header_dict(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for name, value in headers:
-        key = name if isinstance(name, str) else name.decode("latin-1")
-        text = value if isinstance(value, str) else value.decode("latin-1")
+    texts = _texts
+    for field in headers:
+        pair = texts.get(field)
+        if pair is None:
+            name, value = field
+            pair = (
+                name if isinstance(name, str) else name.decode("latin-1"),
+                value if isinstance(value, str) else value.decode("latin-1"),
+            )
+            if not isinstance(field, NeverIndexedHeaderTuple):
+                if len(texts) >= _TEXTS_LIMIT:
+                    texts.clear()
+                texts[field] = pair
+        key, text = pair
         out[key] = f"{out[key]}, {text}" if key in out else text
     return out
 
