@@ -45,6 +45,8 @@ __all__ = [
 
 #: The per-client cases (sessions are measured on their own podgate instance).
 ALL_CASES = frozenset({"bulk", "connrate", "concurrency", "idle"})
+#: podgate against its own agent also runs the 500-connection case (issue 13: h2 / SPDY).
+AGENT_CASES = ALL_CASES | {"concurrency500"}
 POD = "pod/echo"
 READY_TIMEOUT = 20.0
 
@@ -232,6 +234,7 @@ def podgate_client(
             ports,
             ProcStats([serve.process.pid]),
             ProcStats([server.process.pid]),
+            cases=AGENT_CASES if server.name == "agent" else ALL_CASES,
             note=f"transport {negotiated}",
             processes=[serve.process],
         )

@@ -60,7 +60,7 @@ AGENT_ONLY = frozenset({"h2"})
 #: uses the WebSocket tunnel by default (and falls back to SPDY against the agent).
 KUBECTLS: tuple[tuple[str, bool | None], ...] = (("1.30", False), ("1.33", None))
 
-CASES = ("bulk", "connrate", "concurrency", "idle", "sessions")
+CASES = ("bulk", "connrate", "concurrency", "concurrency500", "idle", "sessions")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class Sizes:
     connrate_seconds: float
     concurrency_connections: int
     concurrency_kib: int
+    concurrency500_connections: int
+    concurrency500_kib: int
     idle_connections: int
     idle_sessions: int
     get_requests: int
@@ -88,6 +90,8 @@ FULL = Sizes(
     connrate_seconds=3.0,
     concurrency_connections=1000,
     concurrency_kib=100,
+    concurrency500_connections=500,
+    concurrency500_kib=200,
     idle_connections=2000,
     idle_sessions=1000,
     get_requests=20,
@@ -103,6 +107,8 @@ SMOKE = Sizes(
     connrate_seconds=0.3,
     concurrency_connections=20,
     concurrency_kib=16,
+    concurrency500_connections=10,
+    concurrency500_kib=32,
     idle_connections=20,
     idle_sessions=5,
     get_requests=3,
@@ -268,12 +274,14 @@ class Bench:
         )
         return r.summary()
 
-    def concurrency(self, client: Client) -> dict[str, Any]:
+    def concurrency(
+        self, client: Client, connections: int | None = None, kib: int | None = None
+    ) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             return load.concurrent_echo(
                 client.ports["echo"],
-                connections=self.sizes.concurrency_connections,
-                size=self.sizes.concurrency_kib * 1024,
+                connections=connections or self.sizes.concurrency_connections,
+                size=(kib or self.sizes.concurrency_kib) * 1024,
                 timeout=self.sizes.timeout,
             )
 
@@ -283,6 +291,12 @@ class Bench:
             result = run()
         result["peak_rss_mb"] = sampler.peak / 2**20
         return result
+
+    def concurrency500(self, client: Client) -> dict[str, Any]:
+        """Fewer, larger echoes (issue 13): the h2/SPDY ratio to the agent."""
+        return self.concurrency(
+            client, self.sizes.concurrency500_connections, self.sizes.concurrency500_kib
+        )
 
     def idle(self, client: Client) -> dict[str, Any]:
         assert client.stats is not None
@@ -304,6 +318,8 @@ class Bench:
             steps.append(("connrate", "connrate", self.connrate))
         if "concurrency" in self.cases:
             steps.append(("concurrency", "concurrency", self.concurrency))
+        if "concurrency500" in self.cases:
+            steps.append(("concurrency500", "concurrency500", self.concurrency500))
         for case, kind, fn in steps:
             t0 = time.monotonic()
             for client in clients:

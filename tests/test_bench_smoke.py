@@ -27,6 +27,7 @@ METRICS = {
     "bulk": [("bulk_download", ["mb_per_s"]), ("bulk_upload", ["mb_per_s"])],
     "connrate": [("connrate", ["conn_per_s", "p50_ms", "p99_ms"])],
     "concurrency": [("concurrency", ["mb_per_s", "failures"])],
+    "concurrency500": [("concurrency500", ["mb_per_s", "failures"])],
     "idle": [("idle_connections", ["kb_per_conn", "rss_before", "rss_after"])],
 }
 
@@ -86,10 +87,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
                     assert _number(row.get(metric)), (case, cid, metric, row)
         if info["name"] != "direct" and "bulk" in info["cases"]:
             assert _number(summary["cpu"][cid]["cpu_s_per_gb"]), cid
-        if "concurrency" in info["cases"]:
-            assert summary["concurrency"][cid]["failures"] == 0, (cid, summary["concurrency"][cid])
-            if info["name"] != "direct":
-                assert _number(summary["concurrency"][cid]["peak_rss_mb"]), cid
+        for case in ("concurrency", "concurrency500"):
+            if case in info["cases"]:
+                assert summary[case][cid]["failures"] == 0, (cid, summary[case][cid])
+                if info["name"] != "direct":
+                    assert _number(summary[case][cid]["peak_rss_mb"]), (case, cid)
 
     sessions = summary["idle_sessions"]["podgate"]
     for metric in ("kb_per_session", "get_p50_ms", "get_p99_ms"):

@@ -169,6 +169,10 @@ class LocalConnection(asyncio.BufferedProtocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def writelines(self, chunks: list[bytes | memoryview]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(chunks)
+
     def write_eof(self) -> None:
         """The pod side ended: half-close toward the local client."""
         transport = self.transport

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import ast
+import copy
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import hyperframe.frame
 import pytest
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import DataReceived as H2DataReceived
+from h2.events import RequestReceived
 from h2.events import StreamEnded as H2StreamEnded
-from h2.settings import SettingCodes
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.exceptions import TooManyStreamsError
+from h2.settings import SettingCodes, Settings
+from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs
+from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple
 
 from service.protocols.h2 import (
     CONNECTION_WINDOW,
@@ -37,6 +51,18 @@ from service.protocols.h2 import (
     WindowOpened,
     parse_pair_path,
     validate_pair_headers,
+)
+from service.protocols.h2.internals import (
+    _REQUEST_FLAGS,
+    Connection,
+    FastDecoder,
+    FrameBufferOverChunks,
+    MemoEncoder,
+    PairConnectionStateMachine,
+    PairStream,
+    PairStreamStateMachine,
+    _plain_request,
+    new_connection,
 )
 from tests.support.splits import SPLIT_MODES, chunks_of, feed
 
@@ -163,6 +189,32 @@ def test_data_both_ways_and_half_close(mode: str) -> None:
         client.send_data(data_id, b"late")
     with pytest.raises(PairStateError):
         client.end_stream(data_id)
+
+
+def test_released_streams_are_forgotten_once_closed() -> None:
+    """release() drops closed streams at once (h2 would at its next count of the open
+    streams) and keeps open ones."""
+    client, server, error_id, data_id, _ = opened_pair()
+    server.respond(error_id, 200)
+    server.respond(data_id, 200)
+    client.receive_data(server.data_to_send())
+    client.end_stream(data_id)
+    server.receive_data(client.data_to_send())
+    server.release(error_id, data_id)  # both still open on the agent's side
+    assert set(server._conn.streams) == {error_id, data_id}
+    server.end_stream(data_id)
+    server.end_stream(error_id)
+    server.release(error_id, data_id)
+    assert server._conn.streams == {}
+    client.receive_data(server.data_to_send())
+    client.release(error_id, data_id)
+    assert client._conn.streams == {}
+    # Forgotten as h2 forgets them: how each closed is remembered, sending is refused.
+    assert set(client._conn._closed_streams) >= {error_id, data_id}
+    assert not client.can_send(data_id)
+    with pytest.raises(PairStateError):
+        client.end_stream(data_id)
+    assert client.can_open_pair()
 
 
 @pytest.mark.parametrize("direction", ["up", "down"])
@@ -599,6 +651,562 @@ def test_the_repr_counter_catches_plain_h2(repr_counter: dict[str, int]) -> None
         "serialize_body": 1,
         "_raw_data_repr": 1,
     }
+
+
+# ---------------------------------------------------------------- HPACK without the search
+
+_NAMES = [b":method", b":path", b"port", b"requestid", b"x-a", b"authorization", b"user-agent"]
+
+
+def _random_fields(rng: random.Random) -> list[tuple[bytes, bytes]]:
+    fields: list[tuple[bytes, bytes]] = []
+    for _ in range(rng.randint(0, 9)):
+        name = rng.choice(_NAMES)
+        value = rng.choice([b"", b"POST", b"8080", b"/v1/x", str(rng.randint(0, 30)).encode()])
+        if rng.random() < 0.05:
+            value = rng.randbytes(rng.choice([1, 130, 300]))  # multi-byte lengths
+        sensitive = rng.random() < 0.2
+        fields.append(NeverIndexedHeaderTuple(name, value) if sensitive else (name, value))
+    return fields
+
+
+def test_memo_encoder_encodes_as_hpack_and_keeps_the_same_table() -> None:
+    """Block after block (the same fields again and again, new ones, evictions, table
+    size changes from the peer), MemoEncoder's bytes are hpack's except never-indexed
+    literals (no Huffman), a stock decoder reads the same fields, and the tables agree."""
+    rng = random.Random(7)
+    ours, stock, decoder = MemoEncoder(), Encoder(), Decoder()
+    for i in range(3000):
+        if i % 500 == 499:
+            size = rng.choice([0, 60, 200, 4096])
+            ours.header_table_size = stock.header_table_size = size
+            decoder.max_allowed_table_size = max(size, decoder.max_allowed_table_size)
+        repeated: list[tuple[bytes, bytes]] = [(b":method", b"POST"), (b"port", b"80")]
+        fields = _random_fields(rng) if rng.random() < 0.3 else repeated
+        plain = [f for f in fields if not isinstance(f, NeverIndexedHeaderTuple)]
+        block = ours.encode(fields)
+        expected = stock.encode(fields)
+        if len(plain) == len(fields):
+            assert block == expected
+        assert [tuple(h) for h in decoder.decode(block, raw=True)] == [tuple(f) for f in fields]
+        assert ours.header_table.dynamic_entries == stock.header_table.dynamic_entries
+    assert ours._memo  # the memo was used
+
+
+def _stock_blocks(rng: random.Random) -> Iterator[bytes]:
+    encoder = Encoder()
+    for i in range(2000):
+        if i % 400 == 399:
+            encoder.header_table_size = rng.choice([0, 100, 4096])
+        yield encoder.encode(_random_fields(rng), huffman=rng.random() < 0.5)
+
+
+def test_fast_decoder_decodes_as_hpack() -> None:
+    """Blocks of every kind (indexed, literal with/without/never indexing, Huffman or
+    not, size updates, long strings) decode to the same fields, tables in step."""
+    rng = random.Random(11)
+    fast, stock = FastDecoder(), Decoder()
+    fast_calls = 0
+    for block in _stock_blocks(rng):
+        fast_calls += fast._decode_unchanging(block) is not None  # changes nothing
+        got, expected = fast.decode(block, raw=True), stock.decode(block, raw=True)
+        assert got == expected
+        assert [type(h) for h in got] == [type(h) for h in expected]
+        assert fast.header_table.dynamic_entries == stock.header_table.dynamic_entries
+    assert fast_calls > 100
+
+
+def test_fast_decoder_keeps_the_field_types() -> None:
+    encoder, fast, stock = Encoder(), FastDecoder(), Decoder()
+    warm = encoder.encode([(b"a", b"1")])
+    fast.decode(warm, raw=True)
+    stock.decode(warm, raw=True)
+    block = encoder.encode([(b"a", b"1"), NeverIndexedHeaderTuple(b"b", b"2")], huffman=False)
+    assert fast._decode_unchanging(block) is not None
+    got, expected = fast.decode(block, raw=True), stock.decode(block, raw=True)
+    assert got == expected
+    assert [type(h) for h in got] == [type(h) for h in expected]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_decoder_refuses_what_hpack_refuses(seed: int) -> None:
+    """Damaged blocks (cut short, bytes flipped, bad indexes, a size update after a
+    field, over the list size limit): the same fields or the same error as hpack, and the
+    same table afterwards."""
+    rng = random.Random(seed)
+    for block in _stock_blocks(rng):
+        fast, stock = FastDecoder(), Decoder()
+        fast.max_header_list_size = stock.max_header_list_size = rng.choice([100, 65536])
+        damaged = bytearray(block)
+        for _ in range(rng.randint(1, 3)):
+            if damaged:
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        for data in (bytes(damaged), block[: rng.randint(0, len(block))], b"\x80", b"\xff\x80"):
+            outcomes = []
+            for decoder in (fast, stock):
+                try:
+                    outcomes.append(decoder.decode(data, raw=True))
+                except HPACKError as exc:
+                    outcomes.append(type(exc))
+            assert outcomes[0] == outcomes[1]
+            assert fast.header_table.dynamic_entries == stock.header_table.dynamic_entries
+
+
+def test_pair_requests_take_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first pair, a pair's requests are encoded from the memo and decoded
+    without hpack's decoder."""
+    slow = {"decode": 0}
+    original = Decoder.decode
+
+    def counting(self: Decoder, data: bytes, raw: bool = False) -> object:
+        slow["decode"] += 1
+        return original(self, data, raw)
+
+    monkeypatch.setattr(Decoder, "decode", counting)
+    client, server = connected()
+    for request_id in range(50):
+        client.open_pair("default", "web-0", 8080, request_id, [("user-agent", "t")])
+    events = server.receive_data(client.data_to_send())
+    opened = [e for e in events if isinstance(e, StreamOpened)]
+    assert len(opened) == 100
+    assert [e.headers["requestid"] for e in opened[-2:]] == ["49", "49"]
+    assert slow["decode"] <= 2  # the first two requests add their fields to the table
+
+
+# ---------------------------------------------------------------- HEADERS, lighter
+
+
+def _twins(client_side: bool, frame_size: int = 16384) -> tuple[Connection, Connection]:
+    """Two of our connections in the same state, the peer's SETTINGS received."""
+    pair = []
+    for _ in range(2):
+        conn = new_connection(
+            client_side,
+            max_concurrent_streams=100,
+            initial_window_size=65535,
+            max_frame_size=16384,
+            max_header_list_size=1 << 16,
+        )
+        conn.initiate_connection()
+        peer = H2Connection(H2Configuration(client_side=not client_side))
+        peer.initiate_connection()
+        peer.update_settings({SettingCodes.MAX_FRAME_SIZE: frame_size})
+        conn.receive_data(peer.data_to_send())  # a client peer's starts with the preface
+        conn.data_to_send()
+        pair.append(conn)
+    return pair[0], pair[1]
+
+
+def _stream_state(conn: Connection, sid: int) -> tuple[object, ...]:
+    stream = conn.streams[sid]
+    return (
+        stream.state_machine.state,
+        stream._authority,
+        stream.request_method,
+        conn.highest_outbound_stream_id,
+        conn.state_machine.state,
+    )
+
+
+def _send_both(
+    fast: Connection, stock: Connection, sid: int, fields: list[tuple[bytes, bytes]], end: bool
+) -> None:
+    outcomes = []
+    for conn, send in (
+        (fast, fast.send_headers),
+        (stock, partial(H2Connection.send_headers, stock)),
+    ):
+        try:
+            send(sid, fields, end_stream=end)
+            outcomes.append(conn.data_to_send())
+        except H2ProtocolError as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
+    if sid in fast.streams:
+        assert _stream_state(fast, sid) == _stream_state(stock, sid)
+
+
+_REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"a:1"),
+    (b":path", b"/v1/portforward/n/p"),
+    (b"streamtype", b"data"),
+    (b"port", b"80"),
+]
+
+
+def test_sent_headers_are_what_h2_sends() -> None:
+    """Requests (with END_STREAM or not, one frame or CONTINUATIONs past the peer's frame
+    size, never-indexed fields), responses and trailers: the same bytes, stream states and
+    errors as h2's own send_headers on a twin connection."""
+    fast, stock = _twins(client_side=True)
+    big = (b"x-big", b"v" * 40000)  # 3 frames of 16 KiB
+    requestid = NeverIndexedHeaderTuple(b"requestid", b"7")
+    for sid, fields, end in [
+        (1, _REQUEST, True),
+        (3, [*_REQUEST, requestid], False),
+        (5, [*_REQUEST, big], False),
+        (7, [(b":method", b"GET"), (b":authority", b"b"), (b":authority", b"c")], False),
+        (3, [(b"x-trailer", b"1")], False),  # trailers without END_STREAM: refused
+        (5, [(b"x-trailer", b"1")], True),
+        (1, _REQUEST, False),  # closed
+    ]:
+        _send_both(fast, stock, sid, fields, end)
+    server_fast, server_stock = _twins(client_side=False)
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.data_to_send()
+    for sid in (1, 3, 5, 7):
+        client.send_headers(sid, [(k.decode(), v.decode()) for k, v in _REQUEST])
+    wire = client.data_to_send()
+    server_fast.receive_data(wire)
+    server_stock.receive_data(wire)
+    for sid, fields, end in [
+        (1, [(b":status", b"200")], False),
+        (3, [(b":status", b"404"), (b"content-type", b"text/plain")], True),
+        (5, [(b":status", b"100")], False),  # informational: h2's own way
+        (5, [(b":status", b"200")], False),
+        (7, [(b":status", b"200"), big], True),
+        (1, [(b"x-trailer", b"1")], True),
+    ]:
+        _send_both(server_fast, server_stock, sid, fields, end)
+
+
+def test_too_many_streams_is_refused_by_send_headers() -> None:
+    fast, _ = _twins(client_side=True)
+    fast.remote_settings.acknowledge()  # nothing pending
+    fast.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1
+    fast.remote_settings.acknowledge()
+    fast.send_headers(1, _REQUEST)
+    with pytest.raises(TooManyStreamsError):
+        fast.send_headers(3, _REQUEST)
+
+
+@pytest.mark.parametrize("client_side", [True, False])
+def test_new_streams_are_made_as_h2_makes_them(client_side: bool) -> None:
+    """Stream ids too low, of the wrong parity, or fine, for our side or the peer's: the
+    same errors, streams (windows, frame size) and highest ids as h2's own."""
+    ours, theirs = _twins(client_side)
+    theirs_new = partial(H2Connection._begin_new_stream, theirs)
+    mine, peer = AllowedStreamIDs(client_side), AllowedStreamIDs(not client_side)
+    first = 1 if client_side else 2
+    for sid, allowed in [
+        (first, mine),
+        (first, mine),
+        (first + 1, mine),
+        (first + 2, mine),
+        (first + 1, peer),
+        (first + 5, peer),
+        (first + 3, peer),
+    ]:
+        outcomes: list[object] = []
+        for conn, new in ((ours, ours._begin_new_stream), (theirs, theirs_new)):
+            try:
+                stream = new(sid, allowed)
+                outcomes.append(
+                    (
+                        stream.stream_id,
+                        stream.outbound_flow_control_window,
+                        stream._inbound_window_manager.max_window_size,
+                        stream.max_outbound_frame_size,
+                    )
+                )
+            except H2ProtocolError as exc:
+                outcomes.append(type(exc))
+            outcomes.append((conn.highest_outbound_stream_id, conn.highest_inbound_stream_id))
+        assert outcomes[:2] == outcomes[2:], (sid, allowed)
+    assert type(ours.streams[first]) is PairStream
+
+
+def _machine_outcome(machine: object, event: object) -> tuple[object, ...]:
+    try:
+        events = machine.process_input(event)  # type: ignore[attr-defined]
+        result: object = [type(e) for e in events]
+    except (H2ProtocolError, ValueError) as exc:
+        result = (type(exc), str(exc))
+    return result, vars(machine)
+
+
+def test_connection_state_machine_is_h2s() -> None:
+    """Every input in every state, and a wrong input type: the same state, events and
+    errors as h2's own machine."""
+    for state in ConnectionState:
+        for event in [*ConnectionInputs, "not an input"]:
+            ours, theirs = PairConnectionStateMachine(), H2ConnectionStateMachine()
+            ours.state = theirs.state = state
+            assert _machine_outcome(ours, event) == _machine_outcome(theirs, event)
+
+
+def test_stream_state_machine_is_h2s() -> None:
+    """Every input in every state, and from every reachable history (client and server
+    streams, headers and trailers sent or received): the same state, flags, events and
+    errors as h2's own machine."""
+    histories: list[list[StreamInputs]] = [[]]
+    for length in range(1, 4):
+        histories += [list(h) for h in itertools.product(StreamInputs, repeat=length)]
+    checked = 0
+    for history in histories:
+        ours, theirs = PairStreamStateMachine(1), H2StreamStateMachine(1)
+        try:
+            for event in history:
+                theirs.process_input(event)
+        except H2ProtocolError:
+            continue  # not a history h2 allows
+        for event in history:
+            ours.process_input(event)
+        assert vars(ours) == vars(theirs)
+        for event in [*StreamInputs, "not an input"]:
+            a, b = copy.copy(ours), copy.copy(theirs)
+            assert _machine_outcome(a, event) == _machine_outcome(b, event), (history, event)
+            checked += 1
+    assert checked > 1000
+
+
+def test_end_stream_is_what_h2_sends() -> None:
+    fast, stock = _twins(client_side=True)
+    for conn in (fast, stock):
+        conn.send_headers(1, _REQUEST)
+        conn.send_headers(3, _REQUEST, end_stream=True)
+        conn.data_to_send()
+    h2_own = partial(H2Connection.end_stream, stock)
+    for sid in (1, 1, 3, 5):  # open, already ended, ended by its HEADERS, unknown
+        outcomes: list[object] = []
+        for conn, end in ((fast, fast.end_stream), (stock, h2_own)):
+            try:
+                end(sid)
+                outcomes.append(b"".join(conn.take_output()))
+            except H2ProtocolError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1]
+        if sid in fast.streams:
+            assert _stream_state(fast, sid) == _stream_state(stock, sid)
+
+
+def _headers_frame(sid: int, block: bytes, flags: set[str], pad: int = 0) -> bytes:
+    frame = hyperframe.frame.HeadersFrame(sid, block)
+    for flag in flags:
+        frame.flags.add(flag)
+    if pad:
+        frame.flags.add("PADDED")
+        frame.pad_length = pad
+    if "PRIORITY" in flags:
+        frame.depends_on, frame.stream_weight = 0, 15
+    return frame.serialize()
+
+
+@pytest.mark.parametrize(
+    ("frame", "flags"),
+    [
+        (hyperframe.frame.DataFrame(3, b"payload"), ()),
+        (hyperframe.frame.DataFrame(3, b""), ("END_STREAM",)),
+        (hyperframe.frame.HeadersFrame(5, b"\x82\x86"), ("END_HEADERS",)),
+        (hyperframe.frame.HeadersFrame(5, b"\x82"), ("END_HEADERS", "END_STREAM")),
+        (hyperframe.frame.HeadersFrame(7, b""), ("END_HEADERS",)),
+    ],
+)
+def test_frames_built_without_hyperframe_are_what_it_parses(
+    frame: hyperframe.frame.Frame, flags: tuple[str, ...]
+) -> None:
+    """The frames FrameBufferOverChunks builds itself have the attributes hyperframe's
+    parse gives them (a guard for a hyperframe upgrade)."""
+    for flag in flags:
+        frame.flags.add(flag)
+    wire = frame.serialize()
+    parsed, _ = hyperframe.frame.Frame.parse_frame_header(memoryview(wire[:9]))
+    parsed.parse_body(memoryview(wire[9:]))
+    buffer = FrameBufferOverChunks(server=False)
+    buffer.max_frame_size = 1 << 14
+    buffer.add_data(wire)
+    built = next(buffer)
+    assert type(built).__mro__[1] is type(parsed)
+    mine, theirs = dict(vars(built)), dict(vars(parsed))
+    assert set(mine.pop("flags")) == set(theirs.pop("flags"))
+    assert bytes(mine.pop("data")) == theirs.pop("data")
+    assert mine == theirs
+    built.flags.add("END_STREAM")  # a Flags of its own, that knows its frame's flags
+    with pytest.raises(ValueError, match="Unexpected flag"):
+        built.flags.add("ACK")
+
+
+def test_streams_past_the_agents_limit_are_refused_as_h2_refuses_them() -> None:
+    """A client that opens more streams than the agent allows (it ignored the SETTINGS):
+    our server ends the connection with the error a stock h2 server raises."""
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")]
+    for sid in (1, 3, 5):
+        client.send_headers(sid, request)
+    wire = client.data_to_send()
+    stock = H2Connection(H2Configuration(client_side=False))
+    stock.local_settings = Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2,
+        },
+    )
+    stock.local_settings.acknowledge()
+    with pytest.raises(H2ProtocolError) as theirs:
+        stock.receive_data(wire)
+    ours = H2PairServer(max_concurrent_streams=2)
+    ours._conn.local_settings.acknowledge()
+    with pytest.raises(PairProtocolError) as mine:
+        ours.receive_data(wire)
+    assert type(mine.value.__cause__) is type(theirs.value)
+    assert str(mine.value.__cause__) == str(theirs.value)
+
+
+def test_received_responses_are_read_as_h2_reads_them() -> None:
+    """Responses of every shape (informational first, END_STREAM, cookies to join, a
+    repeated or missing :status, trailers): our client's fields are those of a stock h2
+    client configured as ours (inbound validation off)."""
+    config = H2Configuration(client_side=True, validate_inbound_headers=False)
+    ours, stock = H2PairClient("a"), H2Connection(config)  # h2 configured as ours
+    server = H2Connection(H2Configuration(client_side=False, validate_outbound_headers=False))
+    server.initiate_connection()
+    ours.initiate()  # the server hears the stock client only; both hear the server
+    stock.initiate_connection()
+    server.receive_data(stock.data_to_send())
+    settings = server.data_to_send()
+    ours.receive_data(settings)
+    stock.receive_data(settings)
+    responses: list[tuple[list[tuple[str, str]], bool]] = [
+        ([(":status", "200")], False),
+        ([(":status", "404"), ("content-type", "text/plain")], True),
+        ([(":status", "200"), ("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")], False),
+        ([(":status", "200"), (":status", "201")], False),
+        ([("x", "no status")], False),
+    ]
+    sids = []
+    for _ in responses:
+        sids.append(ours._conn.get_next_available_stream_id())
+        request = [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")]
+        ours._conn.send_headers(sids[-1], request)
+        stock.send_headers(sids[-1], request)
+    ours.data_to_send()
+    server.receive_data(stock.data_to_send())
+    server.send_headers(sids[0], [(":status", "100")])
+    for sid, (fields, end) in zip(sids, responses, strict=True):
+        server.send_headers(sid, fields, end_stream=end)
+    server.send_headers(sids[0], [("x-trailer", "1")], end_stream=True)
+    wire = server.data_to_send()
+    mine = ours._conn.receive_data(wire)
+    theirs = stock.receive_data(wire)
+    assert [type(e) for e in mine] == [type(e) for e in theirs]
+    for a, b in zip(mine, theirs, strict=True):
+        if hasattr(b, "headers"):
+            assert [tuple(h) for h in a.headers] == [tuple(h) for h in b.headers]
+    replies = [e for e in ours._translate(mine) if isinstance(e, StreamReplied)]
+    assert [e.status for e in replies] == [200, 404, 200, 0, 0]
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_received_headers_frames_are_read_as_h2_reads_them(mode: str) -> None:
+    """HEADERS of every shape (END_STREAM, CONTINUATION, PRIORITY, PADDED), cut anywhere:
+    our server's events carry what a stock h2 server's do."""
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    wire = client.data_to_send()
+    encoder = Encoder()
+    request = [(k.decode(), v.decode()) for k, v in _REQUEST]
+    client.send_headers(1, request, end_stream=True)
+    client.send_headers(3, [*request, ("x-big", "v" * 40000)])  # HEADERS + CONTINUATIONs
+    wire += client.data_to_send()
+    encoder.header_table = client.encoder.header_table  # go on with the client's context
+    block = encoder.encode(request)
+    wire += _headers_frame(5, block, {"END_HEADERS", "PRIORITY"})
+    wire += _headers_frame(7, encoder.encode(request), {"END_HEADERS", "END_STREAM"}, pad=9)
+    wire += _headers_frame(9, encoder.encode(request), {"END_HEADERS"}, pad=1)
+    ours, stock = H2PairServer(), H2Connection(H2Configuration(client_side=False))
+    stock.initiate_connection()
+    got = [e for e in feed(ours.receive_data, wire, mode) if isinstance(e, StreamOpened)]
+    expected = [e for e in stock.receive_data(wire) if isinstance(e, RequestReceived)]
+    assert [(e.stream_id, e.end_stream) for e in got] == [
+        (e.stream_id, e.stream_ended is not None) for e in expected
+    ]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.headers == {k.decode(): v.decode() for k, v in theirs.headers}
+
+
+_VALID_REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"agent:1"),
+    (b":path", b"/v1/portforward/n/p"),
+    (b"streamtype", b"data"),
+    (b"port", b"80"),
+    NeverIndexedHeaderTuple(b"requestid", b"1"),
+    (b"user-agent", b"podgate/1 (x)"),
+]
+
+
+def _variants() -> Iterator[list[tuple[bytes, bytes]]]:
+    """The pair request, and each way h2's inbound validation can refuse (or let through)
+    a request."""
+    yield list(_VALID_REQUEST)
+    rng = random.Random(3)
+    edits: list[Callable[[list[tuple[bytes, bytes]]], None]] = [
+        lambda f: f.append((b"X-Upper", b"1")),
+        lambda f: f.append((b"", b"1")),
+        lambda f: f.append((b"a b", b"1")),
+        lambda f: f.append((b"a:b", b"1")),
+        lambda f: f.append((b"\x7f", b"1")),
+        lambda f: f.append((b"te", b"trailers")),
+        lambda f: f.append((b"te", b"gzip")),
+        lambda f: f.append((b"connection", b"close")),
+        lambda f: f.append((b"keep-alive", b"1")),
+        lambda f: f.append((b"host", b"agent:1")),
+        lambda f: f.append((b"host", b"other")),
+        lambda f: f.append((b"cookie", b"a=1")),
+        lambda f: f.extend([(b"cookie", b"a=1"), (b"cookie", b"b=2")]),
+        lambda f: f.append((b"x", b"a\nb")),
+        lambda f: f.append((b"x", b"a\rb")),
+        lambda f: f.append((b"x", b"a\x00b")),
+        lambda f: f.append((b"x", b" a")),
+        lambda f: f.append((b"x", b"a\t")),
+        lambda f: f.append((b"x", b"")),
+        lambda f: f.append((b":path", b"/again")),
+        lambda f: f.append((b":status", b"200")),
+        lambda f: f.insert(0, (b":protocol", b"websocket")),
+        lambda f: f.insert(0, (b":custom", b"1")),
+        lambda f: f.insert(5, (b"x", b"1")) or f.insert(6, (b":method", b"GET")),
+        lambda f: f.__setitem__(0, (b":method", b"CONNECT")),
+        lambda f: f.__setitem__(3, (b":path", b"")),
+        lambda f: f.__setitem__(2, (b":authority", b" a")),
+        lambda f: f.pop(2),
+        lambda f: f.pop(1),
+        lambda f: f.pop(0),
+        lambda f: f.pop(3),
+        lambda f: f.append((b"x-\xff", b"1")),
+        lambda f: f.append((b"x", b"\xff\x01 ok")),
+    ]
+    for edit in edits:
+        fields = list(_VALID_REQUEST)
+        edit(fields)
+        yield fields
+    for _ in range(300):
+        fields = list(_VALID_REQUEST)
+        for edit in rng.sample(edits, rng.randint(1, 3)):
+            edit(fields)
+        yield fields
+
+
+def test_vouched_requests_are_what_h2_validation_accepts() -> None:
+    """For every variant, PairStream's result is h2's validation pipeline's result (the
+    same fields, or the same refusal), and the pair request takes the short way."""
+    config = H2Configuration(client_side=False, header_encoding=None)
+    ours, stock = PairStream(1, config, 65535, 65535), H2Stream(1, config, 65535, 65535)
+    for fields in _variants():
+        outcomes = []
+        for stream in (ours, stock):
+            try:
+                outcomes.append(
+                    stream._process_received_headers(list(fields), _REQUEST_FLAGS, None)
+                )
+            except H2ProtocolError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1], fields
+    assert _plain_request(list(_VALID_REQUEST))
 
 
 # h2 modules whose use ties us to h2 4.x (subclassed, or private): the h2>=4.4,<5 pin in

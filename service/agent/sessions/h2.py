@@ -67,6 +67,10 @@ from service.protocols.h2 import (
 
 log = logging.getLogger("podgate.agent")
 
+#: Pod output queued since the last write that is written at once, not at the loop turn's
+#: end (the client transport's back-pressure must see bulk data).
+BULK = 256 * 1024
+
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class H2Pair(StreamPair):
@@ -116,10 +120,18 @@ class H2Session(PairedSession[H2Pair]):
         self.h2 = H2PairServer(max_concurrent_streams=max_concurrent_streams)
         self._goaway_sent = False
         self._last_stream_id = 0  # highest client stream seen: the GOAWAY last-stream-id
+        self._flush_pending = False
+        self._unflushed = 0  # pod payload bytes queued since the last write
+        # Pairs whose pod output waits for window (an ordered set): what a connection-wide
+        # WINDOW_UPDATE may unblock, without walking every pair.
+        self._stalled: dict[H2Pair, None] = {}
+        # The client's payloads of one read, per pair: each pod socket gets one write (and
+        # each stream one acknowledgement) per read, not one per DATA frame.
+        self._held: dict[H2Pair, list[bytes | memoryview]] = {}
 
     def start(self, how: str) -> None:
         log.info("http/2 connection (%s) from %s", how, self.transport.get_extra_info("peername"))
-        self.flush()
+        self.flush_now()
 
     # ------------------------------------------------------------ client side
 
@@ -130,16 +142,19 @@ class H2Session(PairedSession[H2Pair]):
             events = self.h2.receive_data(data)
         except PairProtocolError as exc:
             log.info("http/2 connection error: %s", exc.message)
-            self.flush()
+            self.flush_now()
             self.close()
             return
         for event in events:
             if self._closed:
                 return
             try:
-                if isinstance(event, DataReceived):
+                if type(event) is DataReceived:
                     self._data(event)
-                elif isinstance(event, StreamOpened):
+                    continue
+                if self._held:
+                    self._write_held()  # keep order: data reaches the pod before its EOF
+                if isinstance(event, StreamOpened):
                     self._stream_opened(event)
                 elif isinstance(event, StreamEnded):
                     self._data_ended(event.stream_id)
@@ -156,12 +171,25 @@ class H2Session(PairedSession[H2Pair]):
                 # A stream in a state we did not expect (e.g. reset while we answered):
                 # it concerns that stream only.
                 log.info("http/2 stream state: %s", exc)
+        if self._held:
+            self._write_held()
         self.flush()
 
     def client_eof(self) -> None:
         self.close()
 
     def flush(self) -> None:
+        """Write what h2 queued once the loop has run every callback of this I/O poll:
+        the frames of every pair that had news in it (responses, small DATA, END_STREAM,
+        WINDOW_UPDATE) share one write, where each was a write and a wake-up of the
+        client before (5 writes a pair with 1000 concurrent connections)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
+        self._unflushed = 0
         data = self.h2.buffers_to_send()
         if data and not self.transport.is_closing():
             self.transport.writelines(data)
@@ -242,10 +270,26 @@ class H2Session(PairedSession[H2Pair]):
             if event.data:
                 pair.pending.append(event.data)  # bounded by the stream window
             return
+        chunks = self._held.get(pair)
+        if chunks is None:
+            chunks = self._held[pair] = []
         if event.data:
-            pod.transport.write(event.data)
-        if not pod.write_paused:
-            self._ack(pair)
+            chunks.append(event.data)
+
+    def _write_held(self) -> None:
+        """Write what this read brought for each pod; acknowledge it at once if the pod
+        socket took it all, else once it drains (``pod_drained``)."""
+        held, self._held = self._held, {}
+        for pair, chunks in held.items():
+            pod = pair.pod
+            if pair.done or pod is None:
+                continue  # _forget acknowledged what the pair held
+            if len(chunks) == 1:
+                pod.transport.write(chunks[0])
+            elif chunks:
+                pod.transport.writelines(chunks)
+            if not pod.write_paused:
+                self._ack(pair)
 
     def _ack(self, pair: H2Pair) -> None:
         if pair.unacked and pair.data_sid is not None:
@@ -272,11 +316,13 @@ class H2Session(PairedSession[H2Pair]):
 
     def _window_opened(self, sid: int) -> None:
         if sid == 0:
-            pairs = [p for p in self.pairs.values() if p.outq or (p.pod_eof and not p.end_sent)]
+            pairs = list(self._stalled)
         else:
             found = self.by_stream.get(sid)
             pairs = [found] if found is not None else []
         for pair in pairs:
+            if sid == 0 and self.h2.connection_window() <= 0:
+                break  # the rest wait for the next one
             if not pair.done:
                 self._send_out(pair)
 
@@ -346,7 +392,9 @@ class H2Session(PairedSession[H2Pair]):
             return
         pair.outq.append(data)
         self._send_out(pair)
-        self.flush()
+        self._unflushed += len(data)
+        if self._unflushed >= BULK:
+            self.flush_now()
 
     def _send_out(self, pair: H2Pair) -> None:
         """Send queued pod output as the windows allow; END_STREAM once it is all out."""
@@ -364,9 +412,11 @@ class H2Session(PairedSession[H2Pair]):
                 outq.popleft()
             if outq:
                 # Window closed: stop reading this pod until the client opens it.
+                self._stalled[pair] = None
                 if pair.pod is not None:
                     pair.pod.transport.pause_reading()
                 return
+            self._stalled.pop(pair, None)
             if pair.pod_eof:
                 if not pair.end_sent:
                     pair.end_sent = True
@@ -422,6 +472,8 @@ class H2Session(PairedSession[H2Pair]):
         # Bytes we will never write still count against the connection window.
         self._ack(pair)
         pair.outq.clear()
+        self._stalled.pop(pair, None)
+        self.h2.release(*(sid for sid in (pair.data_sid, pair.error_sid) if sid is not None))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -436,7 +488,7 @@ class H2Session(PairedSession[H2Pair]):
         if self._closed or self._goaway_sent:
             return
         self._goaway_sent = True
-        self.flush()
+        self.flush_now()
         frame = GoAwayFrame(0, last_stream_id=self._last_stream_id, error_code=0)
         if not self.transport.is_closing():
             self.transport.write(frame.serialize())

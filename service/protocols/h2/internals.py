@@ -3,36 +3,69 @@
 The ``h2>=4.4,<5`` pin in pyproject.toml is for this module: a new h2 may rename or
 change any of what it uses (``FrameBuffer``'s fields, ``H2Connection._receive_frame``'s
 dispatch table, ``_data_to_send``, ``_open_streams``, ``_receive_goaway_frame``, the
-stream and connection state machines). Check it, with ``tests/unit/test_h2pair.py``
-(which compares it with a stock ``H2Connection`` both ways), before moving the pin.
+stream and connection state machines, and of the hpack 4.x that h2 4.x requires,
+``HeaderTable`` and the encoder's and decoder's methods). Check it, with
+``tests/unit/test_h2pair.py`` (which compares it with a stock ``H2Connection`` and stock
+hpack both ways), before moving the pin.
 
 ``new_connection`` builds the h2 connection of a pair endpoint: h2's configuration flags,
 the exact SETTINGS it advertises, and ``Connection``, an ``H2Connection`` that neither
-copies nor hex-encodes DATA payloads (below), opens streams in amortised O(1), and lets
-streams finish after a graceful GOAWAY. ``pairs.py`` uses h2's public API only, and this.
+copies nor hex-encodes DATA payloads (below), opens streams in amortised O(1), encodes
+and decodes the header blocks of pairs without hpack's per-field work, and lets streams
+finish after a graceful GOAWAY. ``pairs.py`` uses h2's public API only, and this.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, H2Connection
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    H2Connection,
+    H2ConnectionStateMachine,
+    _decode_headers,
+)
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated
+from h2.events import ConnectionTerminated, RequestReceived, ResponseReceived, TrailersReceived
 from h2.events import Event as H2Event
-from h2.exceptions import FrameDataMissingError
+from h2.exceptions import FrameDataMissingError, StreamIDTooLowError, TooManyStreamsError
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamInputs, StreamState
+from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs, StreamState
+from h2.stream import _transitions as _stream_transitions
+from h2.utilities import CONNECTION_HEADERS, HeaderValidationFlags, is_informational_response
+from hpack import Decoder, Encoder, HeaderTuple, HPACKError, NeverIndexedHeaderTuple
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame
+from hyperframe.flags import Flags
+from hyperframe.frame import (
+    AltSvcFrame,
+    ContinuationFrame,
+    DataFrame,
+    ExtensionFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from h2._typing import Buffer as _H2Buffer
+    from hpack.struct import Header, HeaderWeaklyTyped
 
 __all__ = ["Connection", "new_connection"]
 
@@ -90,6 +123,8 @@ def new_connection(
 # received DATA frame a QuietDataFrame, whose __repr__ reports only the size, and the
 # dispatch table learns the subclass (h2 dispatches on frame.__class__). Nothing else in
 # h2 looks at the class. tests/unit/test_h2pair.py proves that no serialize/hexlify runs.
+# Every other received frame gets a quiet subclass too: for a HEADERS frame the repr
+# hex-encoded the header block and sorted the flags, a few microseconds a frame.
 
 
 class QuietDataFrame(DataFrame):
@@ -97,6 +132,39 @@ class QuietDataFrame(DataFrame):
 
     def __repr__(self) -> str:
         return f"DataFrame(stream_id={self.stream_id}): <{len(self.data)} bytes>"
+
+
+def _quiet_repr(frame: Frame) -> str:
+    return (
+        f"{type(frame).__mro__[1].__name__}(stream_id={frame.stream_id}): <{frame.body_len} bytes>"
+    )
+
+
+class QuietHeadersFrame(HeadersFrame):
+    """A received HEADERS frame whose repr neither hex-encodes the block nor sorts flags."""
+
+    __repr__ = _quiet_repr
+
+
+#: Every other frame type h2 dispatches on -> its subclass with a cheap repr.
+_QUIET: Final[dict[type[Frame], type[Frame]]] = {
+    HeadersFrame: QuietHeadersFrame,
+    **{
+        cls: type(f"Quiet{cls.__name__}", (cls,), {"__repr__": _quiet_repr})
+        for cls in (
+            PushPromiseFrame,
+            SettingsFrame,
+            WindowUpdateFrame,
+            PingFrame,
+            RstStreamFrame,
+            PriorityFrame,
+            GoAwayFrame,
+            ContinuationFrame,
+            AltSvcFrame,
+            ExtensionFrame,
+        )
+    },
+}
 
 
 # ---------------------------------------------------------------------- DATA without copies
@@ -123,8 +191,40 @@ class QuietDataFrame(DataFrame):
 
 _FRAME_HEADER: Final = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, id
 _DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
+_END_HEADERS: Final = 0x4
 _PADDED: Final = 0x8
+_PRIORITY: Final = 0x20
+
+
+# An unpadded DATA frame, and a HEADERS frame without padding or priority, are built as
+# hyperframe's parse_frame_header + parse_body would build them, without the chain of
+# keyword-argument constructors (Frame, Padding, Priority, Flags: 2.5 us a frame): the
+# attributes of a frame its own constructor made, with this frame's stream, flags, data
+# and length. tests/unit/test_h2pair.py compares the two.
+_PROTOTYPES: Final[dict[type[Frame], dict[str, object]]] = {
+    cls: vars(cls(1)) for cls in (QuietDataFrame, QuietHeadersFrame)
+}
+_VALID_FLAGS: Final = {cls: cls(1).flags._valid_flags for cls in _PROTOTYPES}
+_FLAG_NAMES: Final[dict[type[Frame], dict[int, tuple[str, ...]]]] = {
+    QuietDataFrame: {0: (), _END_STREAM: ("END_STREAM",)},
+    QuietHeadersFrame: {
+        bits: tuple(name for name, bit in (("END_STREAM", 1), ("END_HEADERS", 4)) if bits & bit)
+        for bits in range(256)
+    },
+}
+
+
+def _received(cls: type[Frame], stream_id: int, flags: int, data: Buffer, length: int) -> Frame:
+    frame = cls.__new__(cls)
+    names = Flags.__new__(Flags)
+    names._valid_flags = _VALID_FLAGS[cls]
+    names._flags = set(_FLAG_NAMES[cls][flags])
+    frame.__dict__.update(_PROTOTYPES[cls], stream_id=stream_id, flags=names, body_len=length)
+    frame.data = data  # type: ignore[attr-defined]
+    return frame
 
 
 class FrameBufferOverChunks(FrameBuffer):
@@ -172,7 +272,7 @@ class FrameBufferOverChunks(FrameBuffer):
             piece = first[:n]
             # A view keeps its whole read alive while the payload waits in a buffer: only
             # for at least half of that read, so held memory stays within 2x the payload.
-            return piece if 2 * n >= len(cast(bytes, piece.obj)) else piece.tobytes()
+            return piece if 2 * n >= len(piece.obj) else piece.tobytes()  # type: ignore[arg-type]
         pieces: list[memoryview] = []
         while n:
             part = parts.popleft()
@@ -186,25 +286,38 @@ class FrameBufferOverChunks(FrameBuffer):
     def __next__(self) -> Frame:
         if self._size < 9:
             raise StopIteration
-        header = self._peek(9)
-        length = int.from_bytes(header[:3], "big")
+        parts = self._parts
+        first = parts[0]
+        fields = _FRAME_HEADER.unpack_from(first if len(first) >= 9 else self._peek(9))
+        high, low, kind, flags, raw_id = fields
+        length = high << 8 | low
         # Checked before the body arrives, so a peer cannot make us buffer a huge frame.
         self._validate_frame_length(length)
-        if self._size < 9 + length:
+        end = 9 + length
+        if self._size < end:
             raise StopIteration
-        self._take(9)
-        body = self._take(length)
-        kind, flags = header[3], header[4]
-        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        body: Buffer
+        if len(first) >= end:  # the whole frame in the first chunk: the usual case
+            self._size -= end
+            if len(first) == end:
+                parts.popleft()
+            else:
+                parts[0] = first[end:]
+            piece = first[9:end]
+            # As in _take: a view only for at least half of its read.
+            body = piece if 2 * length >= len(piece.obj) else piece.tobytes()  # type: ignore[arg-type]
+        else:
+            self._take(9)
+            body = self._take(length)
+        stream_id = raw_id & 0x7FFFFFFF
         frame: Frame
         if kind == _DATA and stream_id and not flags & _PADDED:
-            frame = QuietDataFrame(stream_id)
-            if flags & _END_STREAM:
-                frame.flags.add("END_STREAM")
-            frame.data = cast(bytes, body)  # a view is fine: h2 only takes its len()
-            frame.body_len = length
+            # A view is fine as the payload: h2 only takes its len().
+            frame = _received(QuietDataFrame, stream_id, flags & _END_STREAM, body, length)
+        elif kind == _HEADERS and stream_id and not flags & (_PADDED | _PRIORITY):
+            frame = _received(QuietHeadersFrame, stream_id, flags, bytes(body), length)
         else:
-            frame = self._parse(header, body)
+            frame = self._parse(_FRAME_HEADER.pack(*fields), body)
         new_frame = self._update_header_buffer(frame)
         return new_frame if new_frame is not None else self.__next__()
 
@@ -223,25 +336,404 @@ class FrameBufferOverChunks(FrameBuffer):
             raise FrameDataMissingError("Frame data missing or invalid") from err
         if frame.__class__ is DataFrame:
             frame.__class__ = QuietDataFrame
+        else:
+            frame.__class__ = _QUIET.get(frame.__class__, frame.__class__)
         return frame
+
+
+# ---------------------------------------------------------------------- HPACK without the search
+#
+# Every pair opens two streams whose request headers differ only in ``streamtype`` and
+# ``requestid``. hpack 4.2 encodes each field from scratch (a table search, a debug log
+# call, Huffman coding of literals) and decodes each from scratch (memoryview slices, a
+# HeaderTuple, a debug log call): 22 us to encode and 22 us to decode a pair's request
+# on this machine, a fifth of all the protocol work of a pair with 100 KiB each way.
+#
+# * MemoEncoder remembers the bytes of each field whose encoding left the dynamic table
+#   as it was (an indexed field, or a literal without indexing). Those bytes depend on
+#   the table alone, so they stay right until the table changes (_CountingTable counts
+#   entries added and sizes set; the memo is dropped at every change). Never-indexed
+#   fields (the requestid, new in every request) are encoded each time, as literals
+#   without Huffman coding: a fresh short id gains nothing from it (digits take 5-6 bits),
+#   and hpack's Huffman coder cost 9 us a field.
+# * FastDecoder decodes a block made only of such fields (indexed fields with a 1-byte
+#   index, literals without indexing or never indexed, 1-byte string lengths) without
+#   hpack's per-field machinery. Those fields leave the table as it was, so on anything
+#   else (a field that adds to the table, a size update, an error of any kind) it gives
+#   the block to hpack's own decoder from its start, which then decodes (or refuses) it
+#   exactly as before.
+#
+# tests/unit/test_h2pair.py checks both against hpack's encoder and decoder.
+
+
+class _CountingTable(HeaderTable):
+    """hpack's header table, counting the changes an encoding depends on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.changes += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.changes += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
+
+
+class MemoEncoder(Encoder):
+    """hpack's encoder, remembering the encoding of fields that left the table as it was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = self._table = _CountingTable()
+        self._memo: dict[tuple[bytes, bytes], bytes] = {}
+        # Names the table does not hold -> the start of their never-indexed literal.
+        self._names: dict[bytes, bytes] = {}
+        self._memo_at = 0
+
+    def encode(self, headers: object, huffman: bool = True) -> bytes:
+        table = self._table
+        if table.resized or not isinstance(headers, list):
+            return super().encode(headers, huffman)  # type: ignore[arg-type]  # a size update first
+        memo = self._memo
+        if table.changes != self._memo_at:
+            self._forget()
+        parts = []
+        for header in headers:
+            if type(header) is tuple and len(header) == 2:
+                encoded = memo.get(header)
+                if encoded is None:
+                    encoded = super().encode([header], huffman)
+                    if table.changes == self._memo_at:
+                        memo[header] = encoded
+                    else:
+                        self._forget()
+            elif isinstance(header, NeverIndexedHeaderTuple):
+                encoded = self._never_indexed(header)
+            else:
+                encoded = super().encode([header], huffman)
+                if table.changes != self._memo_at:
+                    self._forget()
+            parts.append(encoded)
+        return b"".join(parts)
+
+    def _forget(self) -> None:
+        """The table changed: what was remembered may be wrong now."""
+        self._memo.clear()
+        self._names.clear()
+        self._memo_at = self._table.changes
+
+    def _never_indexed(self, header: NeverIndexedHeaderTuple) -> bytes:
+        """A never-indexed literal without Huffman coding. A name the table does not hold
+        (our requestid) is always sent literally: its bytes are remembered like the
+        fields' (hpack's add() searched the table and logged twice for each)."""
+        name, value = (h if isinstance(h, bytes) else str(h).encode() for h in header)
+        head = self._names.get(name)
+        if head is None:
+            if len(name) >= 0x7F or self._table.search(name, value) is not None:
+                return self.add((name, value), True, huffman=False)
+            head = self._names[name] = bytes((0x10, len(name))) + name
+        if len(value) >= 0x7F:
+            return self.add((name, value), True, huffman=False)
+        return head + bytes((len(value),)) + value
+
+
+class FastDecoder(Decoder):
+    """hpack's decoder, with a fast path for blocks that leave the table as it was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header_table = self._table = _CountingTable()
+        self.max_allowed_table_size = self._table.maxsize
+        self._indexed: dict[int, HeaderTuple] = {}
+        self._indexed_at = 0
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        if raw and type(data) is bytes:
+            headers = self._decode_unchanging(data)
+            if headers is not None:
+                return headers
+        return cast(list[HeaderTuple], super().decode(data, raw))
+
+    def _decode_unchanging(self, data: bytes) -> list[HeaderTuple] | None:
+        """The fields of ``data``, or None when hpack must decode it (see above)."""
+        table = self._table
+        if table.changes != self._indexed_at:
+            self._indexed.clear()
+            self._indexed_at = table.changes
+        indexed = self._indexed
+        headers: list[HeaderTuple] = []
+        size = 0
+        limit = self.max_header_list_size
+        end = len(data)
+        i = 0
+        try:
+            while i < end:
+                first = data[i]
+                if first & 0x80:  # indexed field
+                    header = indexed.get(first)
+                    if header is None:
+                        if first in (0x80, 0xFF):
+                            return None  # index 0 (an error) or a multi-byte index
+                        header = HeaderTuple(*table.get_by_index(first & 0x7F))
+                        indexed[first] = header
+                    i += 1
+                elif first & 0xE0 == 0:  # literal without indexing (0000) or never (0001)
+                    name_index = first & 0x0F
+                    i += 1
+                    if name_index == 0x0F:
+                        return None
+                    if name_index:
+                        name = table.get_by_index(name_index)[0]
+                    else:
+                        name, i = _string(data, i)
+                    value, i = _string(data, i)
+                    header = (NeverIndexedHeaderTuple if first & 0x10 else HeaderTuple)(name, value)
+                else:
+                    return None  # adds to the table, or a size update
+                headers.append(header)
+                size += 32 + len(header[0]) + len(header[1])
+                if size > limit:
+                    return None
+            self._assert_valid_table_size()
+        except (HPACKError, _Unusual):
+            return None
+        return headers
+
+
+class _Unusual(Exception):
+    """A string FastDecoder leaves to hpack."""
+
+
+def _string(data: bytes, i: int) -> tuple[bytes, int]:
+    """An HPACK string literal with a 1-byte length at ``data[i]``, and where it ends."""
+    if i >= len(data):
+        raise _Unusual
+    length = data[i] & 0x7F
+    start = i + 1
+    end = start + length
+    if length == 0x7F or end > len(data):
+        raise _Unusual
+    text = data[start:end]
+    return (decode_huffman(text) if data[i] & 0x80 else text), end
+
+
+# ---------------------------------------------------------------------- HEADERS, lighter
+#
+# Sending: h2 4.4.1's send_headers builds frame objects, copies the header list (utf-8
+# encoding it), looks for an informational status, builds validation flags (for checks
+# that are off on our connections) and serialises, about 25 us a block. Connection's
+# send_headers takes a shorter way for what pair endpoints send (a list of bytes fields,
+# no priority, not an informational response): the same checks, state machine inputs and
+# stream fields in h2's order, the same HPACK encoder, and the same bytes (HEADERS, then
+# CONTINUATION past the peer's frame size), queued after h2's own output.
+#
+# Receiving: the agent checks every request with h2's validation pipeline, seven
+# generators over the fields (25 us a request). PairStream first asks _plain_request,
+# which recognises a request that surely passes them all: :method (not CONNECT),
+# :scheme, :authority and a non-empty :path first and in this order, then regular fields
+# with names of lowercase token characters, none connection-specific, no te, host or
+# cookie, and every value free of NUL/CR/LF and of surrounding whitespace. For those
+# h2's pipeline returns the fields as they are; any other block goes through the
+# pipeline as before. Whether one field passes depends on that field alone, so the
+# fields found clean are remembered (a bounded set; not the never-indexed ones, new in
+# every request): a pair's request is then checked in 1-2 us.
+
+_REQUEST_FLAGS: Final = HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_REQUEST_PSEUDO: Final = (b":method", b":scheme", b":authority", b":path")
+# Lowercase token characters of a regular field name (RFC 9113 §8.2.1: not 0x00-0x20,
+# 0x41-0x5a, 0x7f-0xff, and no colon).
+_NAME_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A)
+_NOT_PLAIN: Final = CONNECTION_HEADERS | {b"te", b"host", b"cookie"}
+_UNSAFE_VALUE: Final = re.compile(rb"[\x00\n\r]|\A[ \t]|[ \t]\Z")
+_CLEAN_LIMIT: Final = 4096
+_clean_fields: set[tuple[bytes, bytes]] = set()  # regular fields that passed, pseudo ones
+
+
+def _plain_request(fields: list[Header]) -> bool:
+    """Whether h2's inbound validation surely accepts these request fields as they are
+    (and no cookie needs joining): see above. False only means "ask h2"."""
+    if len(fields) < 4 or fields[0][1] == b"CONNECT" or not fields[3][1]:
+        return False
+    clean = _clean_fields
+    for index, field in enumerate(fields):
+        if field in clean:
+            if index < 4 and field[0] != _REQUEST_PSEUDO[index]:
+                return False
+            if index >= 4 and field[0][:1] == b":":
+                return False
+            continue
+        name, value = field
+        if _UNSAFE_VALUE.search(value):
+            return False
+        if index < 4:
+            if name != _REQUEST_PSEUDO[index]:
+                return False
+        elif not name or name.translate(None, _NAME_CHARS) or name in _NOT_PLAIN:
+            return False
+        if not isinstance(field, NeverIndexedHeaderTuple):
+            if len(clean) >= _CLEAN_LIMIT:
+                clean.clear()
+            clean.add(field)
+    return True
+
+
+# ---------------------------------------------------------------------- state machines
+#
+# h2's state machines look their transition up in a dict keyed by (state, input), two Enum
+# members; an Enum member's __hash__ is a Python function, so each of the ~25 inputs a
+# pair's frames feed the machines cost two Python calls for hashing alone (1.2 us an
+# input with the rest). These subclasses look the same tables up by the members'
+# identities (they are singletons) and do what h2's process_input does with the entry;
+# an input the table does not hold (an invalid one, or not an input at all) goes to h2's
+# own process_input, which raises as before. tests/unit/test_h2pair.py runs every
+# (state, input) through both.
+
+
+class PairConnectionStateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, its table looked up by identity."""
+
+    _by_id: Final = {
+        (id(state), id(event)): entry
+        for (state, event), entry in H2ConnectionStateMachine._transitions.items()
+    }
+
+    def process_input(self, input_: ConnectionInputs) -> list[H2Event]:
+        entry = self._by_id.get((id(self.state), id(input_)))
+        if entry is None:
+            return super().process_input(input_)
+        func, self.state = entry
+        return func() if func is not None else []
+
+
+class PairStreamStateMachine(H2StreamStateMachine):
+    """h2's stream state machine, its table looked up by identity."""
+
+    _by_id: Final = {
+        (id(state), id(event)): entry for (state, event), entry in _stream_transitions.items()
+    }
+
+    def process_input(self, input_: StreamInputs) -> list[H2Event]:
+        entry = self._by_id.get((id(self.state), id(input_)))
+        if entry is None:
+            return super().process_input(input_)
+        func, target = entry
+        previous, self.state = self.state, target
+        if func is None:
+            return []
+        try:
+            return func(self, previous)
+        except H2ProtocolError:
+            self.state = StreamState.CLOSED
+            raise
+        except AssertionError as err:  # as h2 does
+            self.state = StreamState.CLOSED
+            raise H2ProtocolError(err) from err
+
+
+class PairStream(H2Stream):
+    """h2's stream, with received requests checked by _plain_request first (see above)."""
+
+    def receive_headers(
+        self, headers: Iterable[Header], end_stream: bool, header_encoding: bool | str | None
+    ) -> tuple[list[Frame], list[H2Event]]:
+        """h2 4.4.1's, telling a request from a response by its event before it builds
+        validation flags: a plain request (see above), or a response on a connection that
+        does not validate responses and with no cookie to join, is taken as it is, as h2's
+        pipeline would return it; any other block goes through that pipeline."""
+        if type(headers) is not list or is_informational_response(headers):
+            return super().receive_headers(headers, end_stream, header_encoding)
+        machine = self.state_machine
+        events = machine.process_input(StreamInputs.RECV_HEADERS)
+        first = events[0]
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            first.stream_ended = ended[0]  # type: ignore[attr-defined]
+            events += ended
+        self._initialize_content_length(headers)
+        kind = type(first)
+        if kind is TrailersReceived and not end_stream:
+            raise H2ProtocolError("Trailers must have END_STREAM set")
+        config = self.config
+        if not header_encoding and (
+            (
+                kind is RequestReceived
+                and config.validate_inbound_headers
+                and _plain_request(headers)
+            )
+            or (
+                kind is ResponseReceived
+                and not config.validate_inbound_headers
+                and not (
+                    config.normalize_inbound_headers and any(f[0] == b"cookie" for f in headers)
+                )
+            )
+        ):
+            first.headers = headers  # type: ignore[attr-defined]
+        else:
+            flags = self._build_hdr_validation_flags(events)
+            processed = self._process_received_headers(headers, flags, header_encoding)
+            first.headers = processed  # type: ignore[attr-defined]
+        return [], events
+
+    def _process_received_headers(
+        self,
+        headers: Iterable[Header],
+        header_validation_flags: HeaderValidationFlags,
+        header_encoding: bool | str | None,
+    ) -> list[Header]:
+        if (
+            header_validation_flags == _REQUEST_FLAGS
+            and not header_encoding
+            and self.config.validate_inbound_headers
+            and type(headers) is list
+            and _plain_request(headers)
+        ):
+            return headers
+        return super()._process_received_headers(headers, header_validation_flags, header_encoding)
 
 
 class Connection(H2Connection):
     """h2's connection, with received DATA frames made cheap to repr and DATA payloads
-    neither copied when sent nor when received (see above), streams opened in amortised
-    O(1) and a graceful GOAWAY that lets a client's streams finish."""
+    neither copied when sent nor when received, header blocks coded by MemoEncoder and
+    FastDecoder (see above), streams opened in amortised O(1) and a graceful GOAWAY that
+    lets a client's streams finish."""
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
+        self.state_machine = PairConnectionStateMachine()
         self.incoming_buffer = FrameBufferOverChunks(server=not config.client_side)
+        # Replaced before any header block (h2 sets their limits from the settings later).
+        decoder = FastDecoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        self.encoder, self.decoder = MemoEncoder(), decoder
         table = self._frame_dispatch_table
         table[QuietDataFrame] = table[DataFrame]
+        for cls, quiet in _QUIET.items():
+            table[quiet] = table[cls]
         # Output queued before whatever is in h2's own buffer (_data_to_send), in order.
         self._out: list[Buffer] = []
         # len(self.streams) at which the next exact count (and cull) runs; see _open_streams.
         self._recount_at = 0
         #: Set by a graceful GOAWAY: no new stream may be opened, those up to it finish.
         self.goaway_last_stream_id: int | None = None
+        # The configuration, read once (each h2 option is a descriptor call).
+        self._client_side = bool(config.client_side)
+        self._outbound_ids = AllowedStreamIDs(self._client_side)
+        self._inbound_ids = AllowedStreamIDs(not self._client_side)
+        self._header_encoding = config.header_encoding
+        self._plain_outbound = not (
+            config.validate_outbound_headers or config.normalize_outbound_headers
+        )
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
         """A graceful GOAWAY (NO_ERROR) leaves a client's connection open: the streams up
@@ -266,13 +758,144 @@ class Connection(H2Connection):
         answer. The exact walk runs when the bound nears the limit, or once the table has
         doubled since the last walk, so closed streams are still culled (amortised O(1))."""
         size = len(self.streams)
-        outbound = remainder == int(self.config.client_side)
+        outbound = remainder == int(self._client_side)
         settings = self.remote_settings if outbound else self.local_settings
         if size < self._recount_at and size + 2 <= settings.max_concurrent_streams:
             return size
         count = super()._open_streams(remainder)
         self._recount_at = 2 * len(self.streams) + 64
         return count
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
+        """h2 4.4.1's (without PRIORITY: h2's own), the stream looked up once and the
+        side read once (h2 builds an AllowedStreamIDs enum per frame)."""
+        if "PRIORITY" in frame.flags:
+            return super()._receive_headers_frame(frame)
+        stream = self.streams.get(frame.stream_id)
+        if stream is None:
+            limit = self.local_settings.max_concurrent_streams
+            count = self.open_inbound_streams
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        if stream is None:
+            stream = self._begin_new_stream(frame.stream_id, self._inbound_ids)
+        frames, stream_events = stream.receive_headers(
+            headers, "END_STREAM" in frame.flags, self._header_encoding
+        )
+        return frames, events + stream_events
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """h2 4.4.1's, making a PairStream, without its three debug calls (a no-op logger)
+        and with the side read once."""
+        outbound = (stream_id % 2) == int(self._client_side)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if (stream_id % 2) != int(allowed_ids):
+            raise H2ProtocolError("Invalid stream ID for peer.")
+        stream = PairStream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        stream.state_machine.__class__ = PairStreamStateMachine
+        self.streams[stream_id] = stream
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
+        return stream
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Iterable[HeaderWeaklyTyped],
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        """h2's send_headers, by a shorter way for a list of bytes fields without
+        priority that is not an informational response (see above)."""
+        if (
+            priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+            or not self._plain_outbound
+            or type(headers) is not list
+            or not headers
+        ):
+            return super().send_headers(
+                stream_id,
+                headers,
+                end_stream,
+                priority_weight,
+                priority_depends_on,
+                priority_exclusive,
+            )
+        method = authority = None
+        for name, value in headers:
+            if type(name) is not bytes or type(value) is not bytes:
+                return super().send_headers(stream_id, headers, end_stream)
+            if name == b":method" and method is None:
+                method = value
+            elif name == b":authority" and authority is None:
+                authority = value
+            elif name == b":status" and value[:1] == b"1" and not self._client_side:
+                return super().send_headers(stream_id, headers, end_stream)  # informational
+        if stream_id not in self.streams:
+            limit = self.remote_settings.max_concurrent_streams
+            count = self.open_outbound_streams
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = self._get_or_create_stream(stream_id, self._outbound_ids)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        block = self.encoder.encode(headers)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if machine.trailers_sent and not end_stream:
+            raise H2ProtocolError("Trailers must have END_STREAM set.")
+        if machine.client and stream._authority is None:
+            stream._authority = authority
+        stream.request_method = method
+        step = stream.max_outbound_frame_size or len(block)
+        out = self._data_to_send
+        kind, flags = _HEADERS, _END_STREAM if end_stream else 0
+        for start in range(0, len(block), step):
+            piece = block[start : start + step]
+            if start + step >= len(block):
+                flags |= _END_HEADERS
+            n = len(piece)
+            out += _FRAME_HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id)
+            out += piece
+            kind, flags = _CONTINUATION, 0
+        return None
+
+    def end_stream(self, stream_id: int) -> None:
+        """h2's end_stream (an empty DATA frame with END_STREAM), without frame objects."""
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream = self._get_stream_by_id(stream_id)
+        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        self._data_to_send += _FRAME_HEADER.pack(0, 0, _DATA, _END_STREAM, stream_id)
+
+    def release(self, *stream_ids: int) -> None:
+        """Forget these streams now if they are closed, as h2 does when it next counts
+        the open streams (which it may not do for a long while: see _open_streams).
+        Meanwhile every closed H2Stream (a dozen objects with its state machine and window
+        managers) stays in ``streams``, for every collection of the garbage collector's
+        oldest generation to walk."""
+        streams = self.streams
+        for stream_id in stream_ids:
+            stream = streams.get(stream_id)
+            if stream is not None and stream.state_machine.state is StreamState.CLOSED:
+                del streams[stream_id]
+                self._closed_streams[stream_id] = stream.closed_by
 
     def queue_data(self, stream_id: int, view: memoryview) -> None:
         """Queue all of ``view`` as DATA frames (no padding, no END_STREAM); the caller

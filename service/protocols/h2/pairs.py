@@ -21,10 +21,12 @@ are queued as slices of the caller's bytes, never copied ("DATA without copies" 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, cast
+from dataclasses import dataclass
+from typing import Final
 from urllib.parse import quote, unquote
 
 from h2.errors import ErrorCodes
@@ -101,13 +103,39 @@ _DIGITS = re.compile(r"[0-9]+")
 # ---------------------------------------------------------------------- helpers
 
 
+# Fields decoded to text, remembered: the fields of a pair's requests are the same but for
+# the requestid (never indexed, not remembered). Bounded: cleared when full.
+_texts: dict[tuple[bytes | str, bytes | str], tuple[str, str]] = {}
+_TEXTS_LIMIT: Final = 4096
+
+
 def _header_dict(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for name, value in headers:
-        key = name if isinstance(name, str) else name.decode("latin-1")
-        text = value if isinstance(value, str) else value.decode("latin-1")
+    texts = _texts
+    for field in headers:
+        pair = texts.get(field)
+        if pair is None:
+            name, value = field
+            pair = (
+                name if isinstance(name, str) else name.decode("latin-1"),
+                value if isinstance(value, str) else value.decode("latin-1"),
+            )
+            if not isinstance(field, NeverIndexedHeaderTuple):
+                if len(texts) >= _TEXTS_LIMIT:
+                    texts.clear()
+                texts[field] = pair
+        key, text = pair
         out[key] = f"{out[key]}, {text}" if key in out else text
     return out
+
+
+def _status(headers: Iterable[tuple[bytes | str, bytes | str]]) -> int:
+    """A response's ``:status`` as a number; 0 when missing, repeated or not a number."""
+    found = [value for name, value in headers if name in (b":status", ":status")]
+    if len(found) != 1:
+        return 0
+    text = found[0] if isinstance(found[0], str) else found[0].decode("latin-1")
+    return int(text) if text.isdigit() else 0
 
 
 def validate_pair_headers(headers: Mapping[str, str]) -> tuple[str, int, str]:
@@ -134,6 +162,7 @@ def validate_pair_headers(headers: Mapping[str, str]) -> tuple[str, int, str]:
     return streamtype, port, request_id
 
 
+@functools.lru_cache(maxsize=1024)  # the same few paths for every pair
 def parse_pair_path(path: str) -> tuple[str, str]:
     """``(namespace, pod)`` from ``/v1/portforward/{namespace}/{pod}``, else 404."""
     rest = path.partition("?")[0]
@@ -234,9 +263,18 @@ class _PairEndpoint:
         if n:
             self._conn.acknowledge_received_data(n, stream_id)
 
+    def release(self, *stream_ids: int) -> None:
+        """The owner is done with these streams: those that are closed are forgotten
+        now rather than at h2's next count of the open streams (fewer live objects)."""
+        self._conn.release(*stream_ids)
+
     def can_send(self, stream_id: int) -> bool:
         """Whether our side of ``stream_id`` is still open."""
         return self._conn.can_send(stream_id)
+
+    def connection_window(self) -> int:
+        """Bytes the connection's window lets ``send_data`` take now, over all streams."""
+        return self._conn.outbound_flow_control_window
 
     def window(self, stream_id: int) -> int:
         """Bytes ``send_data`` would take now on ``stream_id`` (0 if it is closed)."""
@@ -265,7 +303,10 @@ class _PairEndpoint:
         out: list[Event] = []
         for ev in events:
             if isinstance(ev, H2DataReceived):
-                out.append(DataReceived(ev.stream_id, ev.data, ev.flow_controlled_length))
+                # An empty DATA frame (END_STREAM alone) carries nothing to write or to
+                # acknowledge: its StreamEnded follows.
+                if ev.flow_controlled_length or ev.data:
+                    out.append(DataReceived(ev.stream_id, ev.data, ev.flow_controlled_length))
             elif isinstance(ev, H2StreamEnded):
                 out.append(StreamEnded(ev.stream_id))
             elif isinstance(ev, RequestReceived):
@@ -275,8 +316,7 @@ class _PairEndpoint:
                     )
                 )
             elif isinstance(ev, ResponseReceived):
-                status = _header_dict(ev.headers).get(":status", "0")
-                out.append(StreamReplied(ev.stream_id, int(status) if status.isdigit() else 0))
+                out.append(StreamReplied(ev.stream_id, _status(ev.headers)))
             elif isinstance(ev, WindowUpdated):
                 out.append(WindowOpened(ev.stream_id or 0))
             elif isinstance(ev, H2StreamReset):
@@ -296,6 +336,15 @@ class _PairEndpoint:
 # ---------------------------------------------------------------------- client
 
 
+@dataclass(frozen=True, slots=True)
+class _PairFields:
+    """A pair's request fields but the requestid: before it, and after it."""
+
+    error: tuple[tuple[bytes, bytes], ...]
+    data: tuple[tuple[bytes, bytes], ...]
+    extra: tuple[tuple[bytes, bytes], ...]
+
+
 class H2PairClient(_PairEndpoint):
     """The podgate side: opens a pair of streams per forwarded connection."""
 
@@ -310,6 +359,8 @@ class H2PairClient(_PairEndpoint):
         self.authority = authority
         self.scheme = scheme
         self._ping_counter = 0
+        # The fields of the requests that open pairs, as bytes, per target (see open_pair).
+        self._pair_fields: dict[tuple[object, ...], _PairFields] = {}
 
     def initiate(self) -> bytes:
         """Preface, SETTINGS and the connection WINDOW_UPDATE (h2c prior knowledge, or
@@ -348,27 +399,43 @@ class H2PairClient(_PairEndpoint):
         if not self.can_open_pair():
             limit = conn.remote_settings.max_concurrent_streams
             raise PairLimitReached(f"the agent allows {limit} concurrent streams")
-        path = f"{PATH_PREFIX}{quote(namespace, safe='')}/{quote(pod, safe='')}"
-        base = [
-            (":method", "POST"),
-            (":scheme", self.scheme),
-            (":authority", self.authority),
-            (":path", path),
-        ]
+        fields = self._fields_for(namespace, pod, port, extra_headers)
         # A new value per pair: never indexed, so it does not churn the HPACK table.
-        tail: list[tuple[str, str]] = [
-            ("port", str(port)),
-            cast(tuple[str, str], NeverIndexedHeaderTuple("requestid", str(request_id))),
-        ]
-        tail.extend((k.lower(), v) for k, v in extra_headers)
+        request = NeverIndexedHeaderTuple(b"requestid", str(request_id).encode())
         try:
             error_id = conn.get_next_available_stream_id()
-            conn.send_headers(error_id, [*base, ("streamtype", "error"), *tail], end_stream=True)
+            conn.send_headers(error_id, [*fields.error, request, *fields.extra], end_stream=True)
             data_id = conn.get_next_available_stream_id()
-            conn.send_headers(data_id, [*base, ("streamtype", "data"), *tail])
+            conn.send_headers(data_id, [*fields.data, request, *fields.extra])
         except H2ProtocolError as exc:
             raise PairStateError(f"cannot open a stream pair: {exc}") from exc
         return error_id, data_id
+
+    def _fields_for(
+        self, namespace: str, pod: str, port: int, extra_headers: Sequence[tuple[str, str]]
+    ) -> _PairFields:
+        """The request fields of a pair but its requestid, built once per target: in
+        bytes, which h2 would otherwise encode (and the path quote) for every stream."""
+        key = (namespace, pod, port, *extra_headers)
+        fields = self._pair_fields.get(key)
+        if fields is None:
+            path = f"{PATH_PREFIX}{quote(namespace, safe='')}/{quote(pod, safe='')}"
+            base = [
+                (b":method", b"POST"),
+                (b":scheme", self.scheme.encode()),
+                (b":authority", self.authority.encode()),
+                (b":path", path.encode()),
+            ]
+            port_field = (b"port", str(port).encode())
+            fields = _PairFields(
+                error=(*base, (b"streamtype", b"error"), port_field),
+                data=(*base, (b"streamtype", b"data"), port_field),
+                extra=tuple((k.lower().encode(), v.encode()) for k, v in extra_headers),
+            )
+            if len(self._pair_fields) >= 256:  # many targets: a bound, not a cache policy
+                self._pair_fields.clear()
+            self._pair_fields[key] = fields
+        return fields
 
     def query_agent(self, extra_headers: Sequence[tuple[str, str]] = ()) -> int:
         """Open the handshake stream (``GET AGENT_PATH``, END_STREAM); return its id. The
@@ -425,10 +492,10 @@ class H2PairServer(_PairEndpoint):
         headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Response HEADERS (the SYN_REPLY equivalent when ``status`` is 200)."""
+        fields = [(b":status", str(status).encode())]
+        fields.extend((k.encode(), v.encode()) for k, v in headers)
         try:
-            self._conn.send_headers(
-                stream_id, [(":status", str(status)), *headers], end_stream=end_stream
-            )
+            self._conn.send_headers(stream_id, fields, end_stream=end_stream)
         except H2ProtocolError as exc:
             raise PairStateError(f"cannot respond on stream {stream_id}: {exc}") from exc
 

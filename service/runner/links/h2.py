@@ -64,6 +64,7 @@ class H2Pair:
     local_ended: bool = False  # the local client half-closed (END_STREAM once backlog is out)
     remote_fin: bool = False
     unacked: int = 0  # received and written while the local socket was above high water
+    held: int = 0  # flow-controlled bytes of this upstream read, written at its end
     local_blocked: bool = False
     status: int = 0
     error_text: str = ""
@@ -110,6 +111,12 @@ class H2Link(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.pairs: dict[int, H2Pair] = {}
         self._waiting: deque[LocalConnection] = deque()  # accepted at the stream limit
+        # Pairs whose local bytes wait for window (an ordered set): what a connection-wide
+        # WINDOW_UPDATE may unblock, without walking every pair.
+        self._stalled: dict[H2Pair, None] = {}
+        # Payloads of one upstream read, per pair: each local socket gets one write (and
+        # each stream one acknowledgement) per read, not one per DATA frame.
+        self._held: dict[H2Pair, list[bytes | memoryview]] = {}
         self._next_request_id = 0
         self._write_paused = False
         self._flush_pending = False
@@ -284,8 +291,10 @@ class H2Link(asyncio.Protocol):
                 sent = len(chunk)  # the stream is gone; its end is reported by events
             if sent < len(chunk):
                 backlog[0] = memoryview(chunk)[sent:]
+                self._stalled[pair] = None
                 return False
             backlog.popleft()
+        self._stalled.pop(pair, None)
         return True
 
     def local_eof(self, pair: H2Pair) -> None:
@@ -330,9 +339,12 @@ class H2Link(asyncio.Protocol):
         for event in events:
             if self._handshake is not None and self._handshake_event(event):
                 continue
-            if isinstance(event, DataReceived):
+            if type(event) is DataReceived:
                 self._data(event)
-            elif isinstance(event, StreamReplied):
+                continue
+            if self._held:
+                self._write_held()  # keep order: data reaches the local side before FIN/RST
+            if isinstance(event, StreamReplied):
                 self._response(event)
             elif isinstance(event, StreamEnded):
                 self._ended(event.stream_id)
@@ -347,6 +359,8 @@ class H2Link(asyncio.Protocol):
                     self._lose(f"upstream sent GOAWAY (code {event.error_code})")
                     return
                 self._drain()
+        if self._held:
+            self._write_held()
         if self._waiting:
             self._open_waiting()
         self._flush()
@@ -375,11 +389,32 @@ class H2Link(asyncio.Protocol):
             self.client.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         local.counters.bytes_in += len(event.data)
-        local.write(event.data)
-        if pair.local_blocked:
-            pair.unacked += event.flow_controlled_length  # credited once the socket drains
-        else:
-            self.client.acknowledge(event.stream_id, event.flow_controlled_length)
+        chunks = self._held.get(pair)
+        if chunks is None:
+            chunks = self._held[pair] = []
+        if event.data:
+            chunks.append(event.data)
+        pair.held += event.flow_controlled_length
+
+    def _write_held(self) -> None:
+        """Write what this read brought for each pair, then acknowledge it: at once, or
+        once the local socket drains if it is above its high water mark."""
+        assert self.client is not None
+        held, self._held = self._held, {}
+        for pair, chunks in held.items():
+            flow, pair.held = pair.held, 0
+            local = pair.local
+            if pair.done or local.closed:
+                self.client.acknowledge(pair.data_sid, flow)  # dropped, still credited
+                continue
+            if len(chunks) == 1:
+                local.write(chunks[0])
+            elif chunks:
+                local.writelines(chunks)
+            if pair.local_blocked:
+                pair.unacked += flow  # credited once the socket drains
+            else:
+                self.client.acknowledge(pair.data_sid, flow)
 
     def _response(self, event: StreamReplied) -> None:
         pair = self.pairs.get(event.stream_id)
@@ -415,8 +450,11 @@ class H2Link(asyncio.Protocol):
         self._finish(pair, abort_local=True)
 
     def _window_opened(self, sid: int) -> None:
-        targets = set(self.pairs.values()) if sid == 0 else {self.pairs.get(sid)}
+        assert self.client is not None
+        targets = list(self._stalled) if sid == 0 else [self.pairs.get(sid)]
         for pair in targets:
+            if sid == 0 and self.client.connection_window() <= 0:
+                break  # the rest wait for the next one
             if pair is None or pair.done or not pair.backlog:
                 continue
             if self._send_backlog(pair):
@@ -434,6 +472,7 @@ class H2Link(asyncio.Protocol):
         if pair.done:
             return
         pair.done = True
+        self._stalled.pop(pair, None)
         assert self.client is not None
         for sid in (pair.data_sid, pair.error_sid):
             if self.client.can_send(sid):
@@ -442,6 +481,7 @@ class H2Link(asyncio.Protocol):
             self.pairs.pop(sid, None)
         if pair.unacked:
             self.client.acknowledge(pair.data_sid, pair.unacked)
+        self.client.release(pair.data_sid, pair.error_sid)
         pair.local.counters.connections_active -= 1
         if abort_local:
             pair.local.abort()
@@ -499,6 +539,7 @@ class H2Link(asyncio.Protocol):
             pair.local.counters.connections_active -= 1
             pair.local.reset()  # data may be missing: a reset, not a clean end
         self.pairs.clear()
+        self._stalled.clear()
         while self._waiting:
             self._waiting.popleft().abort()
         if self.transport is not None:
