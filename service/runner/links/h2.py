@@ -33,7 +33,7 @@ from service.protocols.h2 import (
     agent_identity,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.links.base import LinkHooks
+from service.runner.links.base import LinkHooks, LinkPair, MultiplexedLink
 from service.runner.local import LocalConnection
 from service.upstream import (
     DEFAULT_TIMEOUT,
@@ -52,7 +52,7 @@ UPSTREAM_WRITE_HIGH_WATER = 4 * 1024 * 1024
 
 
 @dataclass(eq=False, slots=True)
-class H2Pair:
+class H2Pair(LinkPair):
     """The error and data streams of one local connection."""
 
     link: H2Link
@@ -70,16 +70,7 @@ class H2Pair:
     error_text: str = ""
     done: bool = False
 
-    # PairEnd: what the local connection calls
-    def local_data(self, data: bytes) -> None:
-        self.link.local_data(self, data)
-
-    def local_eof(self) -> None:
-        self.link.local_eof(self)
-
-    def local_lost(self) -> None:
-        self.link.local_lost(self)
-
+    # PairEnd: what the local connection calls (data, EOF, loss: LinkPair)
     def block_upstream(self) -> None:
         self.local_blocked = True  # stop crediting this stream only
 
@@ -97,7 +88,7 @@ class AgentHandshake:
     body: bytearray = field(default_factory=bytearray)
 
 
-class H2Link(asyncio.Protocol):
+class H2Link(MultiplexedLink, asyncio.Protocol):
     """One HTTP/2 connection multiplexing many pairs."""
 
     kind = Transport.H2
@@ -210,14 +201,13 @@ class H2Link(asyncio.Protocol):
         return not self.closed and not self.retiring
 
     def retire(self, reason: str) -> None:
-        if self.retiring or self.closed:
-            return
-        self.retiring = True
-        self.lost_reason = reason
-        while self._waiting:  # never sent upstream; they would wait for a link that ends
+        if not (self.retiring or self.closed):
+            self._abort_waiting()  # never sent upstream; they would wait for a link that ends
+        super().retire(reason)
+
+    def _abort_waiting(self) -> None:
+        while self._waiting:
             self._waiting.popleft().abort()
-        if not self.pairs:
-            self.close()
 
     def _drain(self) -> None:
         """The agent sent a graceful GOAWAY (it is shutting down): the pairs it accepted
@@ -489,15 +479,7 @@ class H2Link(asyncio.Protocol):
             pair.local.close()
         if self._waiting:
             self._open_waiting()
-        if self.retiring and not self.pairs:
-            self.close()  # the last pair of a retired link
-
-    def _flush_soon(self) -> None:
-        """Flush once the loop has run every callback of this I/O poll: frames of local
-        events that arrive together (pairs opened, small DATA, END_STREAM) share one write."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._close_if_retired()
 
     def _flush(self) -> None:
         self._flush_pending = False
@@ -507,13 +489,6 @@ class H2Link(asyncio.Protocol):
         data = self.client.buffers_to_send()
         if data:
             self.transport.writelines(data)
-
-    def eof_received(self) -> bool:
-        self._lose("upstream closed the connection")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lose(f"upstream connection lost: {exc}" if exc else "upstream closed the connection")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -526,48 +501,29 @@ class H2Link(asyncio.Protocol):
             if not pair.backlog and not pair.local_ended:
                 pair.local.resume_reading()
 
-    def _lose(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.lost_reason = reason
-        self.keepalive.stop()
-        if not self._verified.done():
-            self._verified.set_exception(UpstreamError(reason))
-        for pair in list(set(self.pairs.values())):
+    def _drop_pairs(self) -> None:
+        # No stream is reset: the connection they were on is gone.
+        for pair in self._open_pairs():
             pair.done = True
             pair.local.counters.connections_active -= 1
             pair.local.reset()  # data may be missing: a reset, not a clean end
         self.pairs.clear()
         self._stalled.clear()
-        while self._waiting:
-            self._waiting.popleft().abort()
-        if self.transport is not None:
-            self.transport.abort()
-        self._hooks.on_lost(self, reason)
+        self._abort_waiting()
 
-    def fail(self, reason: str) -> None:
-        """Declare the link dead (e.g. its pod is gone): every connection is reset."""
-        self._lose(reason)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.retiring = False  # closing now: the last pair's end must not close again
-        for pair in list(set(self.pairs.values())):
-            self._finish(pair, abort_local=True)
-        while self._waiting:
-            self._waiting.popleft().abort()
+    def _goodbye(self) -> None:
+        self._abort_waiting()
         if self.client is not None:
             with contextlib.suppress(PairStateError, PairProtocolError):
                 self.client.close()
-        self._flush()
-        self.closed = True
-        self.keepalive.stop()
-        if not self._verified.done():
+
+    def _stopped(self, lost: str | None) -> None:
+        if self._verified.done():
+            return
+        if lost is None:
             self._verified.cancel()
-        if self.transport is not None:
-            self.transport.close()
+        else:
+            self._verified.set_exception(UpstreamError(lost))
 
 
 async def dial(cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> H2Link:

@@ -40,7 +40,7 @@ from service.protocols.spdy import (
     encode_header_block,
 )
 from service.runner.keepalive import Keepalive
-from service.runner.links.base import LinkHooks, RetiringLink
+from service.runner.links.base import LinkHooks, LinkPair, MultiplexedLink
 from service.runner.local import LocalConnection
 from service.upstream import Cluster, UpgradedConnection
 
@@ -75,7 +75,7 @@ def pair_header_blocks(port: int, request_id: int) -> tuple[HeaderBlock, HeaderB
 
 
 @dataclass(eq=False, slots=True)
-class StreamPair:
+class StreamPair(LinkPair):
     """The error and data streams of one local connection (protocols.md §1.5)."""
 
     link: SpdyLink
@@ -89,16 +89,7 @@ class StreamPair:
     error_text: bytearray = field(default_factory=bytearray)
     done: bool = False
 
-    # PairEnd: what the local connection calls
-    def local_data(self, data: bytes) -> None:
-        self.link.local_data(self, data)
-
-    def local_eof(self) -> None:
-        self.link.local_eof(self)
-
-    def local_lost(self) -> None:
-        self.link.local_lost(self)
-
+    # PairEnd: what the local connection calls (data, EOF, loss: LinkPair)
     def block_upstream(self) -> None:
         self.link.reads.block(self)
 
@@ -106,7 +97,7 @@ class StreamPair:
         self.link.reads.unblock(self)
 
 
-class SpdyLink(SharedBufferReader, RetiringLink):
+class SpdyLink(MultiplexedLink, SharedBufferReader):
     """One upgraded connection toward the cluster, multiplexing many `StreamPair`s.
 
     Buffered: the socket is read into `shared_read_buffer()` (see there why); inside a
@@ -170,9 +161,6 @@ class SpdyLink(SharedBufferReader, RetiringLink):
             and not self.conn.terminated
             and not self.conn.goaway_sent
         )
-
-    def _carrying(self) -> bool:
-        return bool(self.pairs)
 
     # -------------------------------------------------------------- keepalive
 
@@ -287,13 +275,6 @@ class SpdyLink(SharedBufferReader, RetiringLink):
                 local.transport.write(chunks[0])
             else:
                 local.transport.writelines(chunks)
-
-    def eof_received(self) -> bool:
-        self._lose("upstream closed the connection")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lose(f"upstream connection lost: {exc}" if exc else "upstream closed the connection")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -428,16 +409,6 @@ class SpdyLink(SharedBufferReader, RetiringLink):
             pair.local.close()
         self._close_if_retired()
 
-    def _flush_soon(self) -> None:
-        """Flush once the loop has run every callback of this I/O poll.
-
-        Why: connections' events that arrive together (a SYN pair, DATA, FIN) then go out in
-        one write, which costs us and the peer one syscall and one wake-up instead of many.
-        """
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
     def _flush(self) -> None:
         self._flush_pending = False
         self._unflushed = 0
@@ -447,41 +418,19 @@ class SpdyLink(SharedBufferReader, RetiringLink):
         if chunks:
             self.transport.writelines(chunks)
 
-    def _lose(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.lost_reason = reason
-        self.keepalive.stop()
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
-        for pair in list(set(self.pairs.values())):
+    def _drop_pairs(self) -> None:
+        for pair in self._open_pairs():
             pair.local.reset()  # data may be missing: a reset, not a clean end
             self._finish(pair, abort_local=True)
-        if self.transport is not None:
-            self.transport.abort()
-        self._hooks.on_lost(self, reason)
 
-    def fail(self, reason: str) -> None:
-        """Declare the link dead (e.g. its pod is gone): every connection is reset."""
-        self._lose(reason)
-
-    def close(self) -> None:
-        """Graceful end (client-go's Close): RST every open stream, GOAWAY, close TCP."""
-        if self.closed:
-            return
-        self.retiring = False  # closing now: the last pair's end must not close again
-        for pair in list(set(self.pairs.values())):
-            self._finish(pair, abort_local=True)
+    def _goodbye(self) -> None:
+        # client-go's Close: RST every open stream (done by then), GOAWAY, close TCP.
         with contextlib.suppress(ProtocolError):
             self.conn.goaway()
-        self._flush()
-        self.closed = True
-        self.keepalive.stop()
+
+    def _stopped(self, lost: str | None) -> None:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def dial(cluster: Cluster, namespace: str, pod: str, hooks: LinkHooks) -> SpdyLink:
