@@ -150,6 +150,7 @@ TARGETS: list[Target] = [
         ">=",
         0.8,
     ),
+    Target("idle failures: podgate", "idle_connections", "failures", PODGATE_SPDY, None, "<=", 0),
     Target(
         "idle KB per connection: podgate",
         "idle_connections",

@@ -31,6 +31,7 @@ from typing import Any
 
 from bench import load
 from bench.forwarders import (
+    SERVE_LIMITS,
     Client,
     Server,
     Started,
@@ -343,7 +344,7 @@ def idle_sessions(
 
     data_dir = workdir / "sessions"
     data_dir.mkdir(parents=True, exist_ok=True)
-    serve = start_serve(data_dir, server.kubeconfig)
+    serve = start_serve(data_dir, server.kubeconfig, extra_args=SERVE_LIMITS)
     started.append(serve.process)
     try:
         stats = load.ProcStats([serve.process.pid])
