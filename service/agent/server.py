@@ -88,6 +88,9 @@ KEEPALIVE_TIMEOUT = 90.0
 #: An upgraded connection without a forwarded connection and without a byte from its
 #: client for this long is closed (the kubelet's --streaming-connection-idle-timeout).
 STREAMING_IDLE_TIMEOUT = 4 * 3600.0
+#: On shutdown, once the pairs have drained: how long clients get to close their
+#: connections before the agent closes them (a lingering close, see `Agent.shutdown`).
+CLOSE_LINGER = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +335,7 @@ class AgentConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
-        self.agent.connections.discard(self)
+        self.agent.connection_closed(self)
         if self.session is not None:
             self.session.close()
 
@@ -653,6 +656,7 @@ class Agent:
         self.h2_max_streams = h2_max_streams
         self.connections: set[AgentConnection] = set()
         self._server: asyncio.Server | None = None
+        self._clients_gone: asyncio.Future[None] | None = None  # set while lingering
 
     @property
     def url(self) -> str:
@@ -674,7 +678,8 @@ class Agent:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
-        """Stop accepting, GOAWAY every session, let open pairs finish, then close."""
+        """Stop accepting, GOAWAY every session, let open pairs finish, give clients
+        `CLOSE_LINGER` seconds to close their connections first, then close the rest."""
         if self._server is not None:
             self._server.close()
         sessions = [c.session for c in self.connections if c.session is not None]
@@ -683,6 +688,7 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await asyncio.gather(*(s.wait_drained() for s in sessions))
+        await self._linger(CLOSE_LINGER)
         for connection in list(self.connections):
             if connection.session is not None:
                 connection.session.close()
@@ -690,3 +696,24 @@ class Agent:
                 connection.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _linger(self, timeout: float) -> None:
+        """Let clients close first: a client told GOAWAY closes its connection once its
+        last pair has ended. Closed here first, with the client's last frames (WINDOW_UPDATE,
+        PING) still unread, the kernel answers them with a TCP RST, and the client loses
+        the pod's last bytes that it has not read yet."""
+        if not self._streaming():
+            return
+        self._clients_gone = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._clients_gone
+
+    def _streaming(self) -> bool:
+        return any(c.session is not None for c in self.connections)
+
+    def connection_closed(self, connection: AgentConnection) -> None:
+        self.connections.discard(connection)
+        gone = self._clients_gone
+        if gone is not None and not gone.done() and not self._streaming():
+            gone.set_result(None)

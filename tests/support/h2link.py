@@ -36,6 +36,7 @@ from service.protocols.h2 import (
     DataReceived,
     H2PairClient,
     PairProtocolError,
+    PingAcknowledged,
     StreamEnded,
     StreamReplied,
     WindowOpened,
@@ -96,6 +97,7 @@ class H2Link:
         self.streams: dict[int, _Stream] = {}
         self.goaway: ConnectionTerminated | None = None
         self.goaway_received = asyncio.Event()
+        self.pings_answered: list[bytes] = []
         self.closed = False
         self.error: BaseException | None = None
         self._window = asyncio.Event()  # set on any WindowOpened
@@ -205,6 +207,8 @@ class H2Link:
         elif isinstance(event, ConnectionTerminated):
             self.goaway = event
             self.goaway_received.set()
+        elif isinstance(event, PingAcknowledged):
+            self.pings_answered.append(event.ping_data)
 
     def _track(self, sid: int) -> _Stream:
         stream = _Stream(asyncio.get_running_loop().create_future())
@@ -312,6 +316,16 @@ class H2Link:
         while chunk := await self.read(sid):
             parts.append(chunk)
         return b"".join(parts)
+
+    async def ping(self) -> None:
+        """Send a PING and wait for its ACK (LinkClosed if the connection ends first)."""
+        data = self.client.ping()
+        await self.flush()
+        while data not in self.pings_answered:
+            if self.closed:
+                raise LinkClosed(f"connection closed before the PING was answered: {self.error}")
+            self._changed.clear()
+            await self._changed.wait()
 
     async def wait_closed(self) -> None:
         """Return once the agent has ended the connection (EOF, reset or GOAWAY + close)."""
