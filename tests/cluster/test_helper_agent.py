@@ -40,6 +40,7 @@ from tests.support.kube import (
     available_kubectl_versions,
     kubectl_env,
     kubectl_path,
+    run_kubectl,
     start_port_forward,
     write_kubeconfig,
 )
@@ -91,16 +92,6 @@ class Helper:
     serve: ManagedProcess
 
 
-def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(kubectl_path("1.33")), *args],
-        env=kubectl_env(kubeconfig),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def _agent_kubeconfig(credentials: Path, url: str, path: Path) -> Path:
     """credentials.sh's kubeconfig with the agent's URL here (its certificate has
     127.0.0.1), for kubectl and the Python client."""
@@ -146,7 +137,7 @@ def helper(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         timeout=60,
     )
     assert made.returncode == 0, made.stderr
-    applied = _kubectl(admin, "apply", "-k", str(manifests / "agent" / "base"))
+    applied = run_kubectl(admin, "apply", "-k", str(manifests / "agent" / "base"))
     assert applied.returncode == 0, applied.stderr
     credentials = manifests / "agent" / "base" / "credentials"
     cluster.create_namespace(NAMESPACE)

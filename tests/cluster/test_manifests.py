@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import TIER_NAMESPACE, Cluster
-from tests.support.kube import kubectl_env, kubectl_path
+from tests.support.kube import run_kubectl
 
 pytestmark = pytest.mark.timeout(120)
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 SERVICE_ACCOUNT = "system:serviceaccount:podgate:podgate"
-
-
-def _kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(kubectl_path("1.33")), *args],
-        env=kubectl_env(kubeconfig),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_the_manifests_validate_and_apply(cluster: Cluster, tmp_path: Path) -> None:
@@ -40,14 +30,14 @@ def test_the_manifests_validate_and_apply(cluster: Cluster, tmp_path: Path) -> N
     namespace = str(MANIFESTS / "serve" / "namespace.yaml")
     namespace_path = "/api/v1/namespaces/podgate"
     existed = cluster.admin.request("GET", namespace_path, ok=[404]).status_code == 200
-    dry = _kubectl(kubeconfig, "apply", "--dry-run=server", "-f", namespace)
+    dry = run_kubectl(kubeconfig, "apply", "--dry-run=server", "-f", namespace)
     assert dry.returncode == 0, dry.stderr
     done = "unchanged" if existed else "created"
     assert f"namespace/podgate {done} (server dry run)" in dry.stdout, dry.stdout
     if not existed:
         assert cluster.admin.request("GET", namespace_path, ok=[404]).status_code == 404
-    assert _kubectl(kubeconfig, "apply", "-f", namespace).returncode == 0
-    dry = _kubectl(kubeconfig, "apply", "--dry-run=server", "-k", str(MANIFESTS))
+    assert run_kubectl(kubeconfig, "apply", "-f", namespace).returncode == 0
+    dry = run_kubectl(kubeconfig, "apply", "--dry-run=server", "-k", str(MANIFESTS))
     assert dry.returncode == 0, dry.stderr
     assert "namespace/podgate unchanged (server dry run)" in dry.stdout, dry.stdout
     for kind in (
@@ -62,7 +52,7 @@ def test_the_manifests_validate_and_apply(cluster: Cluster, tmp_path: Path) -> N
     deployment_path = "/apis/apps/v1/namespaces/podgate/deployments/podgate"
     assert cluster.admin.request("GET", deployment_path, ok=[404]).status_code == 404
 
-    applied = _kubectl(kubeconfig, "apply", "-k", str(MANIFESTS))
+    applied = run_kubectl(kubeconfig, "apply", "-k", str(MANIFESTS))
     assert applied.returncode == 0, applied.stderr
     deployment = cluster.admin.get(deployment_path)
     pod_spec = deployment["spec"]["template"]["spec"]
@@ -97,9 +87,9 @@ def test_the_service_account_may_do_what_podgate_needs_and_no_more(
     cluster: Cluster, tmp_path: Path, verb: str, resource: str, allowed: bool
 ) -> None:
     kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
-    applied = _kubectl(kubeconfig, "apply", "-k", str(MANIFESTS))
+    applied = run_kubectl(kubeconfig, "apply", "-k", str(MANIFESTS))
     assert applied.returncode == 0, applied.stderr
-    answer = _kubectl(
+    answer = run_kubectl(
         kubeconfig,
         *("auth", "can-i", verb, *resource.split()),
         *("-n", TIER_NAMESPACE, "--as", SERVICE_ACCOUNT),
@@ -134,18 +124,20 @@ def test_the_agent_manifests_validate_and_apply(
 ) -> None:
     kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
     namespace = str(MANIFESTS / "serve" / "namespace.yaml")
-    assert _kubectl(kubeconfig, "apply", "-f", namespace).returncode == 0
+    assert run_kubectl(kubeconfig, "apply", "-f", namespace).returncode == 0
     for kind, expected in (
         ("pod-ip", "deployment.apps/podgate-agent"),
         ("netns", "daemonset.apps/podgate-agent"),
         ("serve", "deployment.apps/podgate"),
     ):
-        dry = _kubectl(kubeconfig, "apply", "--dry-run=server", "-k", str(agent_manifests / kind))
+        dry = run_kubectl(
+            kubeconfig, "apply", "--dry-run=server", "-k", str(agent_manifests / kind)
+        )
         assert dry.returncode == 0, (kind, dry.stderr)
         assert re.search(
             rf"^{re.escape(expected)} (created|configured|unchanged)", dry.stdout, re.M
         )
-    applied = _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "pod-ip"))
+    applied = run_kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "pod-ip"))
     assert applied.returncode == 0, applied.stderr
     for kind in (
         "secret/podgate-agent-tls",
@@ -153,9 +145,9 @@ def test_the_agent_manifests_validate_and_apply(
         "service/podgate-agent",
     ):
         assert kind in applied.stdout, applied.stdout
-    applied = _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "netns"))
+    applied = run_kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "netns"))
     assert applied.returncode == 0, applied.stderr
-    assert _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "serve")).returncode == 0
+    assert run_kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "serve")).returncode == 0
 
     base = "/apis/apps/v1/namespaces/podgate"
     deployment = cluster.admin.get(f"{base}/deployments/podgate-agent")["spec"]["template"]["spec"]
@@ -204,9 +196,9 @@ def test_the_agents_service_account_may_read_pods_and_services_and_no_more(
     cluster: Cluster, tmp_path: Path, agent_manifests: Path, verb: str, resource: str, allowed: bool
 ) -> None:
     kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "admin")
-    applied = _kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "base"))
+    applied = run_kubectl(kubeconfig, "apply", "-k", str(agent_manifests / "base"))
     assert applied.returncode == 0, applied.stderr
-    answer = _kubectl(
+    answer = run_kubectl(
         kubeconfig,
         *("auth", "can-i", verb, *resource.split()),
         *("-n", TIER_NAMESPACE, "--as", AGENT_SERVICE_ACCOUNT),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "kubectl_dir",
     "kubectl_env",
     "kubectl_path",
+    "run_kubectl",
     "start_port_forward",
     "write_kubeconfig",
 ]
@@ -157,6 +159,19 @@ def kubectl_env(
     if websockets is not None:
         env["KUBECTL_PORT_FORWARD_WEBSOCKETS"] = "true" if websockets else "false"
     return env
+
+
+def run_kubectl(
+    kubeconfig: Path, *args: str, version: str = "1.33", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl ARGS`` against ``kubeconfig`` only, its output captured as text."""
+    return subprocess.run(
+        [str(kubectl_path(version)), *args],
+        env=kubectl_env(kubeconfig),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass
