@@ -54,6 +54,10 @@ class RetiringLink:
     retiring: bool
     lost_reason: str
 
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.retiring
+
     def retire(self, reason: str) -> None:
         if self.closed or self.retiring:
             return

@@ -196,10 +196,6 @@ class H2Link(MultiplexedLink, asyncio.Protocol):
             )
         )
 
-    @property
-    def usable(self) -> bool:
-        return not self.closed and not self.retiring
-
     def retire(self, reason: str) -> None:
         if not (self.retiring or self.closed):
             self._abort_waiting()  # never sent upstream; they would wait for a link that ends

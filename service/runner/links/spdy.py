@@ -155,12 +155,7 @@ class SpdyLink(MultiplexedLink, SharedBufferReader):
 
     @property
     def usable(self) -> bool:
-        return (
-            not self.closed
-            and not self.retiring
-            and not self.conn.terminated
-            and not self.conn.goaway_sent
-        )
+        return super().usable and not (self.conn.terminated or self.conn.goaway_sent)
 
     # -------------------------------------------------------------- keepalive
 

@@ -195,10 +195,6 @@ class ChannelLink(RetiringLink):
         self.retiring = False  # no new connections; closed once the open ones end
         self.lost_reason = ""
 
-    @property
-    def usable(self) -> bool:
-        return not self.closed and not self.retiring
-
     def _carrying(self) -> bool:
         return bool(self.connections)
 
