@@ -172,7 +172,7 @@ def start_cluster(stack: ExitStack, workdir: Path) -> list[Server]:
         cluster = stack.enter_context(start_kube(workdir / "cluster"))
     except FileNotFoundError as exc:
         raise Unavailable(f"cluster: {exc}") from exc
-    cluster.create_service_account("default", "default")  # no controller makes it
+    cluster.create_namespace("default", exist_ok=True)  # the apiserver's, soon after ready
     node = cluster.add_node([PodSpec("default", "echo", ports=[], target="host:127.0.0.1")])
     kubeconfig = cluster.kubeconfig(workdir / "cluster" / "kubeconfig", "admin")
     helper = stack.enter_context(

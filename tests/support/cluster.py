@@ -682,9 +682,17 @@ class Cluster:
 
     # ---------------------------------------------------------------- namespaces, RBAC
 
-    def create_namespace(self, name: str) -> None:
-        """The namespace and its ``default`` ServiceAccount (no controller makes it)."""
-        self.admin.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    def create_namespace(self, name: str, *, exist_ok: bool = False) -> None:
+        """The namespace and its ``default`` ServiceAccount (no controller makes it).
+
+        ``exist_ok`` for a namespace the apiserver itself makes, at a moment of its own
+        after it is ready (``default``): created here if it is not there yet.
+        """
+        try:
+            self.admin.create("/api/v1/namespaces", {"metadata": {"name": name}})
+        except KubeApiError as exc:
+            if not (exist_ok and exc.status == 409):
+                raise
         self.create_service_account(name, "default")
 
     def create_service_account(self, namespace: str, name: str) -> dict[str, Any]:
